@@ -1,0 +1,203 @@
+"""One typed, validated pipeline config, loaded from YAML and passed down.
+
+The config is immutable (``frozen``) and rejects unknown keys, so a typo in a YAML
+file fails loudly with the dotted path of the offending key instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from visionline.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(_Section):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1.0, got {total:g}")
+        return self
+
+
+class DataConfig(_Section):
+    dataset: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    source: str | None = None
+    classes: list[str] | None = None
+    image_size: int = Field(32, ge=8, le=1024)
+    channels: Literal[1, 3] = 3
+    split: SplitConfig = SplitConfig()
+    # Header-declared pixel count above which a file is refused without decoding
+    # (decompression-bomb guard); 64 MP is far above any real training image.
+    max_image_pixels: int = Field(64_000_000, ge=1)
+    # Normalisation statistics; None means "compute from the train split".
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    cache_dir: str = ".visionline/cache"
+    ingest_workers: int = Field(16, ge=1, le=256)
+
+
+class ValidationConfig(_Section):
+    min_per_class: int = Field(1, ge=0)
+    min_width: int = Field(8, ge=1)
+    max_width: int = Field(4096, ge=1)
+    min_height: int = Field(8, ge=1)
+    max_height: int = Field(4096, ge=1)
+    # Modes accepted as-is; anything PIL can convert to RGB/L is also fine when
+    # allow_convertible is set.
+    modes: list[str] = ["L", "RGB"]
+    allow_convertible: bool = True
+    max_imbalance_ratio: float = Field(10.0, ge=1.0)
+
+
+class AugmentConfig(_Section):
+    random_resized_crop: bool = True
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    hflip: float = Field(0.0, ge=0, le=1)
+    rotation_degrees: float = Field(10.0, ge=0, le=180)
+    color_jitter: float = Field(0.0, ge=0, le=1)
+
+
+class ModelConfig(_Section):
+    arch: Literal["simple_cnn", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_small"] = (
+        "simple_cnn"
+    )
+    # File path or s3:// URI of a state_dict; nothing is ever downloaded from a hub.
+    pretrained: str | None = None
+    freeze_backbone_epochs: int = Field(0, ge=0)
+    dropout: float = Field(0.25, ge=0, lt=1)
+
+
+class EarlyStoppingConfig(_Section):
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["none", "cosine", "step", "onecycle", "plateau"] = "cosine"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping: EarlyStoppingConfig | None = None
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = True
+    log_every: int = Field(20, ge=1)
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(0.9, ge=0, le=1)
+    min_macro_f1: float = Field(0.9, ge=0, le=1)
+    min_class_recall: float = Field(0.8, ge=0, le=1)
+    # A challenger may be at most this much less accurate than the champion...
+    champion_margin: float = Field(0.005, ge=0, le=1)
+    # ...and "less accurate" is only believed when a paired test says so.
+    significance: float = Field(0.05, gt=0, lt=1)
+
+
+class ServeConfig(_Section):
+    model_name: str = Field("visionline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    inference_port: int = Field(8080, ge=1, le=65535)
+    management_port: int = Field(8081, ge=1, le=65535)
+    metrics_port: int = Field(8082, ge=1, le=65535)
+    grpc_inference_port: int = Field(7070, ge=1, le=65535)
+    grpc_management_port: int = Field(7071, ge=1, le=65535)
+    batch_size: int = Field(8, ge=1)
+    max_batch_delay_ms: int = Field(20, ge=0)
+    workers: int = Field(1, ge=1)
+    top_k: int = Field(3, ge=1)
+    max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+
+
+class PipelineConfig(_Section):
+    name: str = "visionline"
+    store: str = ".visionline/store"
+    data: DataConfig
+    validation: ValidationConfig = ValidationConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()
+    serve: ServeConfig = ServeConfig()
+
+    def fingerprint(self) -> str:
+        """Stable hash of the resolved config: what an artifact records as its origin."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def with_overrides(self, **dotted: Any) -> PipelineConfig:
+        """A new config with dotted-key overrides (``train.epochs=3``), re-validated."""
+        data = self.model_dump(mode="json")
+        for dotted_key, value in dotted.items():
+            node = data
+            *parents, leaf = dotted_key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return parse_config(data, source="<overrides>")
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<dict>") -> PipelineConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: top level must be a mapping")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from e
+
+
+def load_config(uri: str | Path) -> PipelineConfig:
+    """Load a config from a local path or an ``s3://`` URI."""
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        from visionline.storage import read_uri
+
+        text = read_uri(uri).decode()
+    else:
+        path = Path(uri)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {uri}")
+        text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {uri}: {e}") from e
+    return parse_config(data, source=uri)

@@ -1,0 +1,1 @@
+"""Data stage: samples, ingestion, manifests, splits, datasets and transforms."""

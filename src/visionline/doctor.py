@@ -1,0 +1,123 @@
+"""``visionline doctor``: check what a user needs and say what to fix."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+
+from visionline.config import PipelineConfig
+
+TORCH_PIN = "2.14.1"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else ("FAIL" if self.required else "warn")
+        return f"[{mark}] {self.name}: {self.detail}"
+
+
+def check_torch() -> list[Check]:
+    import torch
+
+    out = [
+        Check(
+            "torch",
+            torch.__version__.split("+")[0] == TORCH_PIN,
+            f"{torch.__version__}"
+            + (
+                ""
+                if torch.__version__.startswith(TORCH_PIN)
+                else f" (pinned {TORCH_PIN}: make install)"
+            ),
+        )
+    ]
+    if torch.cuda.is_available():
+        out.append(
+            Check("cuda", True, f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
+        )
+    else:
+        out.append(Check("cuda", False, "no GPU visible: training runs on CPU", required=False))
+    return out
+
+
+def check_java() -> Check:
+    java = shutil.which("java")
+    if not java:
+        return Check(
+            "java",
+            False,
+            "not found: TorchServe needs Java 17 (apt-get install openjdk-17-jre-headless)",
+        )
+    proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    text = proc.stderr + proc.stdout
+    m = re.search(r'version "(\d+)', text)
+    major = int(m.group(1)) if m else 0
+    return Check(
+        "java",
+        major >= 17,
+        f"Java {major} at {java}" + ("" if major >= 17 else ": TorchServe 0.12 needs Java 17+"),
+    )
+
+
+def check_store(uri: str) -> Check:
+    from visionline.storage import open_store
+
+    key = f"tmp/doctor-{uuid.uuid4().hex}"
+    try:
+        store = open_store(uri)
+        store.put_bytes(key, b"ok")
+        ok = store.get_bytes(key, verify=True) == b"ok"
+        store.delete(key)
+        return Check("store", ok, f"{store.uri} is reachable and writable")
+    except Exception as e:
+        return Check("store", False, f"{uri}: {e}")
+
+
+def check_prefect() -> Check:
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return Check(
+            "prefect",
+            True,
+            "no PREFECT_API_URL: flows use a temporary local server",
+            required=False,
+        )
+    import requests
+
+    try:
+        r = requests.get(url.rstrip("/") + "/health", timeout=5)
+        return Check("prefect", r.ok, f"{url} answered {r.status_code}")
+    except Exception as e:
+        return Check("prefect", False, f"{url} unreachable: {e} (start one with make ui)")
+
+
+def check_kubernetes() -> Check:
+    try:
+        from kubernetes import config as kconfig
+
+        _, active = kconfig.list_kube_config_contexts()
+        return Check("kubernetes", True, f"context {active['name']}", required=False)
+    except Exception:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return Check("kubernetes", True, "in-cluster service account", required=False)
+        return Check("kubernetes", True, "no kubeconfig: fine for local runs", required=False)
+
+
+def run_doctor(cfg: PipelineConfig | None, store_uri: str) -> list[Check]:
+    return [
+        *check_torch(),
+        check_java(),
+        check_store(store_uri),
+        check_prefect(),
+        check_kubernetes(),
+    ]

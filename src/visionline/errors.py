@@ -1,0 +1,58 @@
+"""Typed errors. Each one says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class VisionlineError(Exception):
+    """Base class for every error visionline raises on purpose."""
+
+
+class ConfigError(VisionlineError):
+    """A config file or value is invalid; the message names the key."""
+
+
+class StoreError(VisionlineError):
+    """The artifact store could not complete an operation."""
+
+
+class BucketNotFoundError(StoreError):
+    pass
+
+
+class CredentialsError(StoreError):
+    pass
+
+
+class KeyNotFoundError(StoreError):
+    pass
+
+
+class IntegrityError(StoreError):
+    """Stored bytes do not match their recorded sha256."""
+
+
+class IngestError(VisionlineError):
+    """The ingestion source is unusable (missing, empty, malformed CSV...)."""
+
+
+class DataValidationError(VisionlineError):
+    """The dataset failed its Great Expectations suite.
+
+    ``failures`` holds one entry per failed expectation, each with the files it names.
+    """
+
+    def __init__(self, message: str, failures: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or []
+
+
+class TrainingError(VisionlineError):
+    pass
+
+
+class GateFailedError(VisionlineError):
+    pass
+
+
+class ServingError(VisionlineError):
+    pass

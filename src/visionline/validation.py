@@ -1,0 +1,268 @@
+"""The data gate: a Great Expectations (GX Core 1.x) suite over a dataset manifest.
+
+Three batches are validated by one checkpoint:
+
+- ``images``: one row per file (decodable, labels, sizes, modes, duplicates, leakage);
+- ``split_counts``: one row per (split, class), zeros included, for ``min_per_class``;
+- ``class_counts``: one row per class, for the imbalance ratio.
+
+GX renders Data Docs (HTML); both they and the raw result are stored under
+``reports/validation/<dataset>/<version>/<run>/`` in the artifact store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from visionline.config import PipelineConfig
+from visionline.data.images import is_convertible
+from visionline.data.manifest import SPLITS, DatasetRef, read_manifest
+from visionline.errors import DataValidationError
+from visionline.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+MAX_LISTED = 10
+
+
+@dataclass
+class Failure:
+    check: str
+    expectation: str
+    column: str | None
+    unexpected_count: int
+    offending: list[str]
+
+
+@dataclass
+class ValidationReport:
+    dataset: str
+    success: bool
+    evaluated: int
+    failures: list[Failure] = field(default_factory=list)
+    report_prefix: str | None = None
+    docs_url: str | None = None
+
+    def summary(self) -> str:
+        head = "PASSED" if self.success else "FAILED"
+        lines = [
+            f"validation of {self.dataset}: {head} "
+            f"({self.evaluated - len(self.failures)}/{self.evaluated} expectations met)"
+        ]
+        for f in self.failures:
+            where = f" [{f.column}]" if f.column else ""
+            lines.append(f"  x {f.check}{where}: {f.unexpected_count} offending ({f.expectation})")
+            for name in f.offending[:MAX_LISTED]:
+                lines.append(f"      - {name}")
+            if f.unexpected_count > MAX_LISTED:
+                lines.append(f"      ... and {f.unexpected_count - MAX_LISTED} more")
+        if self.docs_url:
+            lines.append(f"Data Docs: {self.docs_url}")
+        return "\n".join(lines)
+
+    def raise_for_failure(self) -> None:
+        if not self.success:
+            raise DataValidationError(self.summary(), failures=[f.__dict__ for f in self.failures])
+
+
+def validation_frames(
+    manifest: pd.DataFrame, classes: list[str], cfg: PipelineConfig
+) -> dict[str, pd.DataFrame]:
+    """The tables the suite runs on, derived from the manifest."""
+    images = manifest.copy()
+    v = cfg.validation
+    allowed = set(v.modes)
+    images["mode_ok"] = [
+        (m in allowed) or (v.allow_convertible and is_convertible(m)) if m is not None else None
+        for m in images["mode"]
+    ]
+    # How many distinct splits hold each image's bytes: > 1 is train/test leakage.
+    images["sha256_split_count"] = images.groupby("sha256")["split"].transform("nunique")
+
+    labels = sorted(set(classes) | set(images["label"]))
+    grid = pd.MultiIndex.from_product([SPLITS, labels], names=["split", "label"])
+    counts = (
+        images[images["decodable"]]
+        .groupby(["split", "label"])
+        .size()
+        .reindex(grid, fill_value=0)
+        .rename("count")
+        .reset_index()
+    )
+    counts["group"] = counts["split"] + "/" + counts["label"]
+
+    per_class = (
+        images[images["decodable"]]
+        .groupby("label")
+        .size()
+        .reindex(labels, fill_value=0)
+        .rename("count")
+        .reset_index()
+    )
+    biggest = max(int(per_class["count"].max()), 1)
+    # max/count; an empty class is "infinitely" imbalanced, written as a big finite number.
+    per_class["imbalance_ratio"] = [biggest / c if c else 1e9 for c in per_class["count"]]
+    return {"images": images, "split_counts": counts, "class_counts": per_class}
+
+
+def _suites(cfg: PipelineConfig, classes: list[str]) -> dict[str, list[tuple[str, Any]]]:
+    import great_expectations.expectations as gxe
+
+    v = cfg.validation
+    images = [
+        ("no null keys", gxe.ExpectColumnValuesToNotBeNull(column="key")),
+        ("no null labels", gxe.ExpectColumnValuesToNotBeNull(column="label")),
+        (
+            "every file decodable",
+            gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
+        ),
+        (
+            "labels in the class set",
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=classes),
+        ),
+        (
+            "width within bounds",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="width", min_value=v.min_width, max_value=v.max_width
+            ),
+        ),
+        (
+            "height within bounds",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="height", min_value=v.min_height, max_value=v.max_height
+            ),
+        ),
+        (
+            "image mode as configured",
+            gxe.ExpectColumnValuesToBeInSet(column="mode_ok", value_set=[True]),
+        ),
+        (
+            "no duplicate image inside a split",
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["split", "sha256"]),
+        ),
+        (
+            "no image shared between splits (leakage)",
+            gxe.ExpectColumnValuesToBeBetween(column="sha256_split_count", max_value=1),
+        ),
+    ]
+    split_counts = [
+        (
+            f"at least {v.min_per_class} images per class in every split",
+            gxe.ExpectColumnValuesToBeBetween(column="count", min_value=v.min_per_class),
+        )
+    ]
+    class_counts = [
+        (
+            f"class imbalance ratio at most {v.max_imbalance_ratio:g}",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="imbalance_ratio", max_value=v.max_imbalance_ratio
+            ),
+        )
+    ]
+    return {"images": images, "split_counts": split_counts, "class_counts": class_counts}
+
+
+_INDEX_COLUMN = {"images": "source", "split_counts": "group", "class_counts": "label"}
+
+
+def run_suite(
+    frames: dict[str, pd.DataFrame], cfg: PipelineConfig, classes: list[str], docs_dir: Path
+) -> tuple[bool, int, list[Failure], Path | None]:
+    """Run the GX checkpoint in a throwaway file context rooted at ``docs_dir``."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="file", project_root_dir=str(docs_dir))
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    ctx.enable_analytics(False)  # no phoning home from pipelines; this also saves variables
+
+    source = ctx.data_sources.add_pandas("manifest")
+    docs = gx.checkpoint.UpdateDataDocsAction(name="data-docs")
+    failures: list[Failure] = []
+    evaluated = 0
+    for table, expectations in _suites(cfg, classes).items():
+        asset = source.add_dataframe_asset(table)
+        batch = asset.add_batch_definition_whole_dataframe(f"{table}-all")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=f"visionline-{table}"))
+        for check, exp in expectations:
+            exp.meta = {"check": check, "table": table}
+            suite.add_expectation(exp)
+        definition = ctx.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate-{table}", data=batch, suite=suite)
+        )
+        index_col = _INDEX_COLUMN[table]
+        # One checkpoint per table: a checkpoint hands the same batch parameters (here,
+        # the dataframe) to all its definitions, and each table is a different frame.
+        checkpoint = ctx.checkpoints.add(
+            gx.Checkpoint(
+                name=f"visionline-{table}",
+                validation_definitions=[definition],
+                actions=[docs],
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": [index_col],
+                },
+            )
+        )
+        outcome = checkpoint.run(batch_parameters={"dataframe": frames[table]})
+        for run_result in outcome.run_results.values():
+            for r in run_result.results:
+                evaluated += 1
+                if r.success:
+                    continue
+                rows = r.result.get("unexpected_index_list") or []
+                names = list(dict.fromkeys(str(row.get(index_col)) for row in rows))
+                failures.append(
+                    Failure(
+                        check=r.expectation_config.meta["check"],
+                        expectation=r.expectation_config.type,
+                        column=r.expectation_config.kwargs.get("column"),
+                        unexpected_count=int(r.result.get("unexpected_count") or len(names)),
+                        offending=names,
+                    )
+                )
+    site = docs_dir / "gx" / "uncommitted" / "data_docs" / "local_site"
+    return not failures, evaluated, failures, site if site.is_dir() else None
+
+
+def validate_dataset(
+    store: ArtifactStore, ref: DatasetRef, cfg: PipelineConfig, store_report: bool = True
+) -> ValidationReport:
+    """Validate dataset ``ref`` against the config's expectations; store results + Data Docs."""
+    manifest = read_manifest(store, ref)
+    info = store.get_json(ref.info_key) if store.exists(ref.info_key) else {}
+    classes = list(cfg.data.classes or info.get("classes") or sorted(manifest["label"].unique()))
+    frames = validation_frames(manifest, classes, cfg)
+    with tempfile.TemporaryDirectory(prefix="visionline-gx-") as tmp:
+        success, evaluated, failures, site = run_suite(frames, cfg, classes, Path(tmp))
+        report = ValidationReport(str(ref), success, evaluated, failures)
+        if store_report:
+            run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            prefix = f"reports/validation/{ref.name}/{ref.version}/{run}"
+            if site is not None:
+                store.copy_tree_from(site, f"{prefix}/data_docs")
+                report.docs_url = store.url(f"{prefix}/data_docs/index.html")
+            report.report_prefix = prefix
+            store.put_json(
+                f"{prefix}/result.json",
+                {
+                    "dataset": str(ref),
+                    "success": success,
+                    "evaluated": evaluated,
+                    "failures": [f.__dict__ for f in failures],
+                    "classes": classes,
+                    "config_fingerprint": cfg.fingerprint(),
+                    "validated_at": run,
+                },
+            )
+            # The newest result per dataset version, for lineage and for the flows.
+            store.put_bytes(f"reports/validation/{ref.name}/{ref.version}/LATEST", run.encode())
+    log.info("%s", json.dumps({"dataset": str(ref), "success": success}))
+    return report

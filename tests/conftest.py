@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.s3 import free_port
+from visionline.storage import ArtifactStore, LocalStore, S3Store, make_s3_client
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto in server mode: boto3 talks to it over real HTTP, like to S3."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": url,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture
+def s3_client(moto_server: str):
+    return make_s3_client()
+
+
+@pytest.fixture
+def bucket(s3_client) -> str:
+    name = f"vl-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path: Path) -> ArtifactStore:
+    """The same test body against both backends."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    client = request.getfixturevalue("s3_client")
+    bucket = request.getfixturevalue("bucket")
+    return S3Store(f"s3://{bucket}/artifacts", client=client)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    from visionline.data.samples import write_digits
+
+    d = tmp_path_factory.mktemp("digits")
+    write_digits(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def small_digits_dir(digits_dir, tmp_path_factory) -> Path:
+    """20 real digits per class: enough for every split, cheap to snapshot over S3."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("small-digits")
+    for cls in sorted(p for p in digits_dir.iterdir() if p.is_dir()):
+        (d / cls.name).mkdir()
+        for f in sorted(cls.iterdir())[:20]:
+            shutil.copy(f, d / cls.name / f.name)
+    return d
