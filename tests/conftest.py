@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.s3 import free_port
+from visionline.config import PipelineConfig
 from visionline.storage import ArtifactStore, LocalStore, S3Store, make_s3_client
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,3 +84,30 @@ def small_digits_dir(digits_dir, tmp_path_factory) -> Path:
         for f in sorted(cls.iterdir())[:20]:
             shutil.copy(f, d / cls.name / f.name)
     return d
+
+
+def digits_config(store: str | Path, **overrides) -> PipelineConfig:
+    """The digits config pointed at ``store``, with dotted-key overrides."""
+    from visionline.config import load_config
+
+    cfg = load_config(REPO / "configs" / "digits.yaml")
+    return cfg.with_overrides(
+        store=str(store), **{"data.cache_dir": str(Path(store) / ".cache"), **overrides}
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_digits(digits_dir, tmp_path_factory):
+    """A real model trained on the full digits set, evaluated; shared by later stages."""
+    from visionline.data.ingest import ingest
+    from visionline.evaluation import evaluate_run
+    from visionline.storage import LocalStore
+    from visionline.training import fit
+
+    root = tmp_path_factory.mktemp("trained")
+    store = LocalStore(root / "store")
+    ingest(store, str(digits_dir), "digits", progress=False)
+    cfg = digits_config(store.uri, **{"train.epochs": 12, "train.early_stopping": None})
+    fit(cfg, store, "champ")
+    metrics = evaluate_run(store, "champ")
+    return store, "champ", cfg, metrics

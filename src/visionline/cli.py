@@ -70,6 +70,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from visionline.data.manifest import resolve_dataset
+    from visionline.storage import open_store
+    from visionline.training import default_run_id, fit
+
+    cfg = _config(args)
+    if args.epochs:
+        cfg = cfg.with_overrides(**{"train.epochs": args.epochs})
+    store = open_store(cfg.store)
+    spec = cfg.data.dataset + (f":{cfg.data.version}" if cfg.data.version else "")
+    run_id = args.run_id or default_run_id(cfg, resolve_dataset(store, spec).version)
+    res = fit(cfg, store, run_id)
+    state = "already complete" if res.already_complete else f"trained {res.epochs_run} epochs"
+    print(f"run {run_id}: {state}; best epoch {res.best_epoch} ({res.best_metric:.4f})")
+    print(f"outputs: {store.url(f'runs/{run_id}/')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from visionline.evaluation import evaluate_run
+    from visionline.storage import open_store
+
+    store = open_store(_config(args).store)
+    m = evaluate_run(store, args.run)
+    print(
+        f"run {args.run}: accuracy {m['accuracy']:.4f}, macro F1 {m['macro']['f1']:.4f}, "
+        f"macro ROC AUC {m['roc_auc']['macro']:.4f} on {m['n']} test images"
+    )
+    print(f"report: {store.url(f'runs/{args.run}/evaluation/report.md')}")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from visionline.gate import gate_run
+    from visionline.storage import open_store
+
+    store = open_store(_config(args).store)
+    decision = gate_run(store, args.run, champion_run=args.champion)
+    print(decision.summary())
+    return 0 if decision.passed else 1
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from visionline.doctor import run_doctor
 
@@ -105,6 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="run the Great Expectations data gate")
     s.add_argument("dataset", help="NAME or NAME:VERSION")
     s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("train", help="train (or resume) a run in this process")
+    s.add_argument("--run-id", help="default: <name>-<dataset version>-<config hash>")
+    s.add_argument("--epochs", type=int, help="override train.epochs")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a finished run on its test split")
+    s.add_argument("run")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("gate", help="decide whether a run may be promoted")
+    s.add_argument("run")
+    s.add_argument("--champion", help="run id of the current champion to compare against")
+    s.set_defaults(func=cmd_gate)
 
     s = sub.add_parser("doctor", help="check the environment")
     s.set_defaults(func=cmd_doctor)

@@ -36,9 +36,14 @@ class SplitConfig(_Section):
 
 class DataConfig(_Section):
     dataset: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    # A pinned dataset version; None trains on the newest (datasets/<name>/LATEST).
+    version: str | None = Field(None, pattern=r"^[0-9a-f]{12}$")
     source: str | None = None
     classes: list[str] | None = None
     image_size: int = Field(32, ge=8, le=1024)
+    # Eval resize is image_size / crop_ratio then a centre crop of image_size
+    # (0.875 is the ImageNet convention: 256 -> 224); 1.0 resizes straight to size.
+    crop_ratio: float = Field(1.0, gt=0.1, le=1.0)
     channels: Literal[1, 3] = 3
     split: SplitConfig = SplitConfig()
     # Header-declared pixel count above which a file is refused without decoding

@@ -1,0 +1,145 @@
+"""Architectures: the small CNN and torchvision's classifiers, with transfer learning.
+
+Pretrained weights come from a file or ``s3://`` URI named in the config, loaded with
+``weights_only=True``; nothing is ever downloaded from a hub at run time.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from visionline.config import ModelConfig
+from visionline.errors import TrainingError
+
+TORCHVISION_ARCHS = ("resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_small")
+
+
+class SimpleCNN(nn.Module):
+    """The classic two-conv CNN (PyTorch's MNIST example), for any channels, classes and
+    input size; batch norm after each conv makes it train fast and robustly."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int, dropout: float = 0.25):
+        super().__init__()
+        if image_size < 6:
+            raise ValueError(f"simple_cnn needs image_size >= 6, got {image_size}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Dropout(dropout),
+        )
+        side = (image_size - 4) // 2
+        self.fc = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * side * side, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout * 2),
+        )
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc(self.features(x)))
+
+
+def _head_name(arch: str) -> str:
+    return {"simple_cnn": "head", "resnet18": "fc", "resnet50": "fc"}.get(arch, "classifier")
+
+
+def _replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
+    if arch.startswith("resnet"):
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    else:  # efficientnet / mobilenet: the last Linear of the classifier Sequential
+        last = model.classifier[-1]
+        model.classifier[-1] = nn.Linear(last.in_features, num_classes)
+
+
+def _first_conv_path(arch: str) -> tuple[str, ...]:
+    return ("conv1",) if arch.startswith("resnet") else ("features", "0", "0")
+
+
+def _adapt_input_channels(model: nn.Module, arch: str, channels: int) -> None:
+    """Swap the stem conv for one taking ``channels`` inputs. Pretrained RGB filters are
+    summed over colour, the usual way to keep them meaningful for grayscale."""
+    if channels == 3:
+        return
+    *parents, leaf = _first_conv_path(arch)
+    holder = model
+    for name in parents:
+        holder = holder[int(name)] if name.isdigit() else getattr(holder, name)
+    old: nn.Conv2d = holder[int(leaf)] if leaf.isdigit() else getattr(holder, leaf)
+    new = nn.Conv2d(
+        channels,
+        old.out_channels,
+        old.kernel_size,
+        old.stride,
+        old.padding,
+        bias=old.bias is not None,
+    )
+    with torch.no_grad():
+        new.weight.copy_(old.weight.sum(dim=1, keepdim=True).repeat(1, channels, 1, 1) / channels)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    if leaf.isdigit():
+        holder[int(leaf)] = new
+    else:
+        setattr(holder, leaf, new)
+
+
+def load_state_dict_uri(uri: str) -> dict[str, torch.Tensor]:
+    from visionline.storage import read_uri
+
+    try:
+        state = torch.load(io.BytesIO(read_uri(uri)), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainingError(f"cannot load pretrained weights from {uri}: {e}") from e
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # one of our checkpoints
+    return state
+
+
+def build_model(cfg: ModelConfig, num_classes: int, channels: int, image_size: int) -> nn.Module:
+    if cfg.arch == "simple_cnn":
+        model: nn.Module = SimpleCNN(channels, num_classes, image_size, cfg.dropout)
+        if cfg.pretrained:
+            model.load_state_dict(load_state_dict_uri(cfg.pretrained))
+        return model
+
+    import torchvision
+
+    if cfg.pretrained:
+        # Build with the architecture's own head so the pretrained state_dict fits,
+        # then replace the head for our classes.
+        model = torchvision.models.get_model(cfg.arch, weights=None)
+        missing, unexpected = model.load_state_dict(
+            load_state_dict_uri(cfg.pretrained), strict=False
+        )
+        if unexpected or [k for k in missing if "num_batches_tracked" not in k]:
+            raise TrainingError(
+                f"pretrained weights {cfg.pretrained} do not fit {cfg.arch}: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        _replace_head(model, cfg.arch, num_classes)
+    else:
+        model = torchvision.models.get_model(cfg.arch, weights=None, num_classes=num_classes)
+    _adapt_input_channels(model, cfg.arch, channels)
+    return model
+
+
+def head_parameters(model: nn.Module, arch: str) -> Iterator[nn.Parameter]:
+    return getattr(model, _head_name(arch)).parameters()
+
+
+def set_backbone_trainable(model: nn.Module, arch: str, trainable: bool) -> None:
+    """Freeze or unfreeze everything but the classification head."""
+    head = {id(p) for p in head_parameters(model, arch)}
+    for p in model.parameters():
+        if id(p) not in head:
+            p.requires_grad_(trainable)

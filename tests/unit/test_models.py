@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from visionline.config import ModelConfig, TrainConfig
+from visionline.errors import TrainingError
+from visionline.models import TORCHVISION_ARCHS, build_model, set_backbone_trainable
+from visionline.training import LRSchedule, build_optimizer
+
+
+@pytest.mark.parametrize("arch", ["simple_cnn", *TORCHVISION_ARCHS])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_arch_builds_for_any_channels_and_classes(arch, channels):
+    model = build_model(
+        ModelConfig(arch=arch), num_classes=7, channels=channels, image_size=32
+    ).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, channels, 32, 32))
+    assert out.shape == (2, 7)
+
+
+def test_simple_cnn_sizes():
+    for size in (8, 16, 28, 64):
+        m = build_model(ModelConfig(), num_classes=3, channels=1, image_size=size)
+        assert m(torch.randn(1, 1, size, size)).shape == (1, 3)
+
+
+def test_pretrained_must_fit(tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"nonsense.weight": torch.zeros(1)}, bad)
+    with pytest.raises(TrainingError, match="do not fit resnet18"):
+        build_model(ModelConfig(arch="resnet18", pretrained=str(bad)), 10, 3, 32)
+    with pytest.raises(TrainingError, match="cannot load"):
+        build_model(
+            ModelConfig(arch="resnet18", pretrained=str(tmp_path / "missing.pt")), 10, 3, 32
+        )
+
+
+def test_pretrained_from_s3(s3_client, bucket, tmp_path):
+    import io
+
+    import torchvision
+
+    donor = torchvision.models.mobilenet_v3_small(weights=None)
+    buf = io.BytesIO()
+    torch.save(donor.state_dict(), buf)
+    s3_client.put_object(Bucket=bucket, Key="weights/mnv3.pt", Body=buf.getvalue())
+    m = build_model(
+        ModelConfig(arch="mobilenet_v3_small", pretrained=f"s3://{bucket}/weights/mnv3.pt"),
+        4,
+        3,
+        32,
+    )
+    assert torch.equal(m.features[1].block[0][0].weight, donor.features[1].block[0][0].weight)
+    assert m.classifier[-1].out_features == 4
+
+
+def test_freeze_leaves_only_the_head_trainable():
+    m = build_model(ModelConfig(arch="efficientnet_b0"), 5, 3, 32)
+    set_backbone_trainable(m, "efficientnet_b0", False)
+    trainable = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("classifier") for n in trainable)
+    set_backbone_trainable(m, "efficientnet_b0", True)
+    assert all(p.requires_grad for p in m.parameters())
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("sched", ["none", "cosine", "step", "onecycle", "plateau"])
+def test_optimizers_and_schedules(opt, sched):
+    cfg = TrainConfig(
+        optimizer=opt,
+        scheduler=sched,
+        epochs=4,
+        lr=0.1,
+        warmup_epochs=1,
+        step_size=1,
+        nesterov=opt == "sgd",
+    )
+    model = torch.nn.Linear(3, 2)
+    o = build_optimizer(model.parameters(), cfg)
+    s = LRSchedule(o, cfg, steps_per_epoch=5)
+    lrs = []
+    for _epoch in range(4):
+        for _ in range(5):
+            o.step()
+            s.step_batch()
+            lrs.append(o.param_groups[0]["lr"])
+        s.step_epoch(val_loss=1.0)
+    if sched in ("cosine", "step"):
+        assert lrs[0] < lrs[4]  # linear warm-up rises first
+        assert lrs[-1] < max(lrs)
+    if sched == "onecycle":
+        assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[-1] < 0.01
+    if sched == "plateau":
+        assert lrs[-1] < 0.1  # warm-up ended and the flat loss cut the rate
+    state = s.state_dict()
+    LRSchedule(build_optimizer(model.parameters(), cfg), cfg, 5).load_state_dict(state)
