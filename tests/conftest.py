@@ -107,7 +107,25 @@ def trained_digits(digits_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     store = LocalStore(root / "store")
     ingest(store, str(digits_dir), "digits", progress=False)
+    from visionline.data.manifest import resolve_dataset
+    from visionline.validation import validate_dataset
+
     cfg = digits_config(store.uri, **{"train.epochs": 12, "train.early_stopping": None})
+    assert validate_dataset(store, resolve_dataset(store, "digits"), cfg).success
     fit(cfg, store, "champ")
     metrics = evaluate_run(store, "champ")
     return store, "champ", cfg, metrics
+
+
+@pytest.fixture(scope="session")
+def packaged_digits(trained_digits):
+    """The trained digits model gated, packaged as a .mar and promoted to champion."""
+    from visionline.gate import gate_run
+    from visionline.packaging import package_run
+    from visionline.registry import Registry
+
+    store, run_id, cfg, _ = trained_digits
+    assert gate_run(store, run_id).passed
+    ref = package_run(store, run_id)
+    Registry(store, ref.name).promote(ref.version, "test fixture")
+    return store, ref, cfg

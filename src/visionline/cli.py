@@ -112,6 +112,116 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 0 if decision.passed else 1
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from visionline.packaging import package_run
+    from visionline.registry import Registry
+    from visionline.storage import open_store
+
+    store = open_store(_config(args).store)
+    ref = package_run(store, args.run, name=args.name)
+    info = Registry(store, ref.name).info(ref.version)
+    print(f"packaged run {args.run} as {ref}: {store.url(ref.mar_key)} (sha256 {info['sha256']})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from visionline.registry import Registry
+    from visionline.storage import open_store
+
+    cfg = _config(args)
+    reg = Registry(open_store(cfg.store), args.name or cfg.serve.model_name)
+    if args.action == "list":
+        aliases = reg.aliases()
+        for v in reg.versions():
+            info = reg.info(v)
+            tags = [a for a in ("champion", "previous") if aliases.get(a) == v]
+            print(
+                f"{reg.name}:{v}  run {info['run_id']}  acc {info['metrics']['accuracy']:.4f}  "
+                f"{info['created']}  {' '.join(tags)}"
+            )
+    elif args.action == "show":
+        ref = reg.resolve(args.version)
+        print(json.dumps({**reg.info(ref.version), "aliases": reg.aliases()}, indent=2))
+    elif args.action == "promote":
+        if not args.version:
+            raise VisionlineError("models promote needs a VERSION")
+        print(json.dumps(reg.promote(args.version, args.reason or "manual promotion"), indent=2))
+    elif args.action == "rollback":
+        print(json.dumps(reg.rollback(args.reason or "manual rollback"), indent=2))
+    elif args.action == "log":
+        for e in reg.log():
+            print(f"{e['time']}  {e['action']:<9} {e['version']:>4}  {e['actor']}  {e['reason']}")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from visionline.registry import lineage
+    from visionline.storage import open_store
+
+    name, _, version = args.model.partition(":")
+    for stage, text in lineage(open_store(_config(args).store), name, version or None):
+        print(f"{stage:>10}: {text}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from visionline.serving.local import serve_model, stop_server
+    from visionline.storage import open_store
+
+    cfg = _config(args)
+    if args.stop:
+        print("stopped" if stop_server(cfg.serve, args.workdir) else "no server was running")
+        return 0
+    name, _, version = (args.model or cfg.serve.model_name).partition(":")
+    srv = serve_model(
+        open_store(cfg.store),
+        name,
+        version or None,
+        cfg.serve.model_copy(update={"model_name": name}),
+        args.workdir,
+    )
+    e = srv.endpoints
+    print(f"serving {srv.ref}")
+    print(f"  REST inference  {e.inference}/predictions/{name}")
+    print(f"  gRPC inference  {e.grpc_inference}")
+    print(f"  management      {e.management} (loopback only)")
+    print(f"  metrics         {e.metrics} (loopback only)")
+    print(f"  tokens          {srv.key_file} (inference key: Authorization: Bearer <key>)")
+    print("stop with: visionline serve --stop")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path as P
+
+    from visionline.serving.client import GrpcClient, RestClient
+
+    cfg = _config(args)
+    token = args.token
+    if token is None:
+        key_file = P(args.workdir) / "key_file.json"
+        if key_file.is_file():
+            token = json.loads(key_file.read_text())["inference"]["key"]
+    model = args.model or cfg.serve.model_name
+    client = (
+        GrpcClient(args.endpoint, model, token)
+        if args.grpc
+        else RestClient(args.endpoint, model, token)
+    )
+    failed = 0
+    for image in args.images:
+        try:
+            result = client.predict(P(image).read_bytes())
+            print(f"{image}: " + ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
+        except (OSError, VisionlineError) as e:
+            failed += 1
+            print(f"{image}: error: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from visionline.doctor import run_doctor
 
@@ -161,6 +271,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--champion", help="run id of the current champion to compare against")
     s.set_defaults(func=cmd_gate)
+
+    s = sub.add_parser("package", help="build the .mar of a gated run and register it")
+    s.add_argument("run")
+    s.add_argument("--name", help="model name (default: serve.model_name)")
+    s.set_defaults(func=cmd_package)
+
+    s = sub.add_parser("models", help="the model registry")
+    s.add_argument("action", choices=["list", "show", "promote", "rollback", "log"])
+    s.add_argument("version", nargs="?", help="a version number, champion or previous")
+    s.add_argument("--name", help="model name (default: serve.model_name)")
+    s.add_argument("--reason", help="recorded in the promotion log")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("lineage", help="from a served archive back to its dataset and validation")
+    s.add_argument("model", help="NAME[:VERSION]; default version: the champion")
+    s.set_defaults(func=cmd_lineage)
+
+    s = sub.add_parser("serve", help="serve a registered model with a local TorchServe")
+    s.add_argument(
+        "model", nargs="?", help="NAME[:VERSION]; default: the champion of serve.model_name"
+    )
+    s.add_argument("--stop", action="store_true", help="stop the local server")
+    s.add_argument("--workdir", default=".visionline/serve")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("predict", help="send images to a served model (REST or gRPC)")
+    s.add_argument("images", nargs="+")
+    s.add_argument(
+        "--endpoint",
+        default="http://127.0.0.1:8080",
+        help="REST base URL, or host:port with --grpc",
+    )
+    s.add_argument("--grpc", action="store_true")
+    s.add_argument("--model", help="default: serve.model_name")
+    s.add_argument(
+        "--token", help="inference token (default: read from the local server's key file)"
+    )
+    s.add_argument("--workdir", default=".visionline/serve")
+    s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("doctor", help="check the environment")
     s.set_defaults(func=cmd_doctor)

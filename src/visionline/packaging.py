@@ -1,0 +1,198 @@
+"""Packaging a gated run into a TorchServe model archive (.mar) and registering it.
+
+The archive holds a model file that rebuilds the architecture (visionline_model.py),
+the state_dict, our handler, ``index_to_name.json``, ``model_spec.json`` and
+``serving.json`` (the preprocessing and request limits the handler applies).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionline.config import PipelineConfig
+from visionline.errors import GateFailedError, VisionlineError
+from visionline.registry import ModelRef, Registry
+from visionline.storage import ArtifactStore, sha256_file
+from visionline.training import RunPaths, load_run_config
+from visionline.version import code_version
+
+HANDLERS_DIR = Path(__file__).resolve().parents[2] / "handlers"
+PARITY_IMAGES = 16
+
+
+class PackagingError(VisionlineError):
+    pass
+
+
+def _archiver() -> str:
+    exe = Path(sys.executable).parent / "torch-model-archiver"
+    found = str(exe) if exe.exists() else shutil.which("torch-model-archiver")
+    if not found:
+        raise PackagingError(
+            "torch-model-archiver not found: pip install torch-model-archiver==0.12.0"
+        )
+    return found
+
+
+def parity_keys(store: ArtifactStore, run: dict[str, Any], n: int = PARITY_IMAGES) -> list[str]:
+    """Pinned validation images for the parity check: the first n val images by hash."""
+    from visionline.data.manifest import DatasetRef, read_manifest
+
+    m = read_manifest(store, DatasetRef(run["dataset_name"], run["dataset_version"]))
+    val = m[(m["split"] == "val") & m["decodable"] & m["label"].isin(run["classes"])]
+    return val.sort_values("sha256")["key"].head(n).tolist()
+
+
+def model_card(ref: ModelRef, run: dict, metrics: dict, decision: dict, sha: str) -> str:
+    rows = "\n".join(
+        f"| {c['name']} | {c['value'] if c['value'] is None else round(c['value'], 4)} | "
+        f"{c['threshold']} | {'pass' if c['passed'] else 'FAIL'} |"
+        for c in decision["checks"]
+    )
+    return f"""# Model card: {ref}
+
+- archive sha256: `{sha}`
+- run: `{run["run_id"]}` ({run["arch"]}, {run["epochs_run"]} epochs, best epoch {run["best_epoch"]})
+- dataset: `{run["dataset"]}`
+- code version: `{run["code_version"]}`, config `{run["config_fingerprint"]}`
+- classes: {", ".join(run["classes"])}
+- input: {run["preprocessing"]["channels"]} channel(s), {run["preprocessing"]["image_size"]}px, mean {run["preprocessing"]["mean"]}, std {run["preprocessing"]["std"]}
+
+## Test metrics
+
+| metric | value |
+| --- | --- |
+| accuracy | {metrics["accuracy"]:.4f} |
+| macro F1 | {metrics["macro"]["f1"]:.4f} |
+| macro ROC AUC | {metrics["roc_auc"]["macro"]} |
+| test images | {metrics["n"]} |
+
+## Gate decision: {"PASS" if decision["passed"] else "FAIL"}
+
+| check | value | threshold | verdict |
+| --- | --- | --- | --- |
+{rows}
+"""
+
+
+def build_mar(
+    store: ArtifactStore, run_id: str, name: str, version: str, cfg: PipelineConfig, out_dir: Path
+) -> Path:
+    paths = RunPaths(run_id)
+    run = store.get_json(paths.run_info)
+    work = out_dir / "src"
+    work.mkdir(parents=True, exist_ok=True)
+    state = torch.load(
+        io.BytesIO(store.get_bytes(paths.model, verify=True)), map_location="cpu", weights_only=True
+    )
+    torch.save({f"net.{k}": v for k, v in state.items()}, work / "model.pt")
+    (work / "model_spec.json").write_text(
+        json.dumps(
+            {
+                "arch": cfg.model.arch,
+                "dropout": cfg.model.dropout,
+                "num_classes": len(run["classes"]),
+                "channels": cfg.data.channels,
+                "image_size": cfg.data.image_size,
+            }
+        )
+    )
+    (work / "index_to_name.json").write_text(
+        json.dumps({str(i): c for i, c in enumerate(run["classes"])})
+    )
+    (work / "serving.json").write_text(
+        json.dumps(
+            {
+                "preprocessing": run["preprocessing"],
+                "top_k": cfg.serve.top_k,
+                "max_image_pixels": cfg.serve.max_image_pixels,
+                "max_request_bytes": cfg.serve.max_request_bytes,
+            }
+        )
+    )
+    extra = ",".join(
+        str(work / f) for f in ("model_spec.json", "index_to_name.json", "serving.json")
+    )
+    proc = subprocess.run(
+        [
+            _archiver(),
+            "--model-name",
+            name,
+            "--version",
+            version,
+            "--model-file",
+            str(HANDLERS_DIR / "visionline_model.py"),
+            "--serialized-file",
+            str(work / "model.pt"),
+            "--handler",
+            str(HANDLERS_DIR / "image_classifier.py"),
+            "--extra-files",
+            extra,
+            "--export-path",
+            str(out_dir),
+            "--force",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise PackagingError(
+            f"torch-model-archiver failed for run {run_id}: {proc.stderr.strip()[-2000:]}"
+        )
+    return out_dir / f"{name}.mar"
+
+
+def package_run(store: ArtifactStore, run_id: str, name: str | None = None) -> ModelRef:
+    """Package a run whose gate passed; idempotent per run (returns the existing version)."""
+    paths = RunPaths(run_id)
+    if not store.exists(paths.decision):
+        raise GateFailedError(
+            f"run {run_id} has no gate decision: run `visionline gate {run_id}` first"
+        )
+    decision = store.get_json(paths.decision)
+    if not decision["passed"]:
+        raise GateFailedError(f"run {run_id} failed its gate: nothing is packaged")
+    cfg = load_run_config(store, run_id)
+    name = name or cfg.serve.model_name
+    reg = Registry(store, name)
+    existing = reg.find_by_run(run_id)
+    if existing:
+        return ModelRef(name, existing)
+    run = store.get_json(paths.run_info)
+    metrics = store.get_json(f"{paths.evaluation}/metrics.json")
+    version = reg.next_version()
+    ref = ModelRef(name, version)
+    with tempfile.TemporaryDirectory(prefix="visionline-mar-") as tmp:
+        mar = build_mar(store, run_id, name, version, cfg, Path(tmp))
+        sha = sha256_file(mar)
+        store.put_file(ref.mar_key, mar)
+    store.put_bytes(f"{ref.prefix}/sha256", f"{sha}  {name}.mar\n".encode())
+    store.put_bytes(
+        f"{ref.prefix}/model_card.md", model_card(ref, run, metrics, decision, sha).encode()
+    )
+    return reg.register(
+        version,
+        {
+            "run_id": run_id,
+            "sha256": sha,
+            "dataset": run["dataset"],
+            "code_version": code_version(),
+            "config_fingerprint": run["config_fingerprint"],
+            "classes": run["classes"],
+            "preprocessing": run["preprocessing"],
+            "metrics": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"]},
+            "parity_keys": parity_keys(store, run),
+            "created": datetime.now(UTC).isoformat(),
+        },
+    )

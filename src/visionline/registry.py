@@ -1,0 +1,220 @@
+"""Model registry in the artifact store.
+
+    models/<name>/<version>/{<name>.mar, sha256, model_card.md, model.json}
+    models/<name>/aliases.json        {"champion": v, "previous": v, "history": [...]}
+    models/<name>/log/<time>-<action>.json   append-only promotion log (one object each)
+
+Versions are 1, 2, 3... ``model.json`` is written last and marks a version complete.
+Aliases are the one mutable object; the champion history is a stack, so a rollback
+restores the version before and ``previous`` always means "what a rollback would serve".
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from visionline.errors import KeyNotFoundError, VisionlineError
+from visionline.storage import ArtifactStore
+
+
+class RegistryError(VisionlineError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    version: str
+
+    @property
+    def prefix(self) -> str:
+        return f"models/{self.name}/{self.version}"
+
+    @property
+    def mar_key(self) -> str:
+        return f"{self.prefix}/{self.name}.mar"
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class Registry:
+    def __init__(self, store: ArtifactStore, name: str) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise RegistryError(f"invalid model name {name!r}")
+        self.store = store
+        self.name = name
+
+    # -- versions ---------------------------------------------------------------------
+    def _info_key(self, version: str) -> str:
+        return f"models/{self.name}/{version}/model.json"
+
+    def versions(self) -> list[str]:
+        found = set()
+        for key in self.store.list(f"models/{self.name}/"):
+            parts = key.split("/")
+            if len(parts) == 4 and parts[3] == "model.json" and parts[2].isdigit():
+                found.add(parts[2])
+        return sorted(found, key=int)
+
+    def info(self, version: str) -> dict[str, Any]:
+        key = self._info_key(version)
+        if not self.store.exists(key):
+            raise KeyNotFoundError(
+                f"model {self.name}:{version} does not exist in {self.store.uri}"
+            )
+        return self.store.get_json(key)
+
+    def next_version(self) -> str:
+        existing = [int(v) for v in self.versions()]
+        # also skip versions whose upload started but never completed
+        partial = [
+            int(k.split("/")[2])
+            for k in self.store.list(f"models/{self.name}/")
+            if k.count("/") >= 3 and k.split("/")[2].isdigit()
+        ]
+        return str(max(existing + partial, default=0) + 1)
+
+    def find_by_run(self, run_id: str) -> str | None:
+        for v in self.versions():
+            if self.info(v).get("run_id") == run_id:
+                return v
+        return None
+
+    def register(self, version: str, info: dict[str, Any]) -> ModelRef:
+        self.store.put_json(
+            self._info_key(version), {**info, "name": self.name, "version": version}
+        )
+        self._log("register", version, reason=f"run {info.get('run_id')}")
+        return ModelRef(self.name, version)
+
+    # -- aliases ------------------------------------------------------------------------
+    @property
+    def _aliases_key(self) -> str:
+        return f"models/{self.name}/aliases.json"
+
+    def aliases(self) -> dict[str, Any]:
+        if not self.store.exists(self._aliases_key):
+            return {"champion": None, "previous": None, "history": []}
+        return self.store.get_json(self._aliases_key)
+
+    def _write_aliases(self, history: list[str]) -> dict[str, Any]:
+        a = {
+            "champion": history[-1] if history else None,
+            "previous": history[-2] if len(history) > 1 else None,
+            "history": history,
+        }
+        self.store.put_json(self._aliases_key, a)
+        return a
+
+    def resolve(self, spec: str | None = None) -> ModelRef:
+        """``None``/``champion``/``previous``/a version number -> a ModelRef that exists."""
+        spec = spec or "champion"
+        if spec in ("champion", "previous"):
+            version = self.aliases().get(spec)
+            if version is None:
+                raise KeyNotFoundError(
+                    f"model {self.name} has no {spec} yet: package and promote a run"
+                )
+        else:
+            version = spec
+        self.info(version)
+        return ModelRef(self.name, version)
+
+    def promote(self, version: str, reason: str = "") -> dict[str, Any]:
+        self.info(version)
+        history = list(self.aliases()["history"])
+        if history and history[-1] == version:
+            return self.aliases()
+        history.append(version)
+        a = self._write_aliases(history)
+        self._log("promote", version, reason)
+        return a
+
+    def rollback(self, reason: str = "") -> dict[str, Any]:
+        history = list(self.aliases()["history"])
+        if len(history) < 2:
+            raise RegistryError(f"model {self.name} has no previous champion to roll back to")
+        demoted = history.pop()
+        a = self._write_aliases(history)
+        self._log("rollback", history[-1], reason or f"rolled back from {demoted}", demoted=demoted)
+        return a
+
+    # -- log ------------------------------------------------------------------------------
+    def _log(self, action: str, version: str, reason: str = "", **extra: Any) -> None:
+        now = datetime.now(UTC)
+        event = {
+            "time": now.isoformat(),
+            "action": action,
+            "version": version,
+            "reason": reason,
+            "actor": _actor(),
+            **extra,
+        }
+        self.store.put_json(
+            f"models/{self.name}/log/{now.strftime('%Y%m%dT%H%M%S%fZ')}-{action}.json", event
+        )
+
+    def log(self) -> list[dict[str, Any]]:
+        return [self.store.get_json(k) for k in self.store.list(f"models/{self.name}/log/")]
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def lineage(store: ArtifactStore, name: str, spec: str | None = None) -> list[tuple[str, str]]:
+    """The chain from a served archive back to its data: (stage, description) pairs."""
+    reg = Registry(store, name)
+    ref = reg.resolve(spec)
+    m = reg.info(ref.version)
+    chain = [("model", f"{ref} archive {store.url(ref.mar_key)} sha256 {m['sha256']}")]
+    run = store.get_json(f"runs/{m['run_id']}/run.json")
+    chain.append(
+        (
+            "run",
+            f"{m['run_id']}: {run['arch']}, {run['epochs_run']} epochs, config "
+            f"{run['config_fingerprint']}, code {run['code_version']}",
+        )
+    )
+    decision_key = f"runs/{m['run_id']}/decision.json"
+    if store.exists(decision_key):
+        d = store.get_json(decision_key)
+        chain.append(
+            (
+                "gate",
+                f"{'pass' if d['passed'] else 'fail'} ({len(d['checks'])} checks)"
+                + (f" vs champion {d['champion']}" if d.get("champion") else ""),
+            )
+        )
+    ds_name, ds_version = run["dataset_name"], run["dataset_version"]
+    info = store.get_json(f"datasets/{ds_name}/{ds_version}/dataset.json")
+    chain.append(
+        (
+            "dataset",
+            f"{ds_name}:{ds_version} from {info['source']}, {info['images']} images, "
+            f"ingested {info['created']}",
+        )
+    )
+    latest = f"reports/validation/{ds_name}/{ds_version}/LATEST"
+    if store.exists(latest):
+        run_ts = store.get_bytes(latest).decode().strip()
+        result = store.get_json(f"reports/validation/{ds_name}/{ds_version}/{run_ts}/result.json")
+        chain.append(
+            (
+                "validation",
+                f"{'passed' if result['success'] else 'FAILED'} at {run_ts}, "
+                f"{result['evaluated']} expectations; Data Docs "
+                f"{store.url(f'reports/validation/{ds_name}/{ds_version}/{run_ts}/data_docs/index.html')}",
+            )
+        )
+    else:
+        chain.append(("validation", "no validation result recorded for this dataset version"))
+    return chain

@@ -1,0 +1,1 @@
+"""Serving: TorchServe process and config, REST/gRPC clients, parity checks, deployment."""

@@ -1,0 +1,311 @@
+"""TorchServe 0.12 behind a small interface: a generated, locked-down config and a process.
+
+Security defaults (TorchServe is in limited maintenance upstream, so we do not lean on
+its defaults): token authorization on, the model (register/delete) API off, management
+and metrics bound to loopback only, ``allowed_urls`` restricted to our model store, no
+per-model pip installs, environment-variable overrides off.
+
+Each server gets its own working directory (config, model store, logs, the token file
+``key_file.json`` that TorchServe writes to its cwd) and its own TMPDIR, because
+``torchserve`` keeps its pid file in the temp dir and would refuse a second instance.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from visionline.config import ServeConfig
+from visionline.errors import ServingError
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    mar: str  # file name inside the model store
+    batch_size: int = 1
+    max_batch_delay_ms: int = 20
+    workers: int = 1
+    response_timeout_s: int = 120
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    inference: str
+    management: str
+    metrics: str
+    grpc_inference: str
+    grpc_management: str
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
+
+
+def render_config(
+    cfg: ServeConfig,
+    model_store: Path,
+    models: list[ServedModel],
+    inference_host: str = LOOPBACK,
+    token_expiration_min: int = 24 * 60,
+) -> str:
+    """config.properties for TorchServe. Only inference may bind beyond loopback (in a
+    pod, behind a Service); management and metrics never do."""
+    store = Path(model_store).resolve()
+    model_cfg = {
+        m.name: {
+            "1.0": {
+                "defaultVersion": True,
+                "marName": m.mar,
+                "minWorkers": m.workers,
+                "maxWorkers": m.workers,
+                "batchSize": m.batch_size,
+                "maxBatchDelay": m.max_batch_delay_ms,
+                "responseTimeout": m.response_timeout_s,
+            }
+        }
+        for m in models
+    }
+    lines = {
+        "inference_address": _url(inference_host, cfg.inference_port),
+        "management_address": _url(LOOPBACK, cfg.management_port),
+        "metrics_address": _url(LOOPBACK, cfg.metrics_port),
+        "grpc_inference_address": inference_host,
+        "grpc_inference_port": cfg.grpc_inference_port,
+        "grpc_management_address": LOOPBACK,
+        "grpc_management_port": cfg.grpc_management_port,
+        "enable_grpc_ssl": "false",
+        "disable_token_authorization": "false",
+        "token_expiration_min": token_expiration_min,
+        "enable_model_api": "false",
+        "enable_envvars_config": "false",
+        "install_py_dep_per_model": "false",
+        "allowed_urls": f"file://{store}/.*",
+        "model_store": str(store),
+        "load_models": ",".join(f"{m.name}={m.mar}" for m in models) or "",
+        "models": json.dumps(model_cfg),
+        "default_workers_per_model": cfg.workers,
+        "max_request_size": cfg.max_request_bytes + 64 * 1024,
+        "max_response_size": 6553500,
+        "disable_system_metrics": "true",
+        "default_response_timeout": 120,
+    }
+    return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+
+def parse_config(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#") and "=" in line:
+            k, _, v = line.partition("=")
+            out[k.strip()] = v.strip()
+    return out
+
+
+def management_is_loopback_only(text: str) -> bool:
+    """True when no management or metrics listener binds a non-loopback address."""
+    props = parse_config(text)
+    hosts = [
+        urlsplit(props["management_address"]).hostname,
+        urlsplit(props["metrics_address"]).hostname,
+        props.get("grpc_management_address", "0.0.0.0"),
+    ]
+    return all(h and ipaddress.ip_address(h).is_loopback for h in hosts)
+
+
+class TorchServe:
+    """One TorchServe instance rooted at ``workdir``."""
+
+    def __init__(
+        self, workdir: str | Path, cfg: ServeConfig, inference_host: str = LOOPBACK
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.cfg = cfg
+        self.inference_host = inference_host
+        self.model_store = self.workdir / "model-store"
+        self.config_path = self.workdir / "config.properties"
+        self.state_path = self.workdir / "state.json"
+
+    @property
+    def endpoints(self) -> Endpoints:
+        host = LOOPBACK if self.inference_host in ("0.0.0.0", "::") else self.inference_host
+        return Endpoints(
+            inference=_url(host, self.cfg.inference_port),
+            management=_url(LOOPBACK, self.cfg.management_port),
+            metrics=_url(LOOPBACK, self.cfg.metrics_port),
+            grpc_inference=f"{host}:{self.cfg.grpc_inference_port}",
+            grpc_management=f"{LOOPBACK}:{self.cfg.grpc_management_port}",
+        )
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key_file.json"
+
+    def _env(self) -> dict[str, str]:
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "TMPDIR": str(tmp),
+            "LOG_LOCATION": str(self.workdir / "logs"),
+            "METRICS_LOCATION": str(self.workdir / "logs"),
+        }
+        # The worker processes must import visionline (the handler does).
+        src = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+        env.pop("TS_CONFIG_FILE", None)
+        return env
+
+    def _torchserve(self) -> str:
+        exe = Path(sys.executable).parent / "torchserve"
+        found = str(exe) if exe.exists() else shutil.which("torchserve")
+        if not found:
+            raise ServingError("torchserve not found: pip install torchserve==0.12.0")
+        return found
+
+    def start(
+        self, models: list[ServedModel], mar_files: dict[str, Path], timeout: float = 180
+    ) -> Endpoints:
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise ServingError(
+                "Java 17 is required by TorchServe: apt-get install openjdk-17-jre-headless"
+            )
+        self.stop(quiet=True)
+        self.model_store.mkdir(parents=True, exist_ok=True)
+        for name, path in mar_files.items():
+            shutil.copy(path, self.model_store / f"{name}.mar")
+        self.key_file.unlink(missing_ok=True)
+        (self.workdir / "logs" / "model_log.log").unlink(
+            missing_ok=True
+        )  # a fresh count of crashes
+        self.config_path.write_text(
+            render_config(self.cfg, self.model_store, models, self.inference_host)
+        )
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        launcher_log = self.workdir / "logs" / "launcher.log"
+        # The Java server inherits the launcher's stdout/stderr and outlives it: give it
+        # a file, not a pipe, or waiting for the launcher would wait for the server.
+        with launcher_log.open("ab") as out:
+            proc = subprocess.run(
+                [
+                    self._torchserve(),
+                    "--start",
+                    "--ncs",
+                    "--ts-config",
+                    str(self.config_path),
+                    "--model-store",
+                    str(self.model_store),
+                ],
+                cwd=self.workdir,
+                env=self._env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+            )
+        if proc.returncode != 0:
+            raise ServingError(f"torchserve failed to start: see {launcher_log}")
+        self.state_path.write_text(
+            json.dumps(
+                {
+                    "models": [asdict(m) for m in models],
+                    "endpoints": asdict(self.endpoints),
+                    "key_file": str(self.key_file),
+                }
+            )
+        )
+        try:
+            for m in models:
+                self.wait_ready(m.name, timeout)
+        except ServingError:
+            self.stop(quiet=True)
+            raise
+        return self.endpoints
+
+    def tokens(self, timeout: float = 60) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while not self.key_file.is_file():
+            if time.monotonic() > deadline:
+                raise ServingError(f"TorchServe wrote no token file at {self.key_file}")
+            time.sleep(0.2)
+        keys = json.loads(self.key_file.read_text())
+        return {"inference": keys["inference"]["key"], "management": keys["management"]["key"]}
+
+    def wait_ready(self, model: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                token = self.tokens(timeout=max(1.0, deadline - time.monotonic()))["management"]
+                r = requests.get(
+                    f"{self.endpoints.management}/models/{model}",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=5,
+                )
+                if r.ok:
+                    workers = r.json()[0].get("workers", [])
+                    if workers and all(w.get("status") == "READY" for w in workers):
+                        return
+                    last = json.dumps(workers)
+                else:
+                    last = f"{r.status_code} {r.text[:200]}"
+            except (requests.RequestException, ServingError, ValueError) as e:
+                last = str(e)
+            if self._worker_failures() >= 3:
+                break  # a worker that crashes at load will not recover: fail fast
+            time.sleep(0.5)
+        raise ServingError(
+            f"model {model} did not become ready ({last}); see {self.workdir / 'logs' / 'model_log.log'}"
+        )
+
+    def _worker_failures(self) -> int:
+        log = self.workdir / "logs" / "model_log.log"
+        if not log.is_file():
+            return 0
+        return log.read_text(errors="replace").count("Traceback (most recent call last)")
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.workdir / "tmp" / ".model_server.pid"
+
+    def is_running(self) -> bool:
+        # Not an HTTP probe: with token auth on, TorchServe 0.12 refuses even /ping.
+        import psutil
+
+        try:
+            pid = int(self._pid_file.read_text().strip())
+            return (
+                psutil.pid_exists(pid)
+                and "org.pytorch.serve.ModelServer" in psutil.Process(pid).cmdline()
+            )
+        except (OSError, ValueError, psutil.Error):
+            return False
+
+    def stop(self, quiet: bool = False) -> None:
+        if not self._pid_file.exists():
+            return
+        proc = subprocess.run(
+            [self._torchserve(), "--stop"],
+            cwd=self.workdir,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        if proc.returncode != 0 and not quiet:
+            raise ServingError(f"torchserve --stop failed: {proc.stdout}{proc.stderr}")
+        deadline = time.monotonic() + 30
+        while self.is_running() and time.monotonic() < deadline:
+            time.sleep(0.3)

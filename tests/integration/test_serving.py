@@ -1,0 +1,176 @@
+"""A real TorchServe (Java 17) serving the .mar we built, over REST and gRPC, on loopback.
+
+The server is started and stopped with the `visionline serve` CLI, as a user would.
+"""
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.support.faults import bomb_png
+from tests.support.s3 import free_port
+from visionline.registry import Registry
+from visionline.serving.client import GrpcClient, PredictionError, RestClient
+from visionline.serving.parity import parity_check
+from visionline.serving.torchserve import management_is_loopback_only, parse_config
+
+pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
+
+
+def _cli(cfg_path, *args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "visionline.cli", "--config", str(cfg_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(packaged_digits, tmp_path_factory):
+    store, ref, cfg = packaged_digits
+    work = tmp_path_factory.mktemp("serve")
+    ports = {
+        k: free_port()
+        for k in (
+            "inference_port",
+            "management_port",
+            "metrics_port",
+            "grpc_inference_port",
+            "grpc_management_port",
+        )
+    }
+    served_cfg = cfg.with_overrides(
+        **{f"serve.{k}": v for k, v in ports.items()},
+        **{"serve.batch_size": 4, "serve.max_batch_delay_ms": 50},
+    )
+    cfg_path = work / "config.yaml"
+    cfg_path.write_text(served_cfg.to_yaml())
+    started = _cli(cfg_path, "serve", "--workdir", str(work / "ts"))
+    assert started.returncode == 0, started.stdout + started.stderr
+    keys = json.loads((work / "ts" / "key_file.json").read_text())
+    info = Registry(store, ref.name).info(ref.version)
+    yield {
+        "cfg_path": cfg_path,
+        "work": work / "ts",
+        "stdout": started.stdout,
+        "token": keys["inference"]["key"],
+        "rest": f"http://127.0.0.1:{ports['inference_port']}",
+        "grpc": f"127.0.0.1:{ports['grpc_inference_port']}",
+        "mgmt_port": ports["management_port"],
+        "name": ref.name,
+        "store": store,
+        "info": info,
+        "good": store.get_bytes(info["parity_keys"][0]),
+    }
+    stopped = _cli(cfg_path, "serve", "--stop", "--workdir", str(work / "ts"))
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+
+
+def test_cli_prints_endpoints_and_token_location(server):
+    out = server["stdout"]
+    assert f"{server['rest']}/predictions/{server['name']}" in out
+    assert "key_file.json" in out and "loopback only" in out
+
+
+def test_rest_and_grpc_agree(server):
+    rest = RestClient(server["rest"], server["name"], server["token"]).predict(server["good"])
+    grpc = GrpcClient(server["grpc"], server["name"], server["token"])
+    assert grpc.ping()
+    assert grpc.predict(server["good"]) == rest
+    assert len(rest) == 3 and max(rest.values()) > 0.5
+
+
+def test_request_without_token_is_refused(server):
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        r = requests.post(
+            f"{server['rest']}/predictions/{server['name']}", data=server["good"], headers=headers
+        )
+        assert r.status_code in (400, 401, 403) and "Token Authorization failed" in r.text
+    with pytest.raises(PredictionError):
+        GrpcClient(server["grpc"], server["name"], None).predict(server["good"])
+
+
+def test_generated_config_is_locked_down(server):
+    text = (server["work"] / "config.properties").read_text()
+    props = parse_config(text)
+    assert management_is_loopback_only(text)
+    assert props["enable_model_api"] == "false" and props["disable_token_authorization"] == "false"
+    assert props["allowed_urls"].startswith("file://") and "model-store" in props["allowed_urls"]
+    # and, for real: the management port answers on loopback only
+    assert requests.get(f"http://127.0.0.1:{server['mgmt_port']}/models").status_code in (400, 401)
+    addrs = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+    for addr in addrs - {"127.0.0.1"}:
+        if addr.startswith("127."):
+            continue
+        with (
+            pytest.raises(OSError),
+            socket.create_connection((addr, server["mgmt_port"]), timeout=2),
+        ):
+            pass
+
+
+@pytest.mark.parametrize(
+    "body,ctype,message",
+    [
+        (b"definitely not an image", None, "not a recognised image format"),
+        (b"", None, "empty"),
+        (bomb_png(30000, 30000), None, "decompression-bomb guard"),
+        (b'{"data": "', "application/json", "malformed JSON"),
+    ],
+    ids=["not-image", "zero-bytes", "over-limit", "malformed-json"],
+)
+def test_bad_input_then_good_input(server, body, ctype, message):
+    headers = {"Authorization": f"Bearer {server['token']}"}
+    if ctype:
+        headers["Content-Type"] = ctype
+    r = requests.post(f"{server['rest']}/predictions/{server['name']}", data=body, headers=headers)
+    assert r.status_code == 400 and message in r.text
+    good = RestClient(server["rest"], server["name"], server["token"]).predict(server["good"])
+    assert len(good) == 3
+
+
+def test_truncated_and_base64_over_grpc(server):
+    grpc = GrpcClient(server["grpc"], server["name"], server["token"])
+    with pytest.raises(PredictionError, match="truncated|not a recognised"):
+        grpc.predict(server["good"][: len(server["good"]) // 2])
+    assert len(grpc.predict(server["good"])) == 3
+    js = RestClient(server["rest"], server["name"], server["token"]).predict_json(server["good"])
+    assert js == RestClient(server["rest"], server["name"], server["token"]).predict(server["good"])
+    assert base64.b64encode(server["good"])  # the JSON form carried the same bytes
+
+
+def test_concurrent_batches_with_bad_requests_mixed_in(server):
+    """batch_size=4: bad and good requests land in the same batches; only bad ones fail."""
+    url = f"{server['rest']}/predictions/{server['name']}"
+    headers = {"Authorization": f"Bearer {server['token']}"}
+    bodies = [server["good"] if i % 3 else b"junk" for i in range(24)]
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(lambda b: requests.post(url, data=b, headers=headers).status_code, bodies)
+        )
+    assert codes == [200 if i % 3 else 400 for i in range(24)]
+
+
+def test_parity_with_the_in_process_model(server):
+    client = RestClient(server["rest"], server["name"], server["token"])
+    report = parity_check(client, server["store"], server["info"])
+    assert report.ok, report.summary()
+    assert report.checked == len(server["info"]["parity_keys"]) and report.max_abs_diff <= 1e-4
+
+
+def test_cli_predict_over_rest_and_grpc(server, tmp_path):
+    img = tmp_path / "digit.png"
+    img.write_bytes(server["good"])
+    for extra in ([f"--endpoint={server['rest']}"], ["--grpc", f"--endpoint={server['grpc']}"]):
+        out = _cli(
+            server["cfg_path"], "predict", str(img), "--workdir", str(server["work"]), *extra
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"{img}: ")
