@@ -5,7 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEMO   ?= .visionline/demo
+
+# The demo and the UI keep their Prefect database under .visionline/, not in ~/.prefect
+# shared with whatever else runs Prefect on this machine; no telemetry from pipelines.
+export PREFECT_HOME ?= $(CURDIR)/.visionline/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# A fresh Prefect database migrates on first start: more than the default 20 s on 2 cores.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 .PHONY: install demo test test-fast lint format bench ui clean
 
@@ -18,9 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/visionline samples digits $(DEMO)/digits
-	$(VENV)/bin/visionline ingest $(DEMO)/digits --dataset digits
-	$(VENV)/bin/visionline validate digits
+	$(PY) -m flows.demo
 
 test: install
 	$(PY) -m pytest -q

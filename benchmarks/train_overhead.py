@@ -75,12 +75,15 @@ def main() -> None:
     crit = nn.CrossEntropyLoss()
     ours_opt = build_optimizer(ours_model.parameters(), cfg.train)
     plain_opt = build_optimizer(plain_model.parameters(), cfg.train)
-    loader = lambda e: DataLoader(
-        ds,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,  # noqa: E731
-        generator=torch.Generator().manual_seed(e),
-    )
+
+    def loader(epoch: int) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(epoch),
+        )
+
     schedule = LRSchedule(
         ours_opt, cfg.train.model_copy(update={"scheduler": "none"}), len(loader(0))
     )

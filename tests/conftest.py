@@ -129,3 +129,12 @@ def packaged_digits(trained_digits):
     ref = package_run(store, run_id)
     Registry(store, ref.name).promote(ref.version, "test fixture")
     return store, ref, cfg
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real temporary Prefect API (server + database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

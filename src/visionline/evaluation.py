@@ -185,6 +185,28 @@ def plot_training_curves(history: list[dict]) -> bytes:
     return _png(fig)
 
 
+def metrics_markdown(m: dict) -> str:
+    """The headline metrics as a markdown table (report, model card, Prefect artifact)."""
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    return "\n".join(
+        [
+            "| metric | value |",
+            "| --- | --- |",
+            f"| accuracy | {fmt(m['accuracy'])} |",
+            f"| balanced accuracy | {fmt(m['balanced_accuracy'])} |",
+            f"| macro precision / recall / F1 | {fmt(m['macro']['precision'])} / {fmt(m['macro']['recall'])} / {fmt(m['macro']['f1'])} |",
+            f"| weighted F1 | {fmt(m['weighted']['f1'])} |",
+            f"| macro ROC AUC (one vs rest) | {fmt(m['roc_auc']['macro'])} |",
+            f"| macro PR AUC | {fmt(m['pr_auc']['macro'])} |",
+            f"| test images | {m['n']} |",
+            "",
+        ]
+    )
+
+
 def render_report(run_id: str, info: dict, m: dict) -> str:
     lines = [
         f"# Evaluation of run `{run_id}`",
@@ -192,19 +214,7 @@ def render_report(run_id: str, info: dict, m: dict) -> str:
         f"- dataset: `{info['dataset']}`, architecture `{info['arch']}`, code `{info['code_version']}`",
         f"- test images: {m['n']}",
         "",
-        "| metric | value |",
-        "| --- | --- |",
-        f"| accuracy | {m['accuracy']:.4f} |",
-        f"| balanced accuracy | {m['balanced_accuracy']:.4f} |",
-        f"| macro precision / recall / F1 | {m['macro']['precision']:.4f} / {m['macro']['recall']:.4f} / {m['macro']['f1']:.4f} |",
-        f"| weighted F1 | {m['weighted']['f1']:.4f} |",
-        f"| macro ROC AUC (one vs rest) | {m['roc_auc']['macro']:.4f} |"
-        if m["roc_auc"]["macro"] is not None
-        else "| macro ROC AUC | n/a |",
-        f"| macro PR AUC | {m['pr_auc']['macro']:.4f} |"
-        if m["pr_auc"]["macro"] is not None
-        else "| macro PR AUC | n/a |",
-        "",
+        metrics_markdown(m),
         "| class | precision | recall | F1 | support |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -262,6 +272,12 @@ def evaluate_run(store: ArtifactStore, run_id: str) -> dict[str, Any]:
         json.dumps({"run_id": run_id, "accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"]}),
     )
     return m
+
+
+def ensure_evaluated(store: ArtifactStore, run_id: str) -> dict[str, Any]:
+    """The stored evaluation of a run, computing it once."""
+    key = f"{RunPaths(run_id).evaluation}/metrics.json"
+    return store.get_json(key) if store.exists(key) else evaluate_run(store, run_id)
 
 
 def load_predictions(store: ArtifactStore, run_id: str) -> pd.DataFrame:

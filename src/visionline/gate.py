@@ -48,6 +48,23 @@ class Decision:
         return "\n".join(lines)
 
 
+def decision_markdown(decision: dict[str, Any]) -> str:
+    """A decision (as stored in decision.json) as a markdown table."""
+    rows = []
+    for c in decision["checks"]:
+        value = "n/a" if c["value"] is None else f"{c['value']:.4f}"
+        threshold = "" if c["threshold"] is None else f"{c['threshold']:.4f}"
+        verdict = "pass" if c["passed"] else "**FAIL**"
+        rows.append(f"| {c['name']} | {value} | {threshold} | {verdict} | {c['detail']} |")
+    head = f"## Gate decision: {'PASS' if decision['passed'] else 'FAIL'}\n\n"
+    return (
+        head
+        + "| check | value | threshold | verdict | detail |\n| --- | --- | --- | --- | --- |\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
 def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> tuple[int, int, float]:
     """Discordant counts (champion-only right, challenger-only right) and the exact p-value."""
     a = np.asarray(champion_correct, dtype=bool)
@@ -132,12 +149,25 @@ def gate_run(
     paths = RunPaths(run_id)
     run_cfg = load_run_config(store, run_id)
     cfg = cfg or run_cfg.gate
+    if champion_run == run_id:
+        champion_run = None  # the champion already is this run (a re-run): nothing to compare
+    if store.exists(paths.decision):
+        prior = store.get_json(paths.decision)
+        # The same question (thresholds, champion) has the same answer: do not re-decide.
+        if prior.get("champion") == champion_run and prior.get("gate_config") == cfg.model_dump():
+            return Decision(
+                prior["run_id"],
+                prior["passed"],
+                [GateCheck(**c) for c in prior["checks"]],
+                prior["champion"],
+                prior["decided_at"],
+            )
     metrics_key = f"{paths.evaluation}/metrics.json"
     metrics = (
         store.get_json(metrics_key) if store.exists(metrics_key) else evaluate_run(store, run_id)
     )
     challenger_correct = champion_correct = None
-    if champion_run and champion_run != run_id:
+    if champion_run:
         ours = load_predictions(store, run_id)
         info = store.get_json(paths.run_info)
         champ_model, champ_info = load_trained_model(store, champion_run)
@@ -158,7 +188,7 @@ def gate_run(
                 ],
                 champion_run,
             )
-            store.put_json(paths.decision, decision.to_dict())
+            store.put_json(paths.decision, {**decision.to_dict(), "gate_config": cfg.model_dump()})
             return decision
         from visionline.data.manifest import DatasetRef
 
@@ -173,5 +203,14 @@ def gate_run(
         challenger_correct = paired["correct"].to_numpy()
         champion_correct = paired["correct_champion"].to_numpy()
     decision = decide(run_id, metrics, cfg, challenger_correct, champion_correct, champion_run)
-    store.put_json(paths.decision, decision.to_dict())
+    store.put_json(paths.decision, {**decision.to_dict(), "gate_config": cfg.model_dump()})
     return decision
+
+
+def champion_run_id(store: Any, model_name: str) -> str | None:
+    """The run behind the current champion of ``model_name``, if there is one."""
+    from visionline.registry import Registry
+
+    reg = Registry(store, model_name)
+    version = reg.aliases().get("champion")
+    return reg.info(version)["run_id"] if version else None

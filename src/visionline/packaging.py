@@ -54,11 +54,10 @@ def parity_keys(store: ArtifactStore, run: dict[str, Any], n: int = PARITY_IMAGE
 
 
 def model_card(ref: ModelRef, run: dict, metrics: dict, decision: dict, sha: str) -> str:
-    rows = "\n".join(
-        f"| {c['name']} | {c['value'] if c['value'] is None else round(c['value'], 4)} | "
-        f"{c['threshold']} | {'pass' if c['passed'] else 'FAIL'} |"
-        for c in decision["checks"]
-    )
+    from visionline.evaluation import metrics_markdown
+    from visionline.gate import decision_markdown
+
+    pre = run["preprocessing"]
     return f"""# Model card: {ref}
 
 - archive sha256: `{sha}`
@@ -66,23 +65,12 @@ def model_card(ref: ModelRef, run: dict, metrics: dict, decision: dict, sha: str
 - dataset: `{run["dataset"]}`
 - code version: `{run["code_version"]}`, config `{run["config_fingerprint"]}`
 - classes: {", ".join(run["classes"])}
-- input: {run["preprocessing"]["channels"]} channel(s), {run["preprocessing"]["image_size"]}px, mean {run["preprocessing"]["mean"]}, std {run["preprocessing"]["std"]}
+- input: {pre["channels"]} channel(s), {pre["image_size"]}px, mean {pre["mean"]}, std {pre["std"]}
 
 ## Test metrics
 
-| metric | value |
-| --- | --- |
-| accuracy | {metrics["accuracy"]:.4f} |
-| macro F1 | {metrics["macro"]["f1"]:.4f} |
-| macro ROC AUC | {metrics["roc_auc"]["macro"]} |
-| test images | {metrics["n"]} |
-
-## Gate decision: {"PASS" if decision["passed"] else "FAIL"}
-
-| check | value | threshold | verdict |
-| --- | --- | --- | --- |
-{rows}
-"""
+{metrics_markdown(metrics)}
+{decision_markdown(decision)}"""
 
 
 def build_mar(

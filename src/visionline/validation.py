@@ -232,13 +232,61 @@ def run_suite(
     return not failures, evaluated, failures, site if site.is_dir() else None
 
 
+def validation_fingerprint(cfg: PipelineConfig, classes: list[str]) -> str:
+    """What a validation result depends on besides the (immutable) dataset version."""
+    import hashlib
+
+    blob = json.dumps(
+        {"validation": cfg.validation.model_dump(mode="json"), "classes": classes}, sort_keys=True
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _classes_for(
+    store: ArtifactStore, ref: DatasetRef, cfg: PipelineConfig, manifest: pd.DataFrame | None = None
+) -> list[str]:
+    if cfg.data.classes:
+        return list(cfg.data.classes)
+    info = store.get_json(ref.info_key) if store.exists(ref.info_key) else {}
+    if info.get("classes"):
+        return list(info["classes"])
+    manifest = manifest if manifest is not None else read_manifest(store, ref)
+    return sorted(manifest["label"].unique())
+
+
+def ensure_validated(
+    store: ArtifactStore, ref: DatasetRef, cfg: PipelineConfig
+) -> ValidationReport:
+    """Reuse the stored result for this dataset version and these expectations, if any;
+    otherwise validate. Raises DataValidationError when the data fails."""
+    latest = f"reports/validation/{ref.name}/{ref.version}/LATEST"
+    if store.exists(latest):
+        prefix = f"reports/validation/{ref.name}/{ref.version}/{store.get_bytes(latest).decode().strip()}"
+        prior = store.get_json(f"{prefix}/result.json")
+        if prior.get("validation_fingerprint") == validation_fingerprint(
+            cfg, _classes_for(store, ref, cfg)
+        ):
+            report = ValidationReport(
+                str(ref),
+                prior["success"],
+                prior["evaluated"],
+                [Failure(**f) for f in prior["failures"]],
+                prefix,
+                store.url(f"{prefix}/data_docs/index.html"),
+            )
+            report.raise_for_failure()
+            return report
+    report = validate_dataset(store, ref, cfg)
+    report.raise_for_failure()
+    return report
+
+
 def validate_dataset(
     store: ArtifactStore, ref: DatasetRef, cfg: PipelineConfig, store_report: bool = True
 ) -> ValidationReport:
     """Validate dataset ``ref`` against the config's expectations; store results + Data Docs."""
     manifest = read_manifest(store, ref)
-    info = store.get_json(ref.info_key) if store.exists(ref.info_key) else {}
-    classes = list(cfg.data.classes or info.get("classes") or sorted(manifest["label"].unique()))
+    classes = _classes_for(store, ref, cfg, manifest)
     frames = validation_frames(manifest, classes, cfg)
     with tempfile.TemporaryDirectory(prefix="visionline-gx-") as tmp:
         success, evaluated, failures, site = run_suite(frames, cfg, classes, Path(tmp))
@@ -259,6 +307,7 @@ def validate_dataset(
                     "failures": [f.__dict__ for f in failures],
                     "classes": classes,
                     "config_fingerprint": cfg.fingerprint(),
+                    "validation_fingerprint": validation_fingerprint(cfg, classes),
                     "validated_at": run,
                 },
             )

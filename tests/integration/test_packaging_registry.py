@@ -109,14 +109,17 @@ def test_lineage_reaches_the_dataset_and_its_validation(packaged_digits):
 
 
 def test_models_cli(packaged_digits, tmp_path):
-    store, ref, cfg = packaged_digits
+    _, ref, cfg = packaged_digits
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(cfg.to_yaml())
-    run = lambda *a: subprocess.run(
-        [sys.executable, "-m", "visionline.cli", "--config", str(cfg_path), *a],  # noqa: E731
-        capture_output=True,
-        text=True,
-    )
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "visionline.cli", "--config", str(cfg_path), *args],
+            capture_output=True,
+            text=True,
+        )
+
     listed = run("models", "list")
     assert (
         listed.returncode == 0

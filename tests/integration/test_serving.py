@@ -138,7 +138,7 @@ def test_bad_input_then_good_input(server, body, ctype, message):
 
 def test_truncated_and_base64_over_grpc(server):
     grpc = GrpcClient(server["grpc"], server["name"], server["token"])
-    with pytest.raises(PredictionError, match="truncated|not a recognised"):
+    with pytest.raises(PredictionError, match=r"truncated|not a recognised"):
         grpc.predict(server["good"][: len(server["good"]) // 2])
     assert len(grpc.predict(server["good"])) == 3
     js = RestClient(server["rest"], server["name"], server["token"]).predict_json(server["good"])

@@ -292,9 +292,23 @@ class TorchServe:
         except (OSError, ValueError, psutil.Error):
             return False
 
-    def stop(self, quiet: bool = False) -> None:
+    def _process_tree(self) -> list:
+        import psutil
+
+        try:
+            root = psutil.Process(int(self._pid_file.read_text().strip()))
+            return [root, *root.children(recursive=True)]
+        except (OSError, ValueError, psutil.Error):
+            return []
+
+    def stop(self, quiet: bool = False, timeout: float = 60) -> None:
+        """Stop the server and wait until the JVM and every Python worker have exited, so
+        the next server (and its CPU) starts clean."""
+        import psutil
+
         if not self._pid_file.exists():
             return
+        procs = self._process_tree()
         proc = subprocess.run(
             [self._torchserve(), "--stop"],
             cwd=self.workdir,
@@ -306,6 +320,7 @@ class TorchServe:
         )
         if proc.returncode != 0 and not quiet:
             raise ServingError(f"torchserve --stop failed: {proc.stdout}{proc.stderr}")
-        deadline = time.monotonic() + 30
-        while self.is_running() and time.monotonic() < deadline:
-            time.sleep(0.3)
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for p in alive:  # a worker stuck in a long request: do not leave it behind
+            p.kill()
+        psutil.wait_procs(alive, timeout=10)

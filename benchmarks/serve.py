@@ -1,0 +1,238 @@
+"""Serving throughput and latency: our handler vs TorchServe's stock image_classifier.
+
+Same model (resnet18, 224x224, 10 classes, the same weights), same preprocessing work
+(resize 256, centre crop 224, ImageNet normalisation: the stock handler's own), same
+server settings; batch size 1 and 8; 1, 8 and 32 concurrent clients. The in-process
+forward pass (no HTTP, no decoding) is the upper bound. Servers run one at a time:
+TorchServe workers use fixed socket paths.
+
+    python benchmarks/serve.py [--requests-per-client 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import write_result
+from tests.support.s3 import free_port
+from visionline.config import ServeConfig, parse_config
+from visionline.data.samples import draw_shape
+from visionline.models import build_model
+from visionline.packaging import HANDLERS_DIR, _archiver, build_mar
+from visionline.serving.torchserve import ServedModel, TorchServe
+from visionline.storage import LocalStore
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+def make_run(store: LocalStore, tmp: Path):
+    cfg = parse_config(
+        {
+            "store": store.uri,
+            "data": {
+                "dataset": "bench",
+                "image_size": 224,
+                "crop_ratio": 0.875,
+                "channels": 3,
+                **IMAGENET,
+            },
+            "model": {"arch": "resnet18"},
+            "serve": {"model_name": "ours", "top_k": 5},
+        }
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg.model, len(CLASSES), 3, 224).eval()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    store.put_bytes("runs/bench/model.pt", buf.getvalue())
+    store.put_json(
+        "runs/bench/run.json",
+        {
+            "classes": CLASSES,
+            "preprocessing": {"image_size": 224, "channels": 3, "crop_ratio": 0.875, **IMAGENET},
+        },
+    )
+    return cfg, model
+
+
+def stock_mar(our_mar_src: Path, out: Path) -> Path:
+    """The same weights and model file, with TorchServe's built-in image_classifier."""
+    src = our_mar_src
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            _archiver(),
+            "--model-name",
+            "stock",
+            "--version",
+            "1",
+            "--model-file",
+            str(HANDLERS_DIR / "visionline_model.py"),
+            "--serialized-file",
+            str(src / "model.pt"),
+            "--handler",
+            "image_classifier",
+            "--extra-files",
+            f"{src / 'model_spec.json'},{src / 'index_to_name.json'}",
+            "--export-path",
+            str(out),
+            "--force",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out / "stock.mar"
+
+
+def load(url: str, token: str, images: list[bytes], clients: int, per_client: int) -> dict:
+    latencies: list[float] = []
+
+    def client(i: int) -> list[float]:
+        s = requests.Session()
+        out = []
+        for j in range(per_client):
+            t = time.perf_counter()
+            r = s.post(
+                url,
+                data=images[(i + j) % len(images)],
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            out.append(time.perf_counter() - t)
+            r.raise_for_status()
+        return out
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for lat in pool.map(client, range(clients)):
+            latencies += lat
+    wall = time.perf_counter() - start
+    ms = sorted(x * 1000 for x in latencies)
+    return {
+        "requests_per_s": round(len(ms) / wall, 2),
+        "p50_ms": round(statistics.median(ms), 1),
+        "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests-per-client", type=int, default=6)
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--batch-sizes", default="1,8")
+    args = ap.parse_args()
+    conc = [int(c) for c in args.concurrency.split(",")]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(16):
+        buf = io.BytesIO()
+        draw_shape(["circle", "square", "star", "cross"][i % 4], 320, rng).save(
+            buf, "JPEG", quality=90
+        )
+        images.append(buf.getvalue())
+
+    points = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        store = LocalStore(tmp / "store")
+        cfg, model = make_run(store, tmp)
+        ours = build_mar(store, "bench", "ours", "1", cfg, tmp / "ours")
+        stock = stock_mar(tmp / "ours" / "src", tmp / "stock")
+
+        # upper bound: the model alone, on preprocessed tensors
+        for bs in batch_sizes:
+            x = torch.randn(bs, 3, 224, 224)
+            with torch.inference_mode():
+                model(x)
+                t, n = time.perf_counter(), 0
+                while time.perf_counter() - t < 5:
+                    model(x)
+                    n += bs
+            rate = n / (time.perf_counter() - t)
+            points.append(
+                {
+                    "handler": "in_process_forward",
+                    "concurrency": 0,
+                    "batch_size": bs,
+                    "requests_per_s": round(rate, 2),
+                    "p50_ms": round(1000 * bs / rate, 1),
+                    "p99_ms": None,
+                }
+            )
+            print(points[-1])
+
+        for bs in batch_sizes:
+            for handler, mar in (("visionline", ours), ("stock", stock)):
+                name = "ours" if handler == "visionline" else "stock"
+                ports = {
+                    k: free_port()
+                    for k in (
+                        "inference_port",
+                        "management_port",
+                        "metrics_port",
+                        "grpc_inference_port",
+                        "grpc_management_port",
+                    )
+                }
+                serve_cfg = ServeConfig(
+                    model_name=name, batch_size=bs, max_batch_delay_ms=10, **ports
+                )
+                server = TorchServe(tmp / f"ts-{name}-{bs}", serve_cfg)
+                server.start([ServedModel(name, f"{name}.mar", bs, 10, 1)], {name: mar})
+                try:
+                    token = server.tokens()["inference"]
+                    url = f"{server.endpoints.inference}/predictions/{name}"
+                    load(url, token, images, 2, 3)  # warm-up
+                    for c in conc:
+                        r = load(url, token, images, c, args.requests_per_client)
+                        points.append({"handler": handler, "concurrency": c, "batch_size": bs, **r})
+                        print(points[-1])
+                finally:
+                    server.stop()
+
+    ratios = []
+    for bs in batch_sizes:
+        for c in conc:
+            o = next(
+                p
+                for p in points
+                if p["handler"] == "visionline" and p["batch_size"] == bs and p["concurrency"] == c
+            )
+            s = next(
+                p
+                for p in points
+                if p["handler"] == "stock" and p["batch_size"] == bs and p["concurrency"] == c
+            )
+            ratios.append(o["requests_per_s"] / s["requests_per_s"])
+    write_result(
+        "serve",
+        {
+            "min_ratio_vs_stock": round(min(ratios), 3),
+            "median_ratio_vs_stock": round(statistics.median(ratios), 3),
+            "model": "resnet18 224x224, 10 classes",
+            "workers": 1,
+            "requests_per_client": args.requests_per_client,
+            "points": points,
+        },
+    )
+    print(json.dumps({"min_ratio_vs_stock": round(min(ratios), 3)}))
+
+
+if __name__ == "__main__":
+    main()

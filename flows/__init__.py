@@ -1,0 +1,1 @@
+"""Prefect flows: thin composition of visionline's stages (the core knows nothing of Prefect)."""

@@ -1,0 +1,52 @@
+"""What the Prefect UI shows for a pipeline run: markdown and table artifacts."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from visionline.config import PipelineConfig
+from visionline.evaluation import metrics_markdown
+from visionline.gate import decision_markdown
+from visionline.storage import open_store
+
+
+@task
+def publish(
+    cfg: PipelineConfig,
+    dataset: str,
+    validation: dict,
+    run_id: str,
+    metrics: dict,
+    decision: dict,
+    model: str | None,
+) -> None:
+    store = open_store(cfg.store)
+    ev = f"runs/{run_id}/evaluation"
+    links = "\n".join(
+        f"- [{name}]({store.url(f'{ev}/{name}')})"
+        for name in (
+            "report.md",
+            "confusion_matrix.png",
+            "roc.png",
+            "pr.png",
+            "training_curves.png",
+        )
+    )
+    create_markdown_artifact(
+        key="pipeline-summary",
+        description=f"{dataset} / {cfg.model.arch}",
+        markdown=(
+            f"# {cfg.name}: {dataset}, {cfg.model.arch}\n\n{metrics_markdown(metrics)}\n"
+            f"{decision_markdown(decision)}\n## Links\n\n- Data Docs: {validation.get('docs_url')}\n"
+            f"{links}\n- model: {model or 'not packaged'}\n"
+        ),
+    )
+    create_table_artifact(
+        key="per-class-metrics",
+        description=f"per-class test metrics of {run_id}",
+        table=[
+            {"class": c, **{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}}
+            for c, m in metrics["per_class"].items()
+        ],
+    )

@@ -1,0 +1,82 @@
+"""`make demo`: the whole pipeline on the embedded default (local store, local Prefect,
+local training, local TorchServe) with the bundled digits set, then a few predictions.
+
+    python -m flows.demo [--config configs/digits.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from flows.training_pipeline import training_pipeline
+from visionline.config import load_config
+from visionline.data.manifest import read_manifest, resolve_dataset
+from visionline.data.samples import write_digits
+from visionline.serving.client import RestClient
+from visionline.serving.torchserve import TorchServe
+from visionline.storage import open_store
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/digits.yaml")
+    ap.add_argument(
+        "--keep-serving", action="store_true", help="leave TorchServe running at the end"
+    )
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    start = time.perf_counter()
+    config = str(Path(args.config).resolve())
+    cfg = load_config(config)
+    samples = Path(cfg.data.source or ".visionline/samples/digits")
+    if not samples.is_dir():
+        print(f"writing the digits sample set to {samples} ...")
+        write_digits(samples)
+
+    workdir = Path(".visionline/serve")
+    result = training_pipeline(
+        config=config, source=str(samples), deploy=True, serve_workdir=str(workdir)
+    )
+
+    store = open_store(cfg.store)
+    server = TorchServe(workdir, cfg.serve)
+    try:
+        name = result["model"].split(":")[0]
+        client = RestClient(server.endpoints.inference, name, server.tokens()["inference"])
+        m = read_manifest(store, resolve_dataset(store, result["dataset"]))
+        test = m[(m["split"] == "test") & m["decodable"]].sort_values("sha256").head(5)
+        print("\n=== visionline demo ===")
+        print(f"dataset          {result['dataset']}")
+        print(f"run              {result['run_id']}")
+        print(f"test accuracy    {result['accuracy']:.4f}")
+        print(f"gate             {result['gate']}")
+        print(f"model            {result['model']} (champion)")
+        print(
+            f"endpoint         {server.endpoints.inference}/predictions/{name}  (gRPC {server.endpoints.grpc_inference})"
+        )
+        print(
+            f"parity           {result['deployment']['parity_images']} images, max |dp| "
+            f"{result['deployment']['parity_max_abs_diff']:.1e}"
+        )
+        right = 0
+        for row in test.itertuples():
+            pred = client.predict(store.get_bytes(row.key))
+            top = max(pred, key=pred.get)
+            right += top == row.label
+            print(
+                f"predict          {row.source}: true {row.label}, predicted {top} ({pred[top]:.3f})"
+            )
+        print(f"examples right   {right}/{len(test)}")
+        print(f"wall time        {time.perf_counter() - start:.0f}s")
+    finally:
+        if not args.keep_serving:
+            server.stop()
+            print("TorchServe stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

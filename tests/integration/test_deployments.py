@@ -1,0 +1,82 @@
+"""prefect.yaml and the Kubernetes work pool template, loaded by Prefect itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
+EXPECTED = {
+    "retrain": ("0 2 * * *", "flows/training_pipeline.py:training_pipeline"),
+    "monitor": ("0 * * * *", "flows/monitoring.py:monitoring"),
+}
+
+
+def _prefect(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_work_pool_and_deployments_load(prefect_api):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    pool = _prefect(
+        "work-pool",
+        "create",
+        "visionline-kubernetes",
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        "k8s/prefect/base-job-template.json",
+        "--overwrite",
+        env=env,
+    )
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    deployed = _prefect("deploy", "--all", env=env)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    async def read():
+        async with get_client() as client:
+            wp = await client.read_work_pool("visionline-kubernetes")
+            deps = {d.name: d for d in await client.read_deployments()}
+            return wp, deps
+
+    wp, deps = asyncio.run(read())
+    assert wp.type == "kubernetes"
+    assert wp.base_job_template["variables"]["properties"]["namespace"]["default"] == "visionline"
+    for spec in SPEC["deployments"]:
+        d = deps[spec["name"]]
+        cron, entrypoint = EXPECTED[spec["name"]]
+        assert d.entrypoint == entrypoint
+        assert [s.schedule.cron for s in d.schedules] == [cron]
+        assert d.parameters == spec["parameters"]
+        assert d.work_pool_name == "visionline-kubernetes"
+        assert d.job_variables["image"] == spec["work_pool"]["job_variables"]["image"]
+
+
+def test_local_runner_serves_the_same_schedules():
+    from flows.serve import deployments_from_yaml
+
+    by_name = {d.name: d for d in deployments_from_yaml()}
+    assert set(by_name) == set(EXPECTED)
+    for name, (cron, _) in EXPECTED.items():
+        assert [s.schedule.cron for s in by_name[name].schedules] == [cron]
+        spec = next(s for s in SPEC["deployments"] if s["name"] == name)
+        assert by_name[name].parameters == spec["parameters"]
