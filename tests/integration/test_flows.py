@@ -160,8 +160,13 @@ def test_transient_s3_errors_are_retried(
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         cfg = digits_config(
             f"s3://{bucket}/vl",
-            **{**FAST, "train.epochs": 1, "data.classes": ["0", "1"], "gate.min_accuracy": 0.0,
-               "gate.min_macro_f1": 0.0},  # this test is about retries, not model quality
+            **{
+                **FAST,
+                "train.epochs": 1,
+                "data.classes": ["0", "1"],
+                "gate.min_accuracy": 0.0,
+                "gate.min_macro_f1": 0.0,
+            },  # this test is about retries, not model quality
         )
         cfg = cfg.with_overrides(**{"data.cache_dir": str(tmp_path / "cache")})
         state = training_pipeline(
