@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_result
-from tests.support.s3 import free_port
+from tests.support.ports import serve_ports
 from visionline.config import load_config
 from visionline.data.samples import write_digits
 from visionline.serving.torchserve import TorchServe
@@ -45,16 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=180):
         tmp = Path(tmp)
         write_digits(tmp / "digits")
-        ports = {
-            f"serve.{k}": free_port()
-            for k in (
-                "inference_port",
-                "management_port",
-                "metrics_port",
-                "grpc_inference_port",
-                "grpc_management_port",
-            )
-        }
+        ports = serve_ports()
         cfg = load_config(REPO / "configs" / "digits.yaml").with_overrides(
             store=str(tmp / "store"), **{"data.cache_dir": str(tmp / "cache")}, **ports
         )

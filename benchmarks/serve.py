@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_result
-from tests.support.s3 import free_port
+from tests.support.ports import serve_ports
 from visionline.config import ServeConfig, parse_config
 from visionline.data.samples import draw_shape
 from visionline.models import build_model
@@ -180,16 +180,7 @@ def main() -> None:
         for bs in batch_sizes:
             for handler, mar in (("visionline", ours), ("stock", stock)):
                 name = "ours" if handler == "visionline" else "stock"
-                ports = {
-                    k: free_port()
-                    for k in (
-                        "inference_port",
-                        "management_port",
-                        "metrics_port",
-                        "grpc_inference_port",
-                        "grpc_management_port",
-                    )
-                }
+                ports = serve_ports(prefix="")
                 serve_cfg = ServeConfig(
                     model_name=name, batch_size=bs, max_batch_delay_ms=10, **ports
                 )

@@ -172,49 +172,48 @@ def _actor() -> str:
 
 def lineage(store: ArtifactStore, name: str, spec: str | None = None) -> list[tuple[str, str]]:
     """The chain from a served archive back to its data: (stage, description) pairs."""
+    from visionline.data.manifest import DatasetRef
+    from visionline.training import RunPaths
+    from visionline.validation import latest_result_prefix
+
     reg = Registry(store, name)
     ref = reg.resolve(spec)
     m = reg.info(ref.version)
     chain = [("model", f"{ref} archive {store.url(ref.mar_key)} sha256 {m['sha256']}")]
-    run = store.get_json(f"runs/{m['run_id']}/run.json")
+    paths = RunPaths(m["run_id"])
+    run = store.get_json(paths.run_info)
     chain.append(
         (
             "run",
-            f"{m['run_id']}: {run['arch']}, {run['epochs_run']} epochs, config "
-            f"{run['config_fingerprint']}, code {run['code_version']}",
+            f"{m['run_id']}: {run['arch']}, {run['epochs_run']} epochs, "
+            f"config {run['config_fingerprint']}, code {run['code_version']}",
         )
     )
-    decision_key = f"runs/{m['run_id']}/decision.json"
-    if store.exists(decision_key):
-        d = store.get_json(decision_key)
+    if store.exists(paths.decision):
+        d = store.get_json(paths.decision)
+        against = f" vs champion {d['champion']}" if d.get("champion") else ""
         chain.append(
-            (
-                "gate",
-                f"{'pass' if d['passed'] else 'fail'} ({len(d['checks'])} checks)"
-                + (f" vs champion {d['champion']}" if d.get("champion") else ""),
-            )
+            ("gate", f"{'pass' if d['passed'] else 'fail'} ({len(d['checks'])} checks){against}")
         )
-    ds_name, ds_version = run["dataset_name"], run["dataset_version"]
-    info = store.get_json(f"datasets/{ds_name}/{ds_version}/dataset.json")
+    dataset = DatasetRef(run["dataset_name"], run["dataset_version"])
+    info = store.get_json(dataset.info_key)
     chain.append(
         (
             "dataset",
-            f"{ds_name}:{ds_version} from {info['source']}, {info['images']} images, "
-            f"ingested {info['created']}",
+            f"{dataset} from {info['source']}, {info['images']} images, ingested {info['created']}",
         )
     )
-    latest = f"reports/validation/{ds_name}/{ds_version}/LATEST"
-    if store.exists(latest):
-        run_ts = store.get_bytes(latest).decode().strip()
-        result = store.get_json(f"reports/validation/{ds_name}/{ds_version}/{run_ts}/result.json")
+    prefix = latest_result_prefix(store, dataset)
+    if prefix is None:
+        chain.append(("validation", "no validation result recorded for this dataset version"))
+    else:
+        result = store.get_json(f"{prefix}/result.json")
         chain.append(
             (
                 "validation",
-                f"{'passed' if result['success'] else 'FAILED'} at {run_ts}, "
-                f"{result['evaluated']} expectations; Data Docs "
-                f"{store.url(f'reports/validation/{ds_name}/{ds_version}/{run_ts}/data_docs/index.html')}",
+                f"{'passed' if result['success'] else 'FAILED'} "
+                f"({result['evaluated']} expectations) at {result['validated_at']}; "
+                f"Data Docs {store.url(f'{prefix}/data_docs/index.html')}",
             )
         )
-    else:
-        chain.append(("validation", "no validation result recorded for this dataset version"))
     return chain

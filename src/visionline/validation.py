@@ -254,14 +254,27 @@ def _classes_for(
     return sorted(manifest["label"].unique())
 
 
+def _reports(ref: DatasetRef) -> str:
+    return f"reports/validation/{ref.name}/{ref.version}"
+
+
+def latest_result_prefix(store: ArtifactStore, ref: DatasetRef) -> str | None:
+    """Where the newest validation of ``ref`` is stored (result.json, data_docs/), if any."""
+    latest = f"{_reports(ref)}/LATEST"
+    return (
+        f"{_reports(ref)}/{store.get_bytes(latest).decode().strip()}"
+        if store.exists(latest)
+        else None
+    )
+
+
 def ensure_validated(
     store: ArtifactStore, ref: DatasetRef, cfg: PipelineConfig
 ) -> ValidationReport:
     """Reuse the stored result for this dataset version and these expectations, if any;
     otherwise validate. Raises DataValidationError when the data fails."""
-    latest = f"reports/validation/{ref.name}/{ref.version}/LATEST"
-    if store.exists(latest):
-        prefix = f"reports/validation/{ref.name}/{ref.version}/{store.get_bytes(latest).decode().strip()}"
+    prefix = latest_result_prefix(store, ref)
+    if prefix is not None:
         prior = store.get_json(f"{prefix}/result.json")
         if prior.get("validation_fingerprint") == validation_fingerprint(
             cfg, _classes_for(store, ref, cfg)
@@ -293,7 +306,7 @@ def validate_dataset(
         report = ValidationReport(str(ref), success, evaluated, failures)
         if store_report:
             run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-            prefix = f"reports/validation/{ref.name}/{ref.version}/{run}"
+            prefix = f"{_reports(ref)}/{run}"
             if site is not None:
                 store.copy_tree_from(site, f"{prefix}/data_docs")
                 report.docs_url = store.url(f"{prefix}/data_docs/index.html")
@@ -312,6 +325,6 @@ def validate_dataset(
                 },
             )
             # The newest result per dataset version, for lineage and for the flows.
-            store.put_bytes(f"reports/validation/{ref.name}/{ref.version}/LATEST", run.encode())
+            store.put_bytes(f"{_reports(ref)}/LATEST", run.encode())
     log.info("%s", json.dumps({"dataset": str(ref), "success": success}))
     return report

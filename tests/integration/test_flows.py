@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import digits_config
 from tests.support.faults import CLASSES, write_fault_corpus
-from tests.support.s3 import FaultProxy, free_port
+from tests.support.ports import serve_ports
+from tests.support.s3 import FaultProxy
 from visionline.errors import DataValidationError, GateFailedError
 from visionline.registry import Registry
 from visionline.serving.torchserve import TorchServe
@@ -27,19 +28,6 @@ FAST = {
 }
 
 
-def _serve_ports() -> dict:
-    return {
-        f"serve.{k}": free_port()
-        for k in (
-            "inference_port",
-            "management_port",
-            "metrics_port",
-            "grpc_inference_port",
-            "grpc_management_port",
-        )
-    }
-
-
 def _write(cfg, path):
     path.write_text(cfg.to_yaml())
     return str(path)
@@ -55,7 +43,7 @@ def test_happy_path_end_to_end_then_rerun_writes_nothing(prefect_api, small_digi
     from flows.training_pipeline import training_pipeline
 
     store = LocalStore(tmp_path / "store")
-    cfg = digits_config(store.uri, **FAST, **_serve_ports())
+    cfg = digits_config(store.uri, **FAST, **serve_ports())
     config = _write(cfg, tmp_path / "cfg.yaml")
     workdir = tmp_path / "serve"
     try:
@@ -128,7 +116,7 @@ def test_failed_gate_stops_before_packaging(prefect_api, small_digits_dir, tmp_p
     cfg = digits_config(
         store.uri,
         **{**FAST, "train.epochs": 1, "gate.min_accuracy": 1.0, "gate.min_macro_f1": 1.0},
-        **_serve_ports(),
+        **serve_ports(),
     )
     workdir = tmp_path / "serve"
     state = training_pipeline(

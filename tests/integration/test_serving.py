@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.support.faults import bomb_png
-from tests.support.s3 import free_port
+from tests.support.ports import serve_ports
 from visionline.registry import Registry
 from visionline.serving.client import GrpcClient, PredictionError, RestClient
 from visionline.serving.parity import parity_check
@@ -36,16 +36,7 @@ def _cli(cfg_path, *args, timeout=300):
 def server(packaged_digits, tmp_path_factory):
     store, ref, cfg = packaged_digits
     work = tmp_path_factory.mktemp("serve")
-    ports = {
-        k: free_port()
-        for k in (
-            "inference_port",
-            "management_port",
-            "metrics_port",
-            "grpc_inference_port",
-            "grpc_management_port",
-        )
-    }
+    ports = serve_ports(prefix="")
     served_cfg = cfg.with_overrides(
         **{f"serve.{k}": v for k, v in ports.items()},
         **{"serve.batch_size": 4, "serve.max_batch_delay_ms": 50},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import platform
@@ -266,11 +265,3 @@ def ingest(
     store.put_bytes(ref.manifest_key, manifest_to_bytes(df))  # the commit marker, last
     store.put_bytes(latest_key(name), ref.version.encode())
     return IngestResult(ref, len(df), undecodable, created=True)
-
-
-def read_dataset_info(store: ArtifactStore, ref: DatasetRef) -> dict:
-    return store.get_json(ref.info_key)
-
-
-def load_image_bytes(store: ArtifactStore, key: str) -> io.BytesIO:
-    return io.BytesIO(store.get_bytes(key))
