@@ -24,9 +24,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
+	mkdir -p $(PREFECT_HOME)
 	$(PY) -m flows.demo
 
 test: install
+	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q
 
 test-fast: install
@@ -44,6 +46,7 @@ bench: install
 	@for b in benchmarks/[a-z]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 ui: install
+	mkdir -p $(PREFECT_HOME)
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 clean:

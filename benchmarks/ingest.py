@@ -31,8 +31,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=16)
     args = ap.parse_args()
 
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # moto logs every request through werkzeug: CPU the emulator shares with the client.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
