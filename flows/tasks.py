@@ -28,6 +28,7 @@ IO = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=2),
     "retry_condition_fn": _io_error,
+    "persist_result": True,
 }
 
 
@@ -71,7 +72,7 @@ def validate(cfg: PipelineConfig, dataset: str) -> dict:
     return {"dataset": report.dataset, "evaluated": report.evaluated, "docs_url": report.docs_url}
 
 
-@task
+@task(persist_result=True)
 def train(cfg: PipelineConfig, dataset: str) -> str:
     from visionline.compute.local import LocalBackend
     from visionline.training import default_run_id
@@ -110,7 +111,7 @@ def package(cfg: PipelineConfig, run_id: str) -> str:
     return str(package_run(open_store(cfg.store), run_id, cfg.serve.model_name))
 
 
-@task
+@task(persist_result=True)
 def deploy(cfg: PipelineConfig, model: str, workdir: str) -> dict:
     from visionline.registry import ModelRef
     from visionline.serving.deploy import LocalTorchServeDeployer, deploy_checked

@@ -441,7 +441,7 @@ class S3Store(ArtifactStore):
             raise self._translate(e, key) from e
 
 
-def make_s3_client(max_pool: int = 32) -> Any:
+def make_s3_client(max_pool: int = 32, endpoint_url: str | None = None) -> Any:
     """A boto3 S3 client from the standard AWS environment.
 
     ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` (honoured by botocore itself) point
@@ -457,7 +457,7 @@ def make_s3_client(max_pool: int = 32) -> Any:
         connect_timeout=10,
         read_timeout=60,
     )
-    return boto3.session.Session().client("s3", config=cfg)
+    return boto3.session.Session().client("s3", config=cfg, endpoint_url=endpoint_url)
 
 
 def open_store(uri: str | Path, s3_client: Any | None = None) -> ArtifactStore:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -17,10 +18,14 @@ def free_port() -> int:
 
 class FaultProxy:
     """Forwards HTTP to ``upstream`` but answers the first ``fail_first`` requests with
-    ``status`` (503 SlowDown by default), like an overloaded S3 endpoint."""
+    ``status`` (503 SlowDown by default), like an overloaded S3 endpoint; ``delay_s``
+    adds a round trip to every request, like a real network."""
 
-    def __init__(self, upstream: str, fail_first: int = 2, status: int = 503) -> None:
+    def __init__(
+        self, upstream: str, fail_first: int = 2, status: int = 503, delay_s: float = 0.0
+    ) -> None:
         self.upstream = urlsplit(upstream)
+        self.delay_s = delay_s  # added to every request: a network round trip
         self.remaining = fail_first
         self.status = status
         self.requests = 0
@@ -43,6 +48,8 @@ class FaultProxy:
                     if fail:
                         proxy.remaining -= 1
                         proxy.failed += 1
+                if proxy.delay_s:
+                    time.sleep(proxy.delay_s)
                 if fail:
                     payload = (
                         b"<?xml version='1.0'?><Error><Code>SlowDown</Code>"

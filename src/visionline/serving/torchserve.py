@@ -6,8 +6,8 @@ and metrics bound to loopback only, ``allowed_urls`` restricted to our model sto
 per-model pip installs, environment-variable overrides off.
 
 Each server gets its own working directory (config, model store, logs, the token file
-``key_file.json`` that TorchServe writes to its cwd) and its own TMPDIR, because
-``torchserve`` keeps its pid file in the temp dir and would refuse a second instance.
+``key_file.json`` that TorchServe writes to its cwd) and its own temp dir, which holds
+the pid file and the workers' sockets: two servers on one host do not collide.
 """
 
 from __future__ import annotations
@@ -156,9 +156,12 @@ class TorchServe:
     def _env(self) -> dict[str, str]:
         tmp = self.workdir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
+        # TMPDIR holds torchserve's pid file; TEMP becomes java.io.tmpdir, where the workers'
+        # unix sockets live (.ts.sock.<port>): both per instance, so servers do not collide.
         env = {
             **os.environ,
             "TMPDIR": str(tmp),
+            "TEMP": str(tmp),
             "LOG_LOCATION": str(self.workdir / "logs"),
             "METRICS_LOCATION": str(self.workdir / "logs"),
         }
