@@ -22,6 +22,18 @@ from visionline.data.samples import write_shapes
 from visionline.storage import LocalStore, PutItem, S3Store, make_s3_client
 
 
+def sequential_then_parallel(
+    store: S3Store, items: list[PutItem], workers: int
+) -> tuple[float, float]:
+    """Seconds to upload ``items`` one by one, then with ``workers`` threads (other keys)."""
+    t = time.perf_counter()
+    store.put_many([PutItem(f"seq/{it.key}", it.data) for it in items], workers=1)
+    seq_s = time.perf_counter() - t
+    t = time.perf_counter()
+    store.put_many([PutItem(f"par/{it.key}", it.data) for it in items], workers=workers)
+    return seq_s, time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=10_000)
@@ -81,14 +93,7 @@ def main() -> None:
             files = sorted(src.rglob("*.jpg"))[: args.compare]
             items = [PutItem(key=f"{i:06d}.jpg", data=f.read_bytes()) for i, f in enumerate(files)]
             store = S3Store("s3://bench/compare", client=client)
-            t = time.perf_counter()
-            store.put_many([PutItem(f"seq/{it.key}", it.data) for it in items], workers=1)
-            seq_s = time.perf_counter() - t
-            t = time.perf_counter()
-            store.put_many(
-                [PutItem(f"par/{it.key}", it.data) for it in items], workers=args.workers
-            )
-            par_s = time.perf_counter() - t
+            seq_s, par_s = sequential_then_parallel(store, items, args.workers)
 
             # moto is one Python process on the same cores: it, not the network, is the
             # bottleneck above. Real S3 PUTs are latency-bound; a 20 ms round trip shows
@@ -98,14 +103,7 @@ def main() -> None:
                 far = S3Store(
                     "s3://bench/rtt", client=make_s3_client(max_pool=64, endpoint_url=proxy.url)
                 )
-                t = time.perf_counter()
-                far.put_many([PutItem(f"seq/{it.key}", it.data) for it in few], workers=1)
-                rtt_seq_s = time.perf_counter() - t
-                t = time.perf_counter()
-                far.put_many(
-                    [PutItem(f"par/{it.key}", it.data) for it in few], workers=args.workers
-                )
-                rtt_par_s = time.perf_counter() - t
+                rtt_seq_s, rtt_par_s = sequential_then_parallel(far, few, args.workers)
     finally:
         server.stop()
 
