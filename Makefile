@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # A fresh Prefect database migrates on first start: more than the default 20 s on 2 cores.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test test-fast lint format bench ui clean
+.PHONY: install demo test test-fast lint format bench bench-gpu ui clean
 
 install: $(STAMP)
 
@@ -42,8 +42,11 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: install
-	@for b in benchmarks/[a-z]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: install  # CPU benchmarks; results land in benchmarks/results/
+	@for b in ingest accuracy train_overhead serve pipeline; do echo "== $$b"; $(PY) benchmarks/$$b.py || exit 1; done
+
+bench-gpu: install  # on a machine with a GPU (the lent device machine)
+	$(PY) benchmarks/train_gpu.py
 
 ui: install
 	mkdir -p $(PREFECT_HOME)
