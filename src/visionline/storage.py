@@ -101,7 +101,8 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def sha256(self, key: str) -> str | None:
-        """The sha256 recorded when ``key`` was written."""
+        """The sha256 recorded when ``key`` was written (None if none was recorded);
+        KeyNotFoundError when there is no such object."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
@@ -259,6 +260,7 @@ class LocalStore(ArtifactStore):
         return iter(sorted(keys))
 
     def sha256(self, key: str) -> str | None:
+        self._require(key)  # like S3: a missing object is an error, not "no hash"
         side = self._sidecar(key)
         return side.read_text().strip() if side.is_file() else None
 

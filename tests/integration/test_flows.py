@@ -46,13 +46,17 @@ def test_happy_path_end_to_end_then_rerun_writes_nothing(prefect_api, small_digi
     cfg = digits_config(store.uri, **FAST, **serve_ports())
     config = _write(cfg, tmp_path / "cfg.yaml")
     workdir = tmp_path / "serve"
-    try:
-        state = training_pipeline(
+
+    def run():
+        return training_pipeline(
             config=config,
             source=str(small_digits_dir),
             serve_workdir=str(workdir),
             return_state=True,
         )
+
+    try:
+        state = run()
         assert state.is_completed(), state.message
         out = state.result()
         assert out["gate"] == "pass" and out["model"] == "digits:1"
@@ -76,12 +80,7 @@ def test_happy_path_end_to_end_then_rerun_writes_nothing(prefect_api, small_digi
         assert "per-class-metrics" in artifacts
 
         before = _snapshot(store)
-        again = training_pipeline(
-            config=config,
-            source=str(small_digits_dir),
-            serve_workdir=str(workdir),
-            return_state=True,
-        )
+        again = run()  # the same inputs once more
         assert again.is_completed(), again.message
         assert again.result()["run_id"] == out["run_id"]
         assert _snapshot(store) == before  # nothing written twice, nothing rewritten

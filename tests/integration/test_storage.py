@@ -60,6 +60,8 @@ def test_put_many_parallel(store):
 def test_missing_key_is_typed(store):
     with pytest.raises(KeyNotFoundError, match="no object 'x/y'"):
         store.get_bytes("x/y")
+    with pytest.raises(KeyNotFoundError):
+        store.sha256("x/y")
 
 
 def test_bad_keys_refused(store):
