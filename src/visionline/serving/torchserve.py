@@ -19,7 +19,8 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+import zipfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,6 +40,19 @@ class ServedModel:
     max_batch_delay_ms: int = 20
     workers: int = 1
     response_timeout_s: int = 120
+    # the archive's own version (MAR-INF/MANIFEST.json): TorchServe applies the per-model
+    # settings above only under the version the archive declares. start() fills it in.
+    version: str = ""
+
+
+def mar_version(path: str | Path) -> str:
+    """The model version a .mar declares in its manifest."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        return str(manifest["model"]["modelVersion"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ServingError(f"{path}: not a model archive with a version ({e})") from e
 
 
 @dataclass(frozen=True)
@@ -66,7 +80,7 @@ def render_config(
     store = Path(model_store).resolve()
     model_cfg = {
         m.name: {
-            "1.0": {
+            m.version or "1.0": {
                 "defaultVersion": True,
                 "marName": m.mar,
                 "minWorkers": m.workers,
@@ -189,6 +203,10 @@ class TorchServe:
         self.model_store.mkdir(parents=True, exist_ok=True)
         for name, path in mar_files.items():
             shutil.copy(path, self.model_store / f"{name}.mar")
+        models = [
+            m if m.version else replace(m, version=mar_version(self.model_store / m.mar))
+            for m in models
+        ]
         self.key_file.unlink(missing_ok=True)
         (self.workdir / "logs" / "model_log.log").unlink(
             missing_ok=True

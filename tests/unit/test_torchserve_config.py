@@ -1,0 +1,50 @@
+"""The generated TorchServe config, without starting TorchServe."""
+
+import json
+import zipfile
+
+import pytest
+
+from visionline.config import ServeConfig
+from visionline.errors import ServingError
+from visionline.serving.torchserve import (
+    ServedModel,
+    management_is_loopback_only,
+    mar_version,
+    parse_config,
+    render_config,
+)
+
+
+def test_per_model_settings_are_keyed_by_the_archive_version(tmp_path):
+    text = render_config(
+        ServeConfig(),
+        tmp_path,
+        [ServedModel("digits", "digits.mar", batch_size=8, max_batch_delay_ms=5, version="7")],
+    )
+    models = json.loads(parse_config(text)["models"])
+    assert models == {
+        "digits": {
+            "7": {
+                "defaultVersion": True,
+                "marName": "digits.mar",
+                "minWorkers": 1,
+                "maxWorkers": 1,
+                "batchSize": 8,
+                "maxBatchDelay": 5,
+                "responseTimeout": 120,
+            }
+        }
+    }
+    assert management_is_loopback_only(text)
+
+
+def test_mar_version_reads_the_manifest_and_names_a_bad_archive(tmp_path):
+    good = tmp_path / "m.mar"
+    with zipfile.ZipFile(good, "w") as z:
+        z.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {"modelVersion": "12"}}))
+    assert mar_version(good) == "12"
+    bad = tmp_path / "not-a.mar"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ServingError, match="not-a.mar: not a model archive"):
+        mar_version(bad)
