@@ -4,7 +4,10 @@ Same model (resnet18, 224x224, 10 classes, the same weights), same preprocessing
 (resize 256, centre crop 224, ImageNet normalisation: the stock handler's own), same
 server settings; batch size 1 and 8; 1, 8 and 32 concurrent clients. Each point is the
 median of rounds in which the two handlers alternate. The in-process forward pass (no
-HTTP, no decoding) is the upper bound.
+HTTP, no decoding) is the upper bound: eager for the stock handler, and the forward pass
+our worker planned (``visionline.serving.inference``: eager, conv-bn fused or oneDNN
+layout, measured at load and verified against eager) for ours. The plan each of our
+workers chose is recorded from its log.
 
     python benchmarks/serve.py [--requests-per-client 8] [--rounds 5]
 """
@@ -35,6 +38,7 @@ from visionline.config import ServeConfig, parse_config
 from visionline.data.samples import draw_shape
 from visionline.models import build_model
 from visionline.packaging import HANDLERS_DIR, _archiver, build_mar
+from visionline.serving.inference import plan_cpu_inference
 from visionline.serving.torchserve import ServedModel, TorchServe
 from visionline.storage import LocalStore
 
@@ -54,7 +58,7 @@ def make_run(store: LocalStore, tmp: Path):
                 **IMAGENET,
             },
             "model": {"arch": "resnet18"},
-            "serve": {"model_name": "ours", "top_k": 5},
+            "serve": {"model_name": "ours", "top_k": 5, "cpu_inference": "auto"},
         }
     )
     torch.manual_seed(0)
@@ -99,6 +103,13 @@ def stock_mar(our_mar_src: Path, out: Path) -> Path:
         capture_output=True,
     )
     return out / "stock.mar"
+
+
+def worker_plan(server: TorchServe) -> str:
+    """The handler's 'cpu inference: ...' line from the worker log."""
+    log = server.workdir / "logs" / "model_log.log"
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "cpu inference:" in ln]
+    return lines[-1].split("cpu inference:", 1)[1].strip() if lines else "not logged"
 
 
 def load(url: str, token: str, images: list[bytes], clients: int, per_client: int) -> dict:
@@ -152,6 +163,7 @@ def main() -> None:
         images.append(buf.getvalue())
 
     points = []
+    worker_plans: dict[int, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store = LocalStore(tmp / "store")
@@ -188,27 +200,33 @@ def main() -> None:
         preprocess_ms = {k: round(v / (20 * len(images)) * 1000, 3) for k, v in pre.items()}
         print("preprocess ms/image", preprocess_ms)
 
-        # upper bound: the model alone, on preprocessed tensors
+        # upper bound: the model alone, on preprocessed tensors; eager, and as our worker
+        # would plan it for this batch size
         for bs in batch_sizes:
+            planned = plan_cpu_inference(model, (3, 224, 224), batch_sizes=(1, bs))
             x = torch.randn(bs, 3, 224, 224)
-            with torch.inference_mode():
-                model(x)
-                t, n = time.perf_counter(), 0
-                while time.perf_counter() - t < 5:
-                    model(x)
-                    n += bs
-            rate = n / (time.perf_counter() - t)
-            points.append(
-                {
-                    "handler": "in_process_forward",
-                    "concurrency": 0,
-                    "batch_size": bs,
-                    "requests_per_s": round(rate, 2),
-                    "p50_ms": round(1000 * bs / rate, 1),
-                    "p99_ms": None,
-                }
-            )
-            print(points[-1])
+            for label, m in (
+                ("in_process_forward", model),
+                (f"in_process_forward_{planned.choice}", planned.model),
+            ):
+                with torch.inference_mode():
+                    m(x)
+                    t, n = time.perf_counter(), 0
+                    while time.perf_counter() - t < 5:
+                        m(x)
+                        n += bs
+                rate = n / (time.perf_counter() - t)
+                points.append(
+                    {
+                        "handler": label,
+                        "concurrency": 0,
+                        "batch_size": bs,
+                        "requests_per_s": round(rate, 2),
+                        "p50_ms": round(1000 * bs / rate, 1),
+                        "p99_ms": None,
+                    }
+                )
+                print(points[-1])
 
         for bs in batch_sizes:
             # Both servers up at once (each in its own temp dir, so their workers' sockets
@@ -226,6 +244,8 @@ def main() -> None:
                     server = TorchServe(tmp / f"ts-{name}-{bs}", serve_cfg)
                     servers[handler] = server
                     server.start([ServedModel(name, f"{name}.mar", bs, 10, 1)], {name: mar})
+                worker_plans[bs] = worker_plan(servers["visionline"])
+                print(f"batch {bs}: our worker's {worker_plans[bs]}")
                 urls = {
                     h: (
                         f"{srv.endpoints.inference}/predictions/{'ours' if h == 'visionline' else 'stock'}",
@@ -280,6 +300,7 @@ def main() -> None:
             "requests_per_client": args.requests_per_client,
             "rounds": args.rounds,
             "preprocess_ms_per_image": preprocess_ms,
+            "worker_inference_plan": worker_plans,
             "points": points,
         },
     )

@@ -1,9 +1,10 @@
 """TorchServe handler for visionline models.
 
 A minimal BaseHandler subclass: TorchServe's own initialize() loads the model and
-``index_to_name.json``; we override only preprocess and postprocess. Preprocessing is
-visionline's eval transform, imported, so serving resizes and normalises exactly as
-training evaluated. A bad request in a batch gets its own 400 with a message; the
+``index_to_name.json``; on CPU we then let ``visionline.serving.inference`` pick how the
+forward pass runs (eager, conv-bn fused, or oneDNN layout: measured at load, verified
+against eager). Preprocessing is visionline's eval transform, imported, so serving
+resizes and normalises exactly as training evaluated. A bad request in a batch gets its own 400 with a message; the
 other requests in the batch are answered and the worker keeps serving.
 
 Accepted bodies: raw image bytes (JPEG, PNG, WebP, BMP, TIFF, GIF; grayscale, RGBA,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 
 import torch
@@ -25,18 +27,31 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from visionline.data.images import decode_image
 from visionline.data.transforms import Preprocessing, eval_transform
+from visionline.serving.inference import plan_cpu_inference
+
+logger = logging.getLogger(__name__)
 
 
 class ImageClassifier(BaseHandler):
-    def _settings(self) -> dict:
-        # Read once per worker from the archive's serving.json (initialize stays stock).
-        if getattr(self, "_serving", None) is None:
-            model_dir = self.context.system_properties["model_dir"]
-            with open(os.path.join(model_dir, "serving.json")) as f:
-                self._serving = json.load(f)
-            self._pre = Preprocessing.from_dict(self._serving["preprocessing"])
-            self._transform = eval_transform(self._pre)
-        return self._serving
+    def initialize(self, context) -> None:
+        super().initialize(context)
+        model_dir = context.system_properties["model_dir"]
+        with open(os.path.join(model_dir, "serving.json")) as f:
+            self._serving = json.load(f)
+        self._pre = Preprocessing.from_dict(self._serving["preprocessing"])
+        self._transform = eval_transform(self._pre)
+        self.inference_plan = None
+        if self.device.type == "cpu":
+            size = self._pre.image_size
+            self.inference_plan = plan_cpu_inference(
+                self.model,
+                (self._pre.channels, size, size),
+                batch_sizes=(1, int(context.system_properties.get("batch_size") or 1)),
+                # archives packaged before the setting existed keep running eager
+                mode=self._serving.get("cpu_inference", "eager"),
+            )
+            self.model = self.inference_plan.model
+            logger.info(self.inference_plan.summary())
 
     def _payload(self, idx: int, row: dict) -> bytes:
         body = row.get("data") if row.get("data") is not None else row.get("body")
@@ -61,19 +76,18 @@ class ImageClassifier(BaseHandler):
                 raise ValueError("malformed JSON body (Content-Type is application/json)")
         else:
             raise ValueError(f"unsupported request body of type {type(body).__name__}")
-        limit = self._settings()["max_request_bytes"]
+        limit = self._serving["max_request_bytes"]
         if len(body) > limit:
             raise ValueError(f"image is {len(body)} bytes, over the limit of {limit}")
         return bytes(body)
 
     def preprocess(self, data: list[dict]) -> torch.Tensor:
-        settings = self._settings()
         self._errors: dict[int, str] = {}
         self._count = len(data)
         tensors = []
         for idx, row in enumerate(data):
             try:
-                image = decode_image(self._payload(idx, row), settings["max_image_pixels"])
+                image = decode_image(self._payload(idx, row), self._serving["max_image_pixels"])
                 tensors.append(self._transform(image))
             except ValueError as e:  # ImageDecodeError is one too
                 self._errors[idx] = str(e)
@@ -82,9 +96,14 @@ class ImageClassifier(BaseHandler):
             return torch.empty((0, self._pre.channels, s, s), device=self.device)
         return torch.stack(tensors).to(self.device)
 
+    def inference(self, data: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if data.shape[0] == 0:  # every request in the batch was refused
+            return data.new_empty((0, len(self.mapping or {})))
+        return super().inference(data, *args, **kwargs)
+
     def postprocess(self, data: torch.Tensor) -> list[dict]:
         probs = torch.softmax(data.float(), dim=1)
-        k = min(int(self._settings()["top_k"]), probs.shape[1]) if probs.numel() else 0
+        k = min(int(self._serving["top_k"]), probs.shape[1]) if probs.numel() else 0
         top_p, top_i = probs.topk(k, dim=1) if k else (probs, probs)
         answers = iter(zip(top_p.tolist(), top_i.tolist(), strict=True))
         out = []

@@ -138,6 +138,9 @@ class ServeConfig(_Section):
     top_k: int = Field(3, ge=1)
     max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    # how a CPU worker runs the forward pass: measured at load (auto) or forced;
+    # see visionline.serving.inference
+    cpu_inference: Literal["auto", "eager", "fused", "mkldnn"] = "auto"
 
 
 class PipelineConfig(_Section):

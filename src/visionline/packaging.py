@@ -105,6 +105,7 @@ def build_mar(
                 "top_k": cfg.serve.top_k,
                 "max_image_pixels": cfg.serve.max_image_pixels,
                 "max_request_bytes": cfg.serve.max_request_bytes,
+                "cpu_inference": cfg.serve.cpu_inference,
             }
         )
     )

@@ -137,6 +137,23 @@ def test_truncated_and_base64_over_grpc(server):
     assert base64.b64encode(server["good"])  # the JSON form carried the same bytes
 
 
+def test_the_configured_batching_is_applied(server):
+    """TorchServe applies per-model settings only under the archive's own version: the
+    worker must really be batching 4 requests with a 50 ms delay, as configured."""
+    keys = json.loads((server["work"] / "key_file.json").read_text())
+    r = requests.get(
+        f"http://127.0.0.1:{server['mgmt_port']}/models/{server['name']}",
+        headers={"Authorization": f"Bearer {keys['management']['key']}"},
+    )
+    assert r.status_code == 200, r.text
+    (described,) = r.json()
+    assert (described["batchSize"], described["maxBatchDelay"]) == (4, 50)
+    assert described["modelVersion"] == server["info"]["version"]
+    log = (server["work"] / "logs" / "model_log.log").read_text()
+    assert f"model_name: {server['name']}, batchSize: 4" in log
+    assert "cpu inference:" in log  # the worker planned its forward pass (mode auto)
+
+
 def test_concurrent_batches_with_bad_requests_mixed_in(server):
     """batch_size=4: bad and good requests land in the same batches; only bad ones fail."""
     url = f"{server['rest']}/predictions/{server['name']}"
