@@ -31,10 +31,18 @@ def machine() -> dict:
 
 
 def git_revision() -> str:
-    try:
+    """HEAD, with ``+dirty`` when tracked code (not results) differs from it."""
+
+    def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
+            ["git", *args], capture_output=True, text=True, check=True, timeout=5
         ).stdout.strip()
+
+    try:
+        changed = git(
+            "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"
+        )
+        return git("rev-parse", "HEAD") + ("+dirty" if changed else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -9,7 +9,12 @@ our worker planned (``visionline.serving.inference``: eager, conv-bn fused or on
 layout, measured at load and verified against eager) for ours. The plan each of our
 workers chose is recorded from its log.
 
-    python benchmarks/serve.py [--requests-per-client 8] [--rounds 5]
+    python benchmarks/serve.py [--requests-per-client 8] [--min-requests-per-round 64]
+                               [--rounds 5]
+
+Every round sends at least ``--min-requests-per-round`` requests (a single client sends
+64, not 8), so a round at low concurrency is long enough not to be decided by one
+hiccup of a shared machine.
 """
 
 from __future__ import annotations
@@ -145,6 +150,7 @@ def load(url: str, token: str, images: list[bytes], clients: int, per_client: in
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests-per-client", type=int, default=8)
+    ap.add_argument("--min-requests-per-round", type=int, default=64)
     ap.add_argument(
         "--rounds", type=int, default=5, help="alternating rounds per point; the median counts"
     )
@@ -256,10 +262,11 @@ def main() -> None:
                 for url, token in urls.values():
                     load(url, token, images, 2, 3)  # warm-up
                 for c in conc:
+                    per_client = max(args.requests_per_client, -(-args.min_requests_per_round // c))
                     rounds: dict[str, list[dict]] = {h: [] for h in urls}
                     for _ in range(args.rounds):
                         for h, (url, token) in urls.items():
-                            rounds[h].append(load(url, token, images, c, args.requests_per_client))
+                            rounds[h].append(load(url, token, images, c, per_client))
                     for h, rs in rounds.items():
                         med = sorted(rs, key=lambda r: r["requests_per_s"])[len(rs) // 2]
                         points.append(
@@ -298,6 +305,7 @@ def main() -> None:
             "model": "resnet18 224x224, 10 classes",
             "workers": 1,
             "requests_per_client": args.requests_per_client,
+            "min_requests_per_round": args.min_requests_per_round,
             "rounds": args.rounds,
             "preprocess_ms_per_image": preprocess_ms,
             "worker_inference_plan": worker_plans,
