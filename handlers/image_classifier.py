@@ -4,8 +4,9 @@ A minimal BaseHandler subclass: TorchServe's own initialize() loads the model an
 ``index_to_name.json``; on CPU we then let ``visionline.serving.inference`` pick how the
 forward pass runs (eager, conv-bn fused, or oneDNN layout: measured at load, verified
 against eager). Preprocessing is visionline's eval transform, imported, so serving
-resizes and normalises exactly as training evaluated. A bad request in a batch gets its own 400 with a message; the
-other requests in the batch are answered and the worker keeps serving.
+resizes and normalises exactly as training evaluated. A bad request in a batch gets
+its own 400 with a message; the other requests in the batch are answered and the
+worker keeps serving.
 
 Accepted bodies: raw image bytes (JPEG, PNG, WebP, BMP, TIFF, GIF; grayscale, RGBA,
 CMYK, 16-bit...) or JSON ``{"data": "<base64 image>"}``.
