@@ -27,7 +27,7 @@ demo: install
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m flows.demo
 
-test: install
+test: lint
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q
 

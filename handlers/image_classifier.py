@@ -97,11 +97,6 @@ class ImageClassifier(BaseHandler):
             return torch.empty((0, self._pre.channels, s, s), device=self.device)
         return torch.stack(tensors).to(self.device)
 
-    def inference(self, data: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if data.shape[0] == 0:  # every request in the batch was refused
-            return data.new_empty((0, len(self.mapping or {})))
-        return super().inference(data, *args, **kwargs)
-
     def postprocess(self, data: torch.Tensor) -> list[dict]:
         probs = torch.softmax(data.float(), dim=1)
         k = min(int(self._serving["top_k"]), probs.shape[1]) if probs.numel() else 0

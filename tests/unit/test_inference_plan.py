@@ -38,6 +38,8 @@ def test_forced_rewrite_computes_what_eager_computes(mode):
     for batch in (1, 5, 8):  # any batch TorchServe may assemble, not only the ones checked
         x = torch.randn(batch, 3, 64, 64)
         assert (_probs(plan.model, x) - _probs(model, x)).abs().max() < 1e-5
+    # a batch whose every request was refused reaches the model empty
+    assert _probs(plan.model, torch.empty(0, 3, 64, 64)).shape == (0, 10)
     assert set(plan.ms_per_call) == {"eager", mode}
     assert set(plan.ms_per_call["eager"]) == {1, 8}
 

@@ -46,5 +46,5 @@ def test_mar_version_reads_the_manifest_and_names_a_bad_archive(tmp_path):
     assert mar_version(good) == "12"
     bad = tmp_path / "not-a.mar"
     bad.write_bytes(b"junk")
-    with pytest.raises(ServingError, match="not-a.mar: not a model archive"):
+    with pytest.raises(ServingError, match=r"not-a\.mar: not a model archive"):
         mar_version(bad)
