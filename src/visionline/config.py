@@ -125,6 +125,10 @@ class GateConfig(_Section):
     significance: float = Field(0.05, gt=0, lt=1)
 
 
+# how a CPU serving worker runs the forward pass; see visionline.serving.inference
+CpuInference = Literal["auto", "eager", "fused", "mkldnn"]
+
+
 class ServeConfig(_Section):
     model_name: str = Field("visionline", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
     inference_port: int = Field(8080, ge=1, le=65535)
@@ -138,9 +142,7 @@ class ServeConfig(_Section):
     top_k: int = Field(3, ge=1)
     max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
-    # how a CPU worker runs the forward pass: measured at load (auto) or forced;
-    # see visionline.serving.inference
-    cpu_inference: Literal["auto", "eager", "fused", "mkldnn"] = "auto"
+    cpu_inference: CpuInference = "auto"  # measured at load (auto) or forced
 
 
 class PipelineConfig(_Section):

@@ -32,11 +32,14 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 import torch
 from torch import nn
 
-CPU_INFERENCE_MODES = ("auto", "eager", "fused", "mkldnn")
+from visionline.config import CpuInference
+
+CPU_INFERENCE_MODES: tuple[str, ...] = get_args(CpuInference)
 
 
 @dataclass(frozen=True)
