@@ -47,14 +47,15 @@ def main() -> None:
         write_digits(tmp / "digits")
         ports = serve_ports()
         cfg = load_config(REPO / "configs" / "digits.yaml").with_overrides(
-            store=str(tmp / "store"), **{"data.cache_dir": str(tmp / "cache")}, **ports
+            store=str(tmp / "store"),
+            **{"data.cache_dir": str(tmp / "cache"), "deploy.workdir": str(tmp / "serve")},
+            **ports,
         )
         (tmp / "cfg.yaml").write_text(cfg.to_yaml())
         t = time.perf_counter()
         state = training_pipeline(
             config=str(tmp / "cfg.yaml"),
             source=str(tmp / "digits"),
-            serve_workdir=str(tmp / "serve"),
             return_state=True,
         )
         wall = time.perf_counter() - t

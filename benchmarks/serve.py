@@ -42,7 +42,7 @@ from tests.support.ports import serve_ports
 from visionline.config import ServeConfig, parse_config
 from visionline.data.samples import draw_shape
 from visionline.models import build_model
-from visionline.packaging import HANDLERS_DIR, _archiver, build_mar
+from visionline.packaging import _archiver, build_mar, handler_files
 from visionline.serving.inference import plan_cpu_inference
 from visionline.serving.torchserve import ServedModel, TorchServe
 from visionline.storage import LocalStore
@@ -93,7 +93,7 @@ def stock_mar(our_mar_src: Path, out: Path) -> Path:
             "--version",
             "1",
             "--model-file",
-            str(HANDLERS_DIR / "visionline_model.py"),
+            str(handler_files()[1]),
             "--serialized-file",
             str(src / "model.pt"),
             "--handler",

@@ -6,20 +6,22 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from visionline.config import PipelineConfig
+from visionline.data.manifest import DatasetRef
 from visionline.evaluation import metrics_markdown
 from visionline.gate import decision_markdown
+from visionline.registry import ModelRef
 from visionline.storage import open_store
 
 
 @task
 def publish(
     cfg: PipelineConfig,
-    dataset: str,
+    dataset: DatasetRef,
     validation: dict,
     run_id: str,
     metrics: dict,
     decision: dict,
-    model: str | None,
+    model: ModelRef | None,
 ) -> None:
     store = open_store(cfg.store)
     ev = f"runs/{run_id}/evaluation"

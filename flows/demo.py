@@ -16,7 +16,7 @@ from visionline.config import load_config
 from visionline.data.manifest import read_manifest, resolve_dataset
 from visionline.data.samples import write_digits
 from visionline.serving.client import RestClient
-from visionline.serving.torchserve import TorchServe
+from visionline.serving.local import LocalDeployer
 from visionline.storage import open_store
 
 
@@ -36,16 +36,15 @@ def main() -> int:
         print(f"writing the digits sample set to {samples} ...")
         write_digits(samples)
 
-    workdir = Path(".visionline/serve")
-    result = training_pipeline(
-        config=config, source=str(samples), deploy=True, serve_workdir=str(workdir)
-    )
+    result = training_pipeline(config=config, source=str(samples), deploy=True)
 
     store = open_store(cfg.store)
-    server = TorchServe(workdir, cfg.serve)
+    server = LocalDeployer(store, cfg.serve, cfg.deploy.workdir)
     try:
-        name = result["model"].split(":")[0]
-        client = RestClient(server.endpoints.inference, name, server.tokens()["inference"])
+        served = server.status()
+        assert served.model is not None and served.ready, served.detail
+        name = served.model.name
+        client = RestClient(server.endpoint(), name, server.token())
         m = read_manifest(store, resolve_dataset(store, result["dataset"]))
         test = m[(m["split"] == "test") & m["decodable"]].sort_values("sha256").head(5)
         print("\n=== visionline demo ===")

@@ -18,7 +18,7 @@ def served_model_report(config: str) -> dict:
     store = open_store(cfg.store)
     reg = Registry(store, cfg.serve.model_name)
     aliases = reg.aliases()
-    chain = lineage(store, cfg.serve.model_name) if aliases.get("champion") else []
+    chain = lineage(store, reg.resolve("champion")) if aliases.get("champion") else []
     return {"model": cfg.serve.model_name, "aliases": aliases, "lineage": chain}
 
 

@@ -3,14 +3,16 @@ errors (a failed expectation or a failed gate is an answer, not a glitch)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.tasks import exponential_backoff
 
 from visionline.config import PipelineConfig, load_config
+from visionline.data.manifest import DatasetRef
 from visionline.errors import StoreError
+from visionline.plan import RunPlan
+from visionline.registry import ModelRef
 from visionline.storage import open_store
 
 
@@ -33,96 +35,90 @@ IO = {
 
 
 @task(**IO)
-def load(config: str) -> PipelineConfig:
-    return load_config(config)
+def load(config: str, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    cfg = load_config(config)
+    return cfg.with_overrides(**overrides) if overrides else cfg
 
 
 @task(**IO)
-def ingest(cfg: PipelineConfig, source: str | None) -> str:
+def ingest(cfg: PipelineConfig, source: str | None) -> DatasetRef:
     from visionline.data.ingest import ingest as run_ingest
     from visionline.data.manifest import resolve_dataset
+    from visionline.plan import dataset_spec
 
     store = open_store(cfg.store)
     if source:
-        return str(
-            run_ingest(
-                store,
-                source,
-                cfg.data.dataset,
-                cfg.data.split,
-                cfg.data.max_image_pixels,
-                cfg.data.ingest_workers,
-                progress=False,
-            ).ref
-        )
-    return str(
-        resolve_dataset(
-            store, cfg.data.dataset + (f":{cfg.data.version}" if cfg.data.version else "")
-        )
-    )
+        return run_ingest(
+            store,
+            source,
+            cfg.data.dataset,
+            cfg.data.split,
+            cfg.data.max_image_pixels,
+            cfg.data.ingest_workers,
+            progress=False,
+        ).ref
+    return resolve_dataset(store, dataset_spec(cfg))
 
 
 @task(**IO)
-def validate(cfg: PipelineConfig, dataset: str) -> dict:
-    from visionline.data.manifest import resolve_dataset
+def validate(cfg: PipelineConfig, dataset: DatasetRef) -> dict:
     from visionline.validation import ensure_validated
 
-    store = open_store(cfg.store)
-    report = ensure_validated(store, resolve_dataset(store, dataset), cfg)
+    report = ensure_validated(open_store(cfg.store), dataset, cfg)
     return {"dataset": report.dataset, "evaluated": report.evaluated, "docs_url": report.docs_url}
 
 
 @task(persist_result=True)
-def train(cfg: PipelineConfig, dataset: str) -> str:
-    from visionline.compute.local import LocalBackend
-    from visionline.training import default_run_id
+def train(cfg: PipelineConfig, dataset: DatasetRef) -> RunPlan:
+    from prefect.runtime import flow_run
+
+    from visionline.backends import compute_backend
+    from visionline.plan import plan_run
 
     store = open_store(cfg.store)
-    run_id = default_run_id(cfg, dataset.split(":")[1])
-    LocalBackend().train(
-        cfg.with_overrides(**{"data.version": dataset.split(":")[1]}), store, run_id
-    )
-    return run_id
+    plan = plan_run(cfg, store, dataset)
+    origin = {"prefect_flow_run": str(flow_run.id)} if flow_run.id else {}
+    compute_backend(cfg).train(plan, store, origin)
+    return plan
 
 
 @task(**IO)
-def evaluate(cfg: PipelineConfig, run_id: str) -> dict:
+def evaluate(cfg: PipelineConfig, run: RunPlan) -> dict:
     from visionline.evaluation import ensure_evaluated
 
-    return ensure_evaluated(open_store(cfg.store), run_id)
+    return ensure_evaluated(open_store(cfg.store), run.run_id)
 
 
 @task(**IO)
-def gate(cfg: PipelineConfig, run_id: str) -> dict:
+def gate(cfg: PipelineConfig, run: RunPlan) -> dict:
     from visionline.errors import GateFailedError
     from visionline.gate import champion_run_id, gate_run
 
     store = open_store(cfg.store)
-    decision = gate_run(store, run_id, champion_run=champion_run_id(store, cfg.serve.model_name))
+    decision = gate_run(
+        store, run.run_id, champion_run=champion_run_id(store, cfg.serve.model_name)
+    )
     if not decision.passed:
         raise GateFailedError(decision.summary())
     return decision.to_dict()
 
 
 @task(**IO)
-def package(cfg: PipelineConfig, run_id: str) -> str:
+def package(cfg: PipelineConfig, run: RunPlan) -> ModelRef:
     from visionline.packaging import package_run
 
-    return str(package_run(open_store(cfg.store), run_id, cfg.serve.model_name))
+    return package_run(open_store(cfg.store), run.run_id, cfg.serve.model_name)
 
 
 @task(persist_result=True)
-def deploy(cfg: PipelineConfig, model: str, workdir: str) -> dict:
-    from visionline.registry import ModelRef
-    from visionline.serving.deploy import LocalTorchServeDeployer, deploy_checked
+def deploy(cfg: PipelineConfig, model: ModelRef) -> dict:
+    from visionline.backends import deployer
+    from visionline.serving.deploy import deploy_checked
 
     store = open_store(cfg.store)
-    name, version = model.split(":")
-    result = deploy_checked(
-        LocalTorchServeDeployer(store, cfg.serve, Path(workdir)), store, ModelRef(name, version)
-    )
+    result = deploy_checked(deployer(cfg, store), store, model)
     return {
-        "model": model,
+        "model": str(model),
         "endpoint": result.endpoint,
         "parity_max_abs_diff": result.parity.max_abs_diff,
         "parity_images": result.parity.checked,

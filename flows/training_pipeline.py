@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -30,23 +31,25 @@ def training_pipeline(
     config: str,
     source: str | None = None,
     deploy: bool = True,
-    serve_workdir: str = ".visionline/serve",
+    overrides: dict[str, Any] | None = None,
 ) -> dict:
-    cfg = tasks.load(config)
+    """``overrides``: dotted config keys applied on top of the file (``{"deploy.target":
+    "kubernetes"}``), as a deployment's parameters."""
+    cfg = tasks.load(config, overrides)
     dataset = tasks.ingest(cfg, source)
     validation = tasks.validate(cfg, dataset)
-    run_id = tasks.train(cfg, dataset)
-    metrics = tasks.evaluate(cfg, run_id)
-    decision = tasks.gate(cfg, run_id)
-    model = tasks.package(cfg, run_id)
-    deployment = tasks.deploy(cfg, model, serve_workdir) if deploy else None
-    publish(cfg, dataset, validation, run_id, metrics, decision, model)
+    run = tasks.train(cfg, dataset)
+    metrics = tasks.evaluate(cfg, run)
+    decision = tasks.gate(cfg, run)
+    model = tasks.package(cfg, run)
+    deployment = tasks.deploy(cfg, model) if deploy else None
+    publish(cfg, dataset, validation, run.run_id, metrics, decision, model)
     return {
-        "dataset": dataset,
-        "run_id": run_id,
+        "dataset": str(dataset),
+        "run_id": run.run_id,
         "accuracy": metrics["accuracy"],
         "gate": "pass" if decision["passed"] else "fail",
-        "model": model,
+        "model": str(model),
         "deployment": deployment,
     }
 

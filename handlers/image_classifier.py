@@ -27,7 +27,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from visionline.data.images import decode_image
-from visionline.data.transforms import Preprocessing, eval_transform
+from visionline.data.transforms import Preprocessing
+from visionline.predictor import Predictor
 from visionline.serving.inference import plan_cpu_inference
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ class ImageClassifier(BaseHandler):
         with open(os.path.join(model_dir, "serving.json")) as f:
             self._serving = json.load(f)
         self._pre = Preprocessing.from_dict(self._serving["preprocessing"])
-        self._transform = eval_transform(self._pre)
         self.inference_plan = None
         if self.device.type == "cpu":
             size = self._pre.image_size
@@ -53,6 +53,11 @@ class ImageClassifier(BaseHandler):
             )
             self.model = self.inference_plan.model
             logger.info(self.inference_plan.summary())
+        mapping = self.mapping or {}
+        classes = [mapping.get(str(i), str(i)) for i in range(len(mapping))]
+        # BaseHandler.inference runs self.model; the predictor supplies the preprocessing
+        # and the probabilities, exactly as evaluation and the parity check compute them.
+        self.predictor = Predictor(self.model, self._pre, classes, self.device)
 
     def _payload(self, idx: int, row: dict) -> bytes:
         body = row.get("data") if row.get("data") is not None else row.get("body")
@@ -89,7 +94,7 @@ class ImageClassifier(BaseHandler):
         for idx, row in enumerate(data):
             try:
                 image = decode_image(self._payload(idx, row), self._serving["max_image_pixels"])
-                tensors.append(self._transform(image))
+                tensors.append(self.predictor.transform(image))
             except ValueError as e:  # ImageDecodeError is one too
                 self._errors[idx] = str(e)
         if not tensors:
@@ -98,7 +103,7 @@ class ImageClassifier(BaseHandler):
         return torch.stack(tensors).to(self.device)
 
     def postprocess(self, data: torch.Tensor) -> list[dict]:
-        probs = torch.softmax(data.float(), dim=1)
+        probs = self.predictor.probabilities(data)
         k = min(int(self._serving["top_k"]), probs.shape[1]) if probs.numel() else 0
         top_p, top_i = probs.topk(k, dim=1) if k else (probs, probs)
         answers = iter(zip(top_p.tolist(), top_i.tolist(), strict=True))

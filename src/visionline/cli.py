@@ -71,25 +71,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from visionline.data.manifest import resolve_dataset
+    from visionline.plan import plan_run
+    from visionline.runs import RunPaths
     from visionline.storage import open_store
-    from visionline.training import default_run_id, fit
+    from visionline.training import fit
 
     cfg = _config(args)
     if args.epochs:
         cfg = cfg.with_overrides(**{"train.epochs": args.epochs})
     store = open_store(cfg.store)
-    spec = cfg.data.dataset + (f":{cfg.data.version}" if cfg.data.version else "")
-    run_id = args.run_id or default_run_id(cfg, resolve_dataset(store, spec).version)
-    res = fit(cfg, store, run_id)
+    plan = plan_run(cfg, store, run_id=args.run_id)
+    res = fit(plan.cfg, store, plan.run_id)
     state = "already complete" if res.already_complete else f"trained {res.epochs_run} epochs"
-    print(f"run {run_id}: {state}; best epoch {res.best_epoch} ({res.best_metric:.4f})")
-    print(f"outputs: {store.url(f'runs/{run_id}/')}")
+    print(f"run {plan.run_id}: {state}; best epoch {res.best_epoch} ({res.best_metric:.4f})")
+    print(f"outputs: {store.url(RunPaths(plan.run_id).prefix)}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from visionline.evaluation import evaluate_run
+    from visionline.runs import RunPaths
     from visionline.storage import open_store
 
     store = open_store(_config(args).store)
@@ -98,7 +99,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"run {args.run}: accuracy {m['accuracy']:.4f}, macro F1 {m['macro']['f1']:.4f}, "
         f"macro ROC AUC {m['roc_auc']['macro']:.4f} on {m['n']} test images"
     )
-    print(f"report: {store.url(f'runs/{args.run}/evaluation/report.md')}")
+    print(f"report: {store.url(f'{RunPaths(args.run).evaluation}/report.md')}")
     return 0
 
 
@@ -156,41 +157,98 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_ref(spec: str | None, cfg: PipelineConfig):
+    """``NAME[:VERSION]`` (default: serve.model_name's champion) -> a registered ModelRef."""
+    from visionline.registry import Registry
+    from visionline.storage import open_store
+
+    name, _, version = (spec or cfg.serve.model_name).partition(":")
+    return Registry(open_store(cfg.store), name).resolve(version or None)
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
+    from visionline.backends import deployer
     from visionline.registry import lineage
     from visionline.storage import open_store
 
-    name, _, version = args.model.partition(":")
-    for stage, text in lineage(open_store(_config(args).store), name, version or None):
+    cfg = _config(args)
+    store = open_store(cfg.store)
+    if args.model:
+        ref, source = _model_ref(args.model, cfg), "registry"
+    else:
+        # what is actually in service, as the serving side reports it; else the champion
+        ref, source = deployer(cfg, store).status().model, "served"
+        if ref is None:
+            ref, source = _model_ref(None, cfg), "champion (nothing is being served)"
+    print(f"{'from':>10}: {source}")
+    for stage, text in lineage(store, ref):
         print(f"{stage:>10}: {text}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from visionline.serving.local import serve_model, stop_server
+    from visionline.serving.local import LocalDeployer
     from visionline.storage import open_store
 
     cfg = _config(args)
+    workdir = args.workdir or cfg.deploy.workdir
+    store = open_store(cfg.store)
     if args.stop:
-        print("stopped" if stop_server(cfg.serve, args.workdir) else "no server was running")
+        local = LocalDeployer(store, cfg.serve, workdir)
+        was_running = local.server.is_running()
+        local.stop()
+        print("stopped" if was_running else "no server was running")
         return 0
-    name, _, version = (args.model or cfg.serve.model_name).partition(":")
-    srv = serve_model(
-        open_store(cfg.store),
-        name,
-        version or None,
-        cfg.serve.model_copy(update={"model_name": name}),
-        args.workdir,
-    )
-    e = srv.endpoints
-    print(f"serving {srv.ref}")
-    print(f"  REST inference  {e.inference}/predictions/{name}")
+    ref = _model_ref(args.model, cfg)
+    local = LocalDeployer(store, cfg.serve, workdir)
+    local.deploy(ref)
+    e = local.endpoints
+    print(f"serving {ref}")
+    print(f"  REST inference  {e.inference}/predictions/{ref.name}")
     print(f"  gRPC inference  {e.grpc_inference}")
     print(f"  management      {e.management} (loopback only)")
     print(f"  metrics         {e.metrics} (loopback only)")
-    print(f"  tokens          {srv.key_file} (inference key: Authorization: Bearer <key>)")
+    print(f"  tokens          {local.key_file} (inference key: Authorization: Bearer <key>)")
     print("stop with: visionline serve --stop")
     return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from visionline.backends import deployer
+    from visionline.serving.deploy import deploy_checked
+    from visionline.storage import open_store
+
+    cfg = _config(args)
+    store = open_store(cfg.store)
+    ref = _model_ref(args.model, cfg)
+    result = deploy_checked(deployer(cfg, store), store, ref)
+    print(f"deployed {result.ref} at {result.endpoint}: {result.parity.summary()}")
+    print(f"{result.ref} is now the champion")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from visionline.backends import deployer
+    from visionline.serving.deploy import rollback_champion
+    from visionline.storage import open_store
+
+    cfg = _config(args)
+    store = open_store(cfg.store)
+    name = args.model or cfg.serve.model_name
+    result = rollback_champion(deployer(cfg, store), store, name, args.reason or "")
+    print(f"rolled back: {result.ref} is serving at {result.endpoint} and is the champion again")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from visionline.backends import deployer
+    from visionline.storage import open_store
+
+    cfg = _config(args)
+    st = deployer(cfg, open_store(cfg.store)).status()
+    print(f"{cfg.deploy.target}: {st.model or 'nothing served'} at {st.endpoint}")
+    print(f"ready: {'yes' if st.ready else 'no'} ({st.detail})")
+    return 0 if st.ready else 1
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -285,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("lineage", help="from a served archive back to its dataset and validation")
-    s.add_argument("model", help="NAME[:VERSION]; default version: the champion")
+    s.add_argument(
+        "model", nargs="?", help="NAME[:VERSION]; default: what is being served, else the champion"
+    )
     s.set_defaults(func=cmd_lineage)
 
     s = sub.add_parser("serve", help="serve a registered model with a local TorchServe")
@@ -293,8 +353,22 @@ def build_parser() -> argparse.ArgumentParser:
         "model", nargs="?", help="NAME[:VERSION]; default: the champion of serve.model_name"
     )
     s.add_argument("--stop", action="store_true", help="stop the local server")
-    s.add_argument("--workdir", default=".visionline/serve")
+    s.add_argument("--workdir", help="the server's directory (default: deploy.workdir)")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser(
+        "deploy", help="put a model in service on deploy.target, check it, make it champion"
+    )
+    s.add_argument("model", nargs="?", help="NAME[:VERSION]; default: the champion")
+    s.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("rollback", help="serve the previous champion again and make it champion")
+    s.add_argument("model", nargs="?", help="NAME (default: serve.model_name)")
+    s.add_argument("--reason", help="recorded in the promotion log")
+    s.set_defaults(func=cmd_rollback)
+
+    s = sub.add_parser("status", help="what deploy.target is serving, and whether it is ready")
+    s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("predict", help="send images to a served model (REST or gRPC)")
     s.add_argument("images", nargs="+")

@@ -145,6 +145,51 @@ class ServeConfig(_Section):
     cpu_inference: CpuInference = "auto"  # measured at load (auto) or forced
 
 
+class KubernetesComputeConfig(_Section):
+    """Training as a Kubernetes Job (``compute.backend: kubernetes``)."""
+
+    namespace: str = "visionline"
+
+
+class ComputeConfig(_Section):
+    """Where training runs. Not part of a run's fingerprint: a run started on one backend
+    resumes on another from the same checkpoints."""
+
+    backend: Literal["local", "kubernetes"] = "local"
+    # processes per node (torchrun); 1 runs the trainer directly
+    nproc: int = Field(1, ge=1, le=64)
+    kubernetes: KubernetesComputeConfig = KubernetesComputeConfig()
+
+
+class KubernetesDeployConfig(_Section):
+    """Serving as a TorchServe Deployment behind Services (``deploy.target: kubernetes``)."""
+
+    namespace: str = "visionline"
+
+
+class DeployConfig(_Section):
+    """Where a packaged model is served."""
+
+    target: Literal["local", "kubernetes"] = "local"
+    # the local TorchServe's working directory (config, model store, logs, tokens)
+    workdir: str = ".visionline/serve"
+    kubernetes: KubernetesDeployConfig = KubernetesDeployConfig()
+
+
+# Keys that say where or how a run executes, not what it learns: the same training
+# inputs must give the same run id from the CLI, a flow, a local process or a pod.
+EXECUTION_KEYS = (
+    "store",
+    "compute",
+    "deploy",
+    "data.source",
+    "data.cache_dir",
+    "data.ingest_workers",
+    "train.num_workers",
+    "train.log_every",
+)
+
+
 class PipelineConfig(_Section):
     name: str = "visionline"
     store: str = ".visionline/store"
@@ -155,10 +200,20 @@ class PipelineConfig(_Section):
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
     serve: ServeConfig = ServeConfig()
+    compute: ComputeConfig = ComputeConfig()
+    deploy: DeployConfig = DeployConfig()
 
     def fingerprint(self) -> str:
-        """Stable hash of the resolved config: what an artifact records as its origin."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Stable hash of what a run learns from (``EXECUTION_KEYS`` left out): what an
+        artifact records as its origin and what a run id is derived from."""
+        data = self.model_dump(mode="json")
+        for dotted in EXECUTION_KEYS:
+            *parents, leaf = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node.pop(leaf, None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_yaml(self) -> str:

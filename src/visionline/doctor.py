@@ -6,12 +6,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 
 from visionline.config import PipelineConfig
 
 TORCH_PIN = "2.14.1"
+TORCHSERVE_PIN = "0.12.0"
 
 
 @dataclass
@@ -101,23 +103,73 @@ def check_prefect() -> Check:
         return Check("prefect", False, f"{url} unreachable: {e} (start one with make ui)")
 
 
-def check_kubernetes() -> Check:
-    try:
-        from kubernetes import config as kconfig
+def check_torchserve() -> Check:
+    """TorchServe and its archiver, at the pinned version, next to this Python."""
+    from importlib.metadata import PackageNotFoundError, version
 
-        _, active = kconfig.list_kube_config_contexts()
-        return Check("kubernetes", True, f"context {active['name']}", required=False)
-    except Exception:
+    try:
+        ts, archiver = version("torchserve"), version("torch-model-archiver")
+    except PackageNotFoundError as e:
+        return Check("torchserve", False, f"{e.name} is not installed: make install")
+    exe = shutil.which("torchserve") or os.path.join(os.path.dirname(sys.executable), "torchserve")
+    if not os.path.exists(exe):
+        return Check("torchserve", False, "the torchserve command is not on PATH: make install")
+    pinned = ts == TORCHSERVE_PIN and archiver == TORCHSERVE_PIN
+    return Check(
+        "torchserve",
+        pinned,
+        f"torchserve {ts}, torch-model-archiver {archiver}"
+        + ("" if pinned else f" (pinned {TORCHSERVE_PIN}: make install)"),
+    )
+
+
+def check_kubernetes(required: bool = False, timeout: float = 5) -> Check:
+    """A usable Kubernetes context: one that exists and whose API server answers.
+    A problem either way; it only fails the doctor when the config uses the cluster."""
+    from kubernetes import client as kclient
+    from kubernetes import config as kconfig
+
+    try:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            return Check("kubernetes", True, "in-cluster service account", required=False)
-        return Check("kubernetes", True, "no kubeconfig: fine for local runs", required=False)
+            kconfig.load_incluster_config()
+            where = "in-cluster service account"
+        else:
+            _, active = kconfig.list_kube_config_contexts()
+            kconfig.load_kube_config()
+            where = f"context {active['name']}"
+    except Exception as e:
+        return Check(
+            "kubernetes",
+            False,
+            f"no usable Kubernetes context ({str(e).splitlines()[0][:120]}): set KUBECONFIG or "
+            "run `kubectl config use-context NAME`"
+            + ("" if required else "; only needed for compute.backend/deploy.target kubernetes"),
+            required=required,
+        )
+    try:
+        api = kclient.VersionApi()
+        info = api.get_code(_request_timeout=timeout)
+        return Check("kubernetes", True, f"{where}: API server {info.git_version}", required)
+    except Exception as e:
+        host = kclient.Configuration.get_default_copy().host
+        return Check(
+            "kubernetes",
+            False,
+            f"{where}: the API server at {host} does not answer ({type(e).__name__}): check the "
+            "cluster, VPN or `kubectl cluster-info`",
+            required=required,
+        )
 
 
 def run_doctor(cfg: PipelineConfig | None, store_uri: str) -> list[Check]:
+    cluster = cfg is not None and (
+        cfg.compute.backend == "kubernetes" or cfg.deploy.target == "kubernetes"
+    )
     return [
         *check_torch(),
         check_java(),
+        check_torchserve(),
         check_store(store_uri),
         check_prefect(),
-        check_kubernetes(),
+        check_kubernetes(required=cluster),
     ]

@@ -17,15 +17,14 @@ import pandas as pd
 import torch
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
-from torch import nn
 from torch.utils.data import DataLoader
 
 from visionline.config import PipelineConfig
 from visionline.data.datasets import LocalCache, ManifestDataset
 from visionline.data.manifest import DatasetRef, read_manifest
-from visionline.data.transforms import Preprocessing, eval_transform
+from visionline.predictor import Predictor
+from visionline.runs import RunPaths, load_run_config, load_run_info
 from visionline.storage import ArtifactStore
-from visionline.training import RunPaths, load_run_config, load_trained_model
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +47,27 @@ class Predictions:
         return df
 
 
-@torch.no_grad()
-def predict(
-    model: nn.Module, ds: ManifestDataset, batch_size: int = 256, device: str = "cpu"
-) -> Predictions:
-    model.eval()
-    probs = []
-    for x, _ in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        probs.append(torch.softmax(model(x.to(device)).float(), 1).cpu())
-    p = torch.cat(probs).numpy() if probs else np.zeros((0, 0))
+def predict(predictor: Predictor, ds: ManifestDataset, batch_size: int = 256) -> Predictions:
+    """Probabilities for every image of ``ds`` (built with ``predictor.transform``)."""
+    probs = [predictor.predict_tensor(x) for x, _ in DataLoader(ds, batch_size=batch_size)]
+    p = torch.cat(probs).numpy() if probs else np.zeros((0, len(predictor.classes)))
     return Predictions(list(ds.sources), np.asarray(ds.targets), p)
 
 
-def test_dataset(
+def split_dataset(
     store: ArtifactStore,
     ref: DatasetRef,
-    classes: list[str],
-    pre: Preprocessing,
+    predictor: Predictor,
     cfg: PipelineConfig,
+    split: str = "test",
 ) -> ManifestDataset:
+    """One split of ``ref``, preprocessed exactly as ``predictor`` preprocesses."""
     return ManifestDataset(
         read_manifest(store, ref),
-        "test",
-        classes,
+        split,
+        predictor.classes,
         LocalCache(store, cfg.data.cache_dir),
-        eval_transform(pre),
+        predictor.transform,
         cfg.data.max_image_pixels,
     )
 
@@ -233,30 +228,27 @@ def render_report(run_id: str, info: dict, m: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_model_on_test(
-    store: ArtifactStore,
-    model: nn.Module,
-    info: dict,
-    cfg: PipelineConfig,
-    ref: DatasetRef | None = None,
+def evaluate_on_test(
+    store: ArtifactStore, predictor: Predictor, cfg: PipelineConfig, ref: DatasetRef
 ) -> Predictions:
-    ref = ref or DatasetRef(info["dataset_name"], info["dataset_version"])
-    pre = Preprocessing.from_dict(info["preprocessing"])
-    return predict(model, test_dataset(store, ref, info["classes"], pre, cfg))
+    return predict(predictor, split_dataset(store, ref, predictor, cfg, "test"))
 
 
 def evaluate_run(store: ArtifactStore, run_id: str) -> dict[str, Any]:
     """Evaluate a finished run on its dataset's test split and store the results."""
     paths = RunPaths(run_id)
     cfg = load_run_config(store, run_id)
-    model, info = load_trained_model(store, run_id)
-    preds = evaluate_model_on_test(store, model, info, cfg)
+    info = load_run_info(store, run_id)
+    predictor = Predictor.from_run(store, run_id)
+    preds = evaluate_on_test(
+        store, predictor, cfg, DatasetRef(info["dataset_name"], info["dataset_version"])
+    )
     m = compute_metrics(preds.y_true, preds.probs, info["classes"])
     m.update(run_id=run_id, dataset=info["dataset"], code_version=info["code_version"])
     out = paths.evaluation
     buf = io.BytesIO()
     preds.to_frame().to_parquet(buf, index=False)
-    store.put_bytes(f"{out}/predictions.parquet", buf.getvalue())
+    store.put_bytes(paths.predictions, buf.getvalue())
     store.put_bytes(
         f"{out}/confusion_matrix.png", plot_confusion_matrix(m["confusion_matrix"], info["classes"])
     )
@@ -266,7 +258,9 @@ def evaluate_run(store: ArtifactStore, run_id: str) -> dict[str, Any]:
     store.put_bytes(f"{out}/pr.png", plot_curves(preds.y_true, preds.probs, info["classes"], "pr"))
     store.put_bytes(f"{out}/training_curves.png", plot_training_curves(info["history"]))
     store.put_bytes(f"{out}/report.md", render_report(run_id, info, m).encode())
-    store.put_json(f"{out}/metrics.json", m)  # last: its presence means the evaluation is complete
+    store.put_json(
+        paths.evaluation_metrics, m
+    )  # last: its presence means the evaluation is complete
     log.info(
         "%s",
         json.dumps({"run_id": run_id, "accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"]}),
@@ -276,11 +270,9 @@ def evaluate_run(store: ArtifactStore, run_id: str) -> dict[str, Any]:
 
 def ensure_evaluated(store: ArtifactStore, run_id: str) -> dict[str, Any]:
     """The stored evaluation of a run, computing it once."""
-    key = f"{RunPaths(run_id).evaluation}/metrics.json"
+    key = RunPaths(run_id).evaluation_metrics
     return store.get_json(key) if store.exists(key) else evaluate_run(store, run_id)
 
 
 def load_predictions(store: ArtifactStore, run_id: str) -> pd.DataFrame:
-    return pd.read_parquet(
-        io.BytesIO(store.get_bytes(f"{RunPaths(run_id).evaluation}/predictions.parquet"))
-    )
+    return pd.read_parquet(io.BytesIO(store.get_bytes(RunPaths(run_id).predictions)))

@@ -143,8 +143,10 @@ def gate_run(
 ) -> Decision:
     """Gate a finished, evaluated run; the champion (a run id) is re-evaluated on the
     challenger's own test images so the paired test compares like with like."""
-    from visionline.evaluation import evaluate_model_on_test, evaluate_run, load_predictions
-    from visionline.training import RunPaths, load_run_config, load_trained_model
+    from visionline.data.manifest import DatasetRef
+    from visionline.evaluation import evaluate_on_test, evaluate_run, load_predictions
+    from visionline.predictor import Predictor
+    from visionline.runs import RunPaths, load_run_config, load_run_info
 
     paths = RunPaths(run_id)
     run_cfg = load_run_config(store, run_id)
@@ -162,16 +164,16 @@ def gate_run(
                 prior["champion"],
                 prior["decided_at"],
             )
-    metrics_key = f"{paths.evaluation}/metrics.json"
+    metrics_key = paths.evaluation_metrics
     metrics = (
         store.get_json(metrics_key) if store.exists(metrics_key) else evaluate_run(store, run_id)
     )
     challenger_correct = champion_correct = None
     if champion_run:
         ours = load_predictions(store, run_id)
-        info = store.get_json(paths.run_info)
-        champ_model, champ_info = load_trained_model(store, champion_run)
-        if champ_info["classes"] != info["classes"]:
+        info = load_run_info(store, run_id)
+        champion = Predictor.from_run(store, champion_run)
+        if champion.classes != info["classes"]:
             decision = Decision(
                 run_id,
                 False,
@@ -182,7 +184,7 @@ def gate_run(
                         None,
                         None,
                         False,
-                        f"champion {champion_run} has classes {champ_info['classes']}, "
+                        f"champion {champion_run} has classes {champion.classes}, "
                         f"challenger {info['classes']}: not comparable",
                     ),
                 ],
@@ -190,14 +192,8 @@ def gate_run(
             )
             store.put_json(paths.decision, {**decision.to_dict(), "gate_config": cfg.model_dump()})
             return decision
-        from visionline.data.manifest import DatasetRef
-
-        theirs = evaluate_model_on_test(
-            store,
-            champ_model,
-            champ_info,
-            run_cfg,
-            ref=DatasetRef(info["dataset_name"], info["dataset_version"]),
+        theirs = evaluate_on_test(
+            store, champion, run_cfg, DatasetRef(info["dataset_name"], info["dataset_version"])
         ).to_frame()
         paired = ours.merge(theirs, on="source", suffixes=("", "_champion"))
         challenger_correct = paired["correct"].to_numpy()

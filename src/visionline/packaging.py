@@ -7,7 +7,6 @@ the state_dict, our handler, ``index_to_name.json``, ``model_spec.json`` and
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import subprocess
@@ -22,12 +21,23 @@ import torch
 from visionline.config import PipelineConfig
 from visionline.errors import GateFailedError, VisionlineError
 from visionline.registry import ModelRef, Registry
+from visionline.runs import RunPaths, load_run_config, load_run_info, load_torch
 from visionline.storage import ArtifactStore, sha256_file
-from visionline.training import RunPaths, load_run_config
 from visionline.version import code_version
 
-HANDLERS_DIR = Path(__file__).resolve().parents[2] / "handlers"
 PARITY_IMAGES = 16
+
+
+def handler_files() -> tuple[Path, Path]:
+    """The handler and the archive's model file, as installed (package data of
+    ``visionline_handlers``, whose source is the repository's ``handlers/``)."""
+    from importlib.resources import files
+
+    root = files("visionline_handlers")
+    handler, model = root / "image_classifier.py", root / "visionline_model.py"
+    if not (handler.is_file() and model.is_file()):
+        raise PackagingError(f"the TorchServe handler files are missing from {root}: reinstall")
+    return Path(str(handler)), Path(str(model))
 
 
 class PackagingError(VisionlineError):
@@ -77,12 +87,11 @@ def build_mar(
     store: ArtifactStore, run_id: str, name: str, version: str, cfg: PipelineConfig, out_dir: Path
 ) -> Path:
     paths = RunPaths(run_id)
-    run = store.get_json(paths.run_info)
+    run = load_run_info(store, run_id)
     work = out_dir / "src"
     work.mkdir(parents=True, exist_ok=True)
-    state = torch.load(
-        io.BytesIO(store.get_bytes(paths.model, verify=True)), map_location="cpu", weights_only=True
-    )
+    state = load_torch(store, paths.model)
+    handler, model_file = handler_files()
     torch.save({f"net.{k}": v for k, v in state.items()}, work / "model.pt")
     (work / "model_spec.json").write_text(
         json.dumps(
@@ -120,11 +129,11 @@ def build_mar(
             "--version",
             version,
             "--model-file",
-            str(HANDLERS_DIR / "visionline_model.py"),
+            str(model_file),
             "--serialized-file",
             str(work / "model.pt"),
             "--handler",
-            str(HANDLERS_DIR / "image_classifier.py"),
+            str(handler),
             "--extra-files",
             extra,
             "--export-path",
@@ -158,8 +167,8 @@ def package_run(store: ArtifactStore, run_id: str, name: str | None = None) -> M
     existing = reg.find_by_run(run_id)
     if existing:
         return ModelRef(name, existing)
-    run = store.get_json(paths.run_info)
-    metrics = store.get_json(f"{paths.evaluation}/metrics.json")
+    run = load_run_info(store, run_id)
+    metrics = store.get_json(paths.evaluation_metrics)
     version = reg.next_version()
     ref = ModelRef(name, version)
     with tempfile.TemporaryDirectory(prefix="visionline-mar-") as tmp:

@@ -170,23 +170,25 @@ def _actor() -> str:
         return "unknown"
 
 
-def lineage(store: ArtifactStore, name: str, spec: str | None = None) -> list[tuple[str, str]]:
-    """The chain from a served archive back to its data: (stage, description) pairs."""
-    from visionline.data.manifest import DatasetRef
-    from visionline.training import RunPaths
-    from visionline.validation import latest_result_prefix
+def lineage(store: ArtifactStore, ref: ModelRef) -> list[tuple[str, str]]:
+    """The chain from a model archive back to its data: (stage, description) pairs.
 
-    reg = Registry(store, name)
-    ref = reg.resolve(spec)
-    m = reg.info(ref.version)
+    The validation result is the one the run trained behind (recorded in its run.json),
+    not merely the newest one for that dataset version."""
+    from visionline.data.manifest import DatasetRef
+    from visionline.runs import RunPaths, load_run_info
+
+    m = Registry(store, ref.name).info(ref.version)
     chain = [("model", f"{ref} archive {store.url(ref.mar_key)} sha256 {m['sha256']}")]
     paths = RunPaths(m["run_id"])
-    run = store.get_json(paths.run_info)
+    run = load_run_info(store, m["run_id"])
+    origin = run.get("origin") or {}
     chain.append(
         (
             "run",
             f"{m['run_id']}: {run['arch']}, {run['epochs_run']} epochs, "
-            f"config {run['config_fingerprint']}, code {run['code_version']}",
+            f"config {run['config_fingerprint']}, code {run['code_version']}"
+            + "".join(f", {k} {v}" for k, v in sorted(origin.items())),
         )
     )
     if store.exists(paths.decision):
@@ -203,9 +205,9 @@ def lineage(store: ArtifactStore, name: str, spec: str | None = None) -> list[tu
             f"{dataset} from {info['source']}, {info['images']} images, ingested {info['created']}",
         )
     )
-    prefix = latest_result_prefix(store, dataset)
-    if prefix is None:
-        chain.append(("validation", "no validation result recorded for this dataset version"))
+    prefix = run.get("validation")
+    if not prefix:
+        chain.append(("validation", "the run trained on a dataset version never validated"))
     else:
         result = store.get_json(f"{prefix}/result.json")
         chain.append(

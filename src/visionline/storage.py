@@ -403,11 +403,22 @@ class S3Store(ArtifactStore):
                 # silently reported as "object absent".
                 try:
                     self.client.head_bucket(Bucket=self.bucket)
+                except ClientError as be:
+                    status = str(be.response.get("Error", {}).get("Code", ""))
+                    if status in ("404", "NoSuchBucket", "NotFound"):
+                        raise BucketNotFoundError(
+                            f"bucket {self.bucket!r} does not exist: create it or fix the "
+                            "store URI"
+                        ) from be
+                    if status in ("403", "AccessDenied", "Forbidden"):
+                        raise CredentialsError(
+                            f"access to bucket {self.bucket!r} is denied (403): the bucket "
+                            "exists but these credentials may not use it; check the IAM "
+                            "policy or the credentials in use"
+                        ) from be
+                    raise self._translate(be, key) from be
                 except Exception as be:
-                    raise BucketNotFoundError(
-                        f"bucket {self.bucket!r} does not exist or is not accessible: "
-                        "create it or fix the store URI"
-                    ) from be
+                    raise self._translate(be, key) from be
                 return None
             raise self._translate(e, key) from e
         except Exception as e:

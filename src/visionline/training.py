@@ -19,13 +19,11 @@ one does. Under ``torchrun`` the same code runs data-parallel (NCCL on GPUs, glo
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
 import os
 import random
-import re
 import sys
 import time
 from contextlib import nullcontext
@@ -48,73 +46,18 @@ from visionline.data.transforms import (
     stats_transform,
     train_transform,
 )
-from visionline.errors import TrainingError
+from visionline.errors import ConfigError, TrainingError
 from visionline.models import build_model, set_backbone_trainable
+from visionline.plan import dataset_spec
+from visionline.runs import RunPaths, check_run_id, load_torch, save_torch
 from visionline.storage import ArtifactStore, open_store
 from visionline.version import code_version
 
 log = logging.getLogger("visionline.training")  # not __name__: this also runs as __main__
 KEEP_CHECKPOINTS = 2
-
-
-# --------------------------------------------------------------------------- layout
-@dataclass(frozen=True)
-class RunPaths:
-    run_id: str
-
-    @property
-    def prefix(self) -> str:
-        return f"runs/{self.run_id}"
-
-    def checkpoint(self, epoch: int) -> str:
-        return f"{self.prefix}/checkpoints/epoch-{epoch:04d}.pt"
-
-    @property
-    def checkpoints(self) -> str:
-        return f"{self.prefix}/checkpoints/"
-
-    @property
-    def metrics(self) -> str:
-        return f"{self.prefix}/metrics.jsonl"
-
-    @property
-    def model(self) -> str:
-        return f"{self.prefix}/model.pt"
-
-    @property
-    def config(self) -> str:
-        return f"{self.prefix}/config.yaml"
-
-    @property
-    def preprocessing(self) -> str:
-        return f"{self.prefix}/preprocessing.json"
-
-    @property
-    def classes(self) -> str:
-        return f"{self.prefix}/classes.json"
-
-    @property
-    def run_info(self) -> str:
-        return f"{self.prefix}/run.json"
-
-    @property
-    def evaluation(self) -> str:
-        return f"{self.prefix}/evaluation"
-
-    @property
-    def decision(self) -> str:
-        return f"{self.prefix}/decision.json"
-
-
-def default_run_id(cfg: PipelineConfig, dataset_version: str) -> str:
-    """Same config + same data -> same run id, so a re-run finds its finished work."""
-    return f"{cfg.name}-{dataset_version}-{cfg.fingerprint()[:8]}"
-
-
-def check_run_id(run_id: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", run_id):
-        raise TrainingError(f"invalid run id {run_id!r}: letters, digits, '_', '.', '-' only")
-    return run_id
+# The trainer's exit code for a configuration error: retrying cannot help, so a
+# Kubernetes podFailurePolicy fails the Job at once on it (EX_CONFIG from sysexits.h).
+EXIT_CONFIG_ERROR = 78
 
 
 # --------------------------------------------------------------------------- devices
@@ -196,8 +139,7 @@ def compute_mean_std(
 
 
 def prepare_data(cfg: PipelineConfig, store: ArtifactStore) -> DataBundle:
-    spec = cfg.data.dataset + (f":{cfg.data.version}" if cfg.data.version else "")
-    ref = resolve_dataset(store, spec)
+    ref = resolve_dataset(store, dataset_spec(cfg))
     manifest = read_manifest(store, ref)
     info = store.get_json(ref.info_key) if store.exists(ref.info_key) else {}
     classes = list(cfg.data.classes or info.get("classes") or sorted(manifest["label"].unique()))
@@ -457,18 +399,6 @@ class EarlyStopping:
         self.best_state = s["best_state"]
 
 
-def _save(store: ArtifactStore, key: str, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    store.put_bytes(key, buf.getvalue())
-
-
-def _load(store: ArtifactStore, key: str) -> Any:
-    return torch.load(
-        io.BytesIO(store.get_bytes(key, verify=True)), map_location="cpu", weights_only=True
-    )
-
-
 def latest_checkpoint(store: ArtifactStore, paths: RunPaths) -> str | None:
     keys = [k for k in store.list(paths.checkpoints) if k.endswith(".pt")]
     return keys[-1] if keys else None
@@ -490,28 +420,58 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def fit(cfg: PipelineConfig, store: ArtifactStore, run_id: str) -> FitResult:
-    """Train (or resume, or recognise as finished) run ``run_id`` with ``cfg``."""
-    paths = RunPaths(check_run_id(run_id))
-    t = cfg.train
-    if store.exists(paths.run_info):
-        info = store.get_json(paths.run_info)
-        if info.get("config_fingerprint") != cfg.fingerprint():
-            raise TrainingError(
-                f"run {run_id} already finished with another config: use a new run id"
-            )
-        log.info("run %s is already complete: nothing to do", run_id)
-        return FitResult(
-            run_id,
-            info["epochs_run"],
-            info["best_epoch"],
-            info["best_metric"],
-            info["early_stopped"],
-            info["history"],
-            None,
-            already_complete=True,
-        )
+@dataclass
+class Trainer:
+    """Everything one run's epochs share: built once by ``setup``, advanced by ``run_epoch``."""
 
+    cfg: PipelineConfig
+    store: ArtifactStore
+    paths: RunPaths
+    ddp: Dist
+    device: torch.device
+    data: DataBundle
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    criterion: nn.Module
+    stopper: EarlyStopping
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    channels_last: bool
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 1
+    resumed_from: int | None = None
+
+    @property
+    def early_stopped(self) -> bool:
+        return bool(self.history and self.history[-1].get("stop"))
+
+
+def finished_result(cfg: PipelineConfig, store: ArtifactStore, paths: RunPaths) -> FitResult | None:
+    """The result of a run that already completed with this config, or None."""
+    if not store.exists(paths.run_info):
+        return None
+    info = store.get_json(paths.run_info)
+    if info.get("config_fingerprint") != cfg.fingerprint():
+        raise TrainingError(
+            f"run {paths.run_id} already finished with another config: use a new run id"
+        )
+    log.info("run %s is already complete: nothing to do", paths.run_id)
+    return FitResult(
+        paths.run_id,
+        info["epochs_run"],
+        info["best_epoch"],
+        info["best_metric"],
+        info["early_stopped"],
+        info["history"],
+        None,
+        already_complete=True,
+    )
+
+
+def setup(cfg: PipelineConfig, store: ArtifactStore, paths: RunPaths) -> Trainer:
+    """Devices, data, model, optimizer, schedule and early stopping for a fresh start."""
+    t = cfg.train
     device_kind = (
         "cuda"
         if (t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()))
@@ -521,215 +481,254 @@ def fit(cfg: PipelineConfig, store: ArtifactStore, run_id: str) -> FitResult:
     device = resolve_device(t, ddp.local_rank)
     seed_everything(t.seed)
     data = prepare_data(cfg, store)
-    model = build_model(cfg.model, len(data.classes), cfg.data.channels, cfg.data.image_size).to(
-        device
-    )
+    model = build_model(cfg.model, len(data.classes), cfg.data.channels, cfg.data.image_size)
+    model = model.to(device)
     channels_last = t.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.parameters(), t)
     steps_per_epoch = len(make_loader(data.train, t, shuffle=True, epoch=0, ddp=ddp, device=device))
-    schedule = LRSchedule(optimizer, t, steps_per_epoch)
     amp_dtype = autocast_dtype(t, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    es_cfg = t.early_stopping
-    stopper = EarlyStopping(
-        es_cfg.metric if es_cfg else "val_loss",
-        es_cfg.patience if es_cfg else None,
-        es_cfg.min_delta if es_cfg else 0.0,
+    es = t.early_stopping
+    return Trainer(
+        cfg=cfg,
+        store=store,
+        paths=paths,
+        ddp=ddp,
+        device=device,
+        data=data,
+        model=model,
+        optimizer=optimizer,
+        schedule=LRSchedule(optimizer, t, steps_per_epoch),
+        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        stopper=EarlyStopping(
+            es.metric if es else "val_loss",
+            es.patience if es else None,
+            es.min_delta if es else 0.0,
+        ),
+        amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        channels_last=channels_last,
     )
-    history: list[dict] = []
-    start_epoch, resumed_from = 1, None
 
-    ckpt_key = latest_checkpoint(store, paths)
-    if ckpt_key:
-        ckpt = _load(store, ckpt_key)
-        if ckpt["config_fingerprint"] != cfg.fingerprint():
-            raise TrainingError(
-                f"run {run_id} has checkpoints from another config ({ckpt_key}): use a new run id"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        stopper.load_state_dict(ckpt["early_stopping"])
-        history = list(ckpt["history"])
-        start_epoch = resumed_from = ckpt["epoch"] + 1
-        if ddp.is_main:
-            log.info("resuming run %s from %s", run_id, ckpt_key)
 
-    if ddp.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+def resume(tr: Trainer) -> None:
+    """Continue from the newest checkpoint of this run, if there is one."""
+    key = latest_checkpoint(tr.store, tr.paths)
+    if not key:
+        return
+    ckpt = load_torch(tr.store, key)
+    if ckpt["config_fingerprint"] != tr.cfg.fingerprint():
+        raise TrainingError(
+            f"run {tr.paths.run_id} has checkpoints from another config ({key}): use a new run id"
         )
-    if ddp.is_main:
-        store.put_bytes(paths.config, cfg.to_yaml().encode())
+    tr.model.load_state_dict(ckpt["model"])
+    tr.optimizer.load_state_dict(ckpt["optimizer"])
+    tr.schedule.load_state_dict(ckpt["scheduler"])
+    if tr.scaler is not None and ckpt.get("scaler"):
+        tr.scaler.load_state_dict(ckpt["scaler"])
+    tr.stopper.load_state_dict(ckpt["early_stopping"])
+    tr.history = list(ckpt["history"])
+    tr.start_epoch = tr.resumed_from = ckpt["epoch"] + 1
+    if tr.ddp.is_main:
+        log.info("resuming run %s from %s", tr.paths.run_id, key)
+
+
+def announce(tr: Trainer) -> None:
+    if tr.ddp.enabled:
+        tr.model = nn.parallel.DistributedDataParallel(
+            tr.model, device_ids=[tr.device.index] if tr.device.type == "cuda" else None
+        )
+    if tr.ddp.is_main:
+        tr.store.put_bytes(tr.paths.config, tr.cfg.to_yaml().encode())
         log.info(
             "run %s: %s on %s, %d train / %d val images, %d classes, device %s x%d",
-            run_id,
-            cfg.model.arch,
-            data.ref,
-            len(data.train),
-            len(data.val),
-            len(data.classes),
-            device,
-            ddp.world_size,
+            tr.paths.run_id,
+            tr.cfg.model.arch,
+            tr.data.ref,
+            len(tr.data.train),
+            len(tr.data.val),
+            len(tr.data.classes),
+            tr.device,
+            tr.ddp.world_size,
         )
 
-    freeze = cfg.model.freeze_backbone_epochs
-    early_stopped = bool(history and history[-1].get("stop"))
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, t.epochs + 1):
-        if early_stopped:
-            break
-        # Reseed per epoch: augmentation, dropout and shuffling depend only on
-        # (seed, epoch), which is what makes a resumed run match an uninterrupted one.
-        seed_everything(t.seed * 1000 + epoch * 7919 + ddp.rank)
-        set_backbone_trainable(_unwrap(model), cfg.model.arch, trainable=epoch > freeze)
-        train_loader = make_loader(data.train, t, shuffle=True, epoch=epoch, ddp=ddp, device=device)
-        val_loader = make_loader(data.val, t, shuffle=False, epoch=epoch, ddp=Dist(), device=device)
-        tr = train_one_epoch(
-            model,
-            train_loader,
-            criterion,
-            optimizer,
-            schedule,
-            device,
-            epoch=epoch,
-            amp_dtype=amp_dtype,
-            scaler=scaler,
-            channels_last=channels_last,
-            log_every=t.log_every,
-            ddp=ddp,
-        )
-        va = evaluate(model, val_loader, criterion, device, amp_dtype)
-        schedule.step_epoch(va["loss"])
-        monitored = va["accuracy"] if stopper.mode_max else va["loss"]
-        stop = stopper.update(epoch, monitored, _unwrap(model))
-        row = {
-            "epoch": epoch,
-            "train_loss": round(tr["loss"], 6),
-            "train_accuracy": round(tr["accuracy"], 6),
-            "val_loss": round(va["loss"], 6),
-            "val_accuracy": round(va["accuracy"], 6),
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_images": tr["images"],
-            "images_per_s": round(tr["images_per_s"], 1),
-            "seconds": round(tr["seconds"], 3),
-            "world_size": ddp.world_size,
-            "stop": stop,
-        }
-        history.append(row)
-        if ddp.is_main:
-            log.info(
-                "epoch %d/%d train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f lr %.2e %.0f img/s",
-                epoch,
-                t.epochs,
-                tr["loss"],
-                tr["accuracy"],
-                va["loss"],
-                va["accuracy"],
-                row["lr"],
-                tr["images_per_s"],
-            )
-            _save(
-                store,
-                paths.checkpoint(epoch),
-                {
-                    "epoch": epoch,
-                    "model": _unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": schedule.state_dict(),
-                    "scaler": scaler.state_dict() if scaler else None,
-                    "early_stopping": stopper.state_dict(),
-                    "history": history,
-                    "config": cfg.model_dump(mode="json"),
-                    "config_fingerprint": cfg.fingerprint(),
-                },
-            )
-            store.put_bytes(paths.metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
-            for old in [k for k in store.list(paths.checkpoints) if k.endswith(".pt")][
-                :-KEEP_CHECKPOINTS
-            ]:
-                store.delete(old)
-        if ddp.enabled:
-            dist.barrier()
-        if stop:
-            early_stopped = True
-            log.info(
-                "early stopping at epoch %d: %s did not improve for %d epochs",
-                epoch,
-                stopper.metric,
-                stopper.bad_epochs,
-            )
-            break
 
-    epochs_run = history[-1]["epoch"] if history else 0
+def run_epoch(tr: Trainer, epoch: int) -> dict:
+    """Train one epoch, validate, update the schedule and early stopping; the history row."""
+    t, ddp, device = tr.cfg.train, tr.ddp, tr.device
+    # Reseed per epoch: augmentation, dropout and shuffling depend only on
+    # (seed, epoch), which is what makes a resumed run match an uninterrupted one.
+    seed_everything(t.seed * 1000 + epoch * 7919 + ddp.rank)
+    set_backbone_trainable(
+        _unwrap(tr.model), tr.cfg.model.arch, trainable=epoch > tr.cfg.model.freeze_backbone_epochs
+    )
+    train_loader = make_loader(tr.data.train, t, shuffle=True, epoch=epoch, ddp=ddp, device=device)
+    val_loader = make_loader(tr.data.val, t, shuffle=False, epoch=epoch, ddp=Dist(), device=device)
+    trained = train_one_epoch(
+        tr.model,
+        train_loader,
+        tr.criterion,
+        tr.optimizer,
+        tr.schedule,
+        device,
+        epoch=epoch,
+        amp_dtype=tr.amp_dtype,
+        scaler=tr.scaler,
+        channels_last=tr.channels_last,
+        log_every=t.log_every,
+        ddp=ddp,
+    )
+    va = evaluate(tr.model, val_loader, tr.criterion, device, tr.amp_dtype)
+    tr.schedule.step_epoch(va["loss"])
+    monitored = va["accuracy"] if tr.stopper.mode_max else va["loss"]
+    stop = tr.stopper.update(epoch, monitored, _unwrap(tr.model))
+    row = {
+        "epoch": epoch,
+        "train_loss": round(trained["loss"], 6),
+        "train_accuracy": round(trained["accuracy"], 6),
+        "val_loss": round(va["loss"], 6),
+        "val_accuracy": round(va["accuracy"], 6),
+        "lr": tr.optimizer.param_groups[0]["lr"],
+        "train_images": trained["images"],
+        "images_per_s": round(trained["images_per_s"], 1),
+        "seconds": round(trained["seconds"], 3),
+        "world_size": ddp.world_size,
+        "stop": stop,
+    }
+    tr.history.append(row)
     if ddp.is_main:
-        _save(store, paths.model, stopper.best_state or _unwrap(model).state_dict())
+        log.info(
+            "epoch %d/%d train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f lr %.2e %.0f img/s",
+            epoch,
+            t.epochs,
+            trained["loss"],
+            trained["accuracy"],
+            va["loss"],
+            va["accuracy"],
+            row["lr"],
+            trained["images_per_s"],
+        )
+    return row
+
+
+def checkpoint(tr: Trainer, epoch: int) -> None:
+    """Atomic checkpoint + metrics.jsonl for ``epoch``; older checkpoints are pruned."""
+    if tr.ddp.is_main:
+        save_torch(
+            tr.store,
+            tr.paths.checkpoint(epoch),
+            {
+                "epoch": epoch,
+                "model": _unwrap(tr.model).state_dict(),
+                "optimizer": tr.optimizer.state_dict(),
+                "scheduler": tr.schedule.state_dict(),
+                "scaler": tr.scaler.state_dict() if tr.scaler else None,
+                "early_stopping": tr.stopper.state_dict(),
+                "history": tr.history,
+                "config": tr.cfg.model_dump(mode="json"),
+                "config_fingerprint": tr.cfg.fingerprint(),
+            },
+        )
+        tr.store.put_bytes(
+            tr.paths.metrics, "".join(json.dumps(h) + "\n" for h in tr.history).encode()
+        )
+        checkpoints = [k for k in tr.store.list(tr.paths.checkpoints) if k.endswith(".pt")]
+        for old in checkpoints[:-KEEP_CHECKPOINTS]:
+            tr.store.delete(old)
+    if tr.ddp.enabled:
+        dist.barrier()
+
+
+def finish(tr: Trainer, origin: dict[str, str] | None = None) -> FitResult:
+    """Best weights and the run's description; ``run.json`` last marks the run complete."""
+    from visionline.validation import latest_result_prefix
+
+    epochs_run = tr.history[-1]["epoch"] if tr.history else 0
+    if tr.ddp.is_main:
+        paths, store, data = tr.paths, tr.store, tr.data
+        save_torch(store, paths.model, tr.stopper.best_state or _unwrap(tr.model).state_dict())
         store.put_bytes(paths.preprocessing, data.preprocessing.to_json().encode())
         store.put_json(paths.classes, data.classes)
         store.put_json(
             paths.run_info,
             {
-                "run_id": run_id,
+                "run_id": paths.run_id,
                 "status": "completed",
                 "dataset": str(data.ref),
                 "dataset_name": data.ref.name,
                 "dataset_version": data.ref.version,
+                # the data gate's result this run trained behind (None: never validated)
+                "validation": latest_result_prefix(store, data.ref),
+                "origin": dict(origin or {}),
                 "code_version": code_version(),
-                "config_fingerprint": cfg.fingerprint(),
-                "arch": cfg.model.arch,
+                "config_fingerprint": tr.cfg.fingerprint(),
+                "arch": tr.cfg.model.arch,
                 "classes": data.classes,
                 "preprocessing": json.loads(data.preprocessing.to_json()),
                 "epochs_run": epochs_run,
-                "best_epoch": stopper.best_epoch,
-                "best_metric": stopper.best,
-                "monitored_metric": stopper.metric,
-                "early_stopped": early_stopped,
-                "resumed_from": resumed_from,
-                "world_size": ddp.world_size,
-                "device": str(device),
-                "history": history,
+                "best_epoch": tr.stopper.best_epoch,
+                "best_metric": tr.stopper.best,
+                "monitored_metric": tr.stopper.metric,
+                "early_stopped": tr.early_stopped,
+                "resumed_from": tr.resumed_from,
+                "world_size": tr.ddp.world_size,
+                "device": str(tr.device),
+                "history": tr.history,
                 "finished_at": datetime.now(UTC).isoformat(),
             },
         )
-    if ddp.enabled:
+    if tr.ddp.enabled:
         dist.barrier()
         dist.destroy_process_group()
     return FitResult(
-        run_id, epochs_run, stopper.best_epoch, stopper.best, early_stopped, history, resumed_from
+        tr.paths.run_id,
+        epochs_run,
+        tr.stopper.best_epoch,
+        tr.stopper.best,
+        tr.early_stopped,
+        tr.history,
+        tr.resumed_from,
     )
 
 
-def load_trained_model(
-    store: ArtifactStore, run_id: str, device: str = "cpu"
-) -> tuple[nn.Module, dict]:
-    """The best weights of a finished run, rebuilt from its own recorded config."""
+def fit(
+    cfg: PipelineConfig, store: ArtifactStore, run_id: str, origin: dict[str, str] | None = None
+) -> FitResult:
+    """Train (or resume, or recognise as finished) run ``run_id`` with ``cfg``.
+
+    ``origin`` (e.g. the orchestrator's run id) is recorded in ``run.json``.
+    """
     paths = RunPaths(check_run_id(run_id))
-    if not store.exists(paths.run_info):
-        raise TrainingError(f"run {run_id} is not complete in {store.uri} (no run.json)")
-    info = store.get_json(paths.run_info)
-    cfg = load_run_config(store, run_id)
-    model = build_model(
-        cfg.model.model_copy(update={"pretrained": None}),
-        len(info["classes"]),
-        cfg.data.channels,
-        cfg.data.image_size,
-    )
-    model.load_state_dict(_load(store, paths.model))
-    return model.to(device).eval(), info
+    done = finished_result(cfg, store, paths)
+    if done is not None:
+        return done
+    tr = setup(cfg, store, paths)
+    resume(tr)
+    announce(tr)
+    for epoch in range(tr.start_epoch, cfg.train.epochs + 1):
+        if tr.early_stopped:
+            break
+        run_epoch(tr, epoch)
+        checkpoint(tr, epoch)
+        if tr.early_stopped:
+            log.info(
+                "early stopping at epoch %d: %s did not improve for %d epochs",
+                epoch,
+                tr.stopper.metric,
+                tr.stopper.bad_epochs,
+            )
+    return finish(tr, origin)
 
 
-def load_run_config(store: ArtifactStore, run_id: str) -> PipelineConfig:
-    import yaml
-
-    from visionline.config import parse_config
-
-    key = RunPaths(run_id).config
-    return parse_config(yaml.safe_load(store.get_bytes(key)), source=store.url(key))
+def _origin(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--origin {pair!r}: expected key=value")
+        out[key] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -739,15 +738,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="config YAML: a path or s3:// URI")
     ap.add_argument("--run-id", required=True)
     ap.add_argument("--store", help="override the config's store URI")
+    ap.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recorded in run.json (e.g. prefect_flow_run=<id>)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("visionline").setLevel(logging.INFO)
-    cfg = load_config(args.config)
-    if args.store:
-        cfg = cfg.with_overrides(store=args.store)
-    result = fit(cfg, open_store(cfg.store), args.run_id)
+    try:
+        cfg = load_config(args.config)
+        if args.store:
+            cfg = cfg.with_overrides(store=args.store)
+        origin = _origin(args.origin)
+        check_run_id(args.run_id)
+    except (ConfigError, TrainingError) as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    result = fit(cfg, open_store(cfg.store), args.run_id, origin)
     print(
         json.dumps(
             {

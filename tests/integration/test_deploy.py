@@ -13,7 +13,8 @@ from visionline.evaluation import evaluate_run
 from visionline.gate import gate_run
 from visionline.packaging import package_run
 from visionline.registry import Registry
-from visionline.serving.deploy import DeploymentError, LocalTorchServeDeployer, deploy_checked
+from visionline.serving.deploy import DeploymentError, deploy_checked
+from visionline.serving.local import LocalDeployer
 from visionline.serving.parity import parity_check
 from visionline.storage import LocalStore, sha256_bytes
 from visionline.training import fit
@@ -43,7 +44,7 @@ def test_failed_parity_keeps_the_previous_champion_serving(small_digits_dir, tmp
     store.put_bytes(v2.mar_key, mar)
     store.put_json(f"{v2.prefix}/model.json", {**reg.info(v2.version), "sha256": sha256_bytes(mar)})
 
-    deployer = LocalTorchServeDeployer(store, cfg.serve, tmp_path / "serve")
+    deployer = LocalDeployer(store, cfg.serve, tmp_path / "serve")
     try:
         first = deploy_checked(deployer, store, v1)
         assert first.parity.ok and reg.aliases()["champion"] == v1.version
@@ -56,7 +57,9 @@ def test_failed_parity_keeps_the_previous_champion_serving(small_digits_dir, tmp
         # the previous champion is back in service, answering exactly as v1's model does
         from visionline.serving.client import RestClient
 
-        client = RestClient(deployer.endpoint(), v1.name, deployer.server.tokens()["inference"])
+        client = RestClient(deployer.endpoint(), v1.name, deployer.token())
         assert parity_check(client, store, reg.info(v1.version)).ok
+        status = deployer.status()
+        assert status.model == v1 and status.ready, status
     finally:
         deployer.stop()

@@ -10,7 +10,8 @@ from tests.conftest import digits_config
 from visionline.config import GateConfig
 from visionline.evaluation import compute_metrics, evaluate_run
 from visionline.gate import decide, gate_run, mcnemar
-from visionline.training import RunPaths, fit
+from visionline.runs import RunPaths
+from visionline.training import fit
 
 
 def test_evaluation_outputs(trained_digits):

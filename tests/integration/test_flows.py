@@ -43,17 +43,12 @@ def test_happy_path_end_to_end_then_rerun_writes_nothing(prefect_api, small_digi
     from flows.training_pipeline import training_pipeline
 
     store = LocalStore(tmp_path / "store")
-    cfg = digits_config(store.uri, **FAST, **serve_ports())
-    config = _write(cfg, tmp_path / "cfg.yaml")
     workdir = tmp_path / "serve"
+    cfg = digits_config(store.uri, **FAST, **serve_ports(), **{"deploy.workdir": str(workdir)})
+    config = _write(cfg, tmp_path / "cfg.yaml")
 
     def run():
-        return training_pipeline(
-            config=config,
-            source=str(small_digits_dir),
-            serve_workdir=str(workdir),
-            return_state=True,
-        )
+        return training_pipeline(config=config, source=str(small_digits_dir), return_state=True)
 
     try:
         state = run()
@@ -116,13 +111,11 @@ def test_failed_gate_stops_before_packaging(prefect_api, small_digits_dir, tmp_p
         store.uri,
         **{**FAST, "train.epochs": 1, "gate.min_accuracy": 1.0, "gate.min_macro_f1": 1.0},
         **serve_ports(),
+        **{"deploy.workdir": str(tmp_path / "serve")},
     )
     workdir = tmp_path / "serve"
     state = training_pipeline(
-        config=_write(cfg, tmp_path / "c.yaml"),
-        source=str(small_digits_dir),
-        serve_workdir=str(workdir),
-        return_state=True,
+        config=_write(cfg, tmp_path / "c.yaml"), source=str(small_digits_dir), return_state=True
     )
     assert state.is_failed()
     with pytest.raises(GateFailedError, match=r"\[FAIL\] accuracy"):

@@ -97,7 +97,7 @@ def test_aliases_promotion_log_and_rollback(tmp_path):
 
 def test_lineage_reaches_the_dataset_and_its_validation(packaged_digits):
     store, ref, _ = packaged_digits
-    chain = dict(lineage(store, ref.name))
+    chain = dict(lineage(store, ref))
     info = Registry(store, ref.name).info(ref.version)
     assert info["sha256"] in chain["model"]
     assert info["run_id"] in chain["run"]

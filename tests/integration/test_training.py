@@ -13,8 +13,9 @@ import torch
 
 from tests.conftest import REPO, digits_config
 from visionline.data.ingest import ingest
+from visionline.runs import RunPaths
 from visionline.storage import LocalStore
-from visionline.training import RunPaths, fit
+from visionline.training import fit
 
 VENV_BIN = Path(sys.executable).parent
 COMPARED = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")

@@ -1,24 +1,74 @@
-"""Where training runs: a small interface with a local subprocess backend (the embedded
-default); the Kubernetes Job backend plugs into the same interface."""
+"""Where training runs, behind one small interface: a local subprocess (the embedded
+default) or a Kubernetes Job. ``visionline.backends.compute_backend`` picks one from the
+config; nothing else names a concrete backend.
+
+Every backend runs the same entry point, ``python -m visionline.training --config URI
+--run-id ID``, which resumes a run from its last checkpoint, so a cancelled, evicted or
+crashed run is continued by submitting the same plan again.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from visionline.config import PipelineConfig
 from visionline.storage import ArtifactStore
 
+if TYPE_CHECKING:
+    from visionline.plan import RunPlan
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+
+
+class RunHandle(Protocol):
+    """One submitted training run."""
+
+    run_id: str
+    failure: str | None  # why it failed, in words an operator acts on
+
+    def poll(self) -> str | None:
+        """None while running, else ``succeeded`` or ``failed``."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the run ends; raise TrainingError with the reason if it failed."""
+
+    def cancel(self) -> None:
+        """Stop the run (its checkpoints stay: submitting the plan again resumes it)."""
+
 
 class ComputeBackend(Protocol):
-    def train(self, cfg: PipelineConfig, store: ArtifactStore, run_id: str) -> None:
-        """Run ``python -m visionline.training`` for ``run_id`` to completion, or raise
-        TrainingError. Re-running a run id resumes it from its last checkpoint."""
+    def submit(
+        self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
+    ) -> RunHandle:
+        """Start ``plan`` and return at once; ``origin`` is recorded in run.json."""
+
+    def train(
+        self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
+    ) -> None:
+        """Run ``plan`` to completion, or raise TrainingError."""
 
 
 def publish_config(cfg: PipelineConfig, store: ArtifactStore) -> str:
     """Write the resolved config where any worker can read it; return its URI.
-    Content-addressed, so the same config is written once."""
-    key = f"configs/{cfg.fingerprint()}.yaml"
+    Content-addressed (the whole config, execution settings included), so the same config
+    is written once."""
+    import hashlib
+
+    blob = cfg.to_yaml().encode()
+    key = f"configs/{hashlib.sha256(blob).hexdigest()[:16]}.yaml"
     if not store.exists(key):
-        store.put_bytes(key, cfg.to_yaml().encode())
+        store.put_bytes(key, blob)
     return store.url(key)
+
+
+def trainer_args(
+    config_uri: str, run_id: str, store_uri: str | None, origin: dict[str, str] | None
+) -> list[str]:
+    """The trainer's arguments after ``python -m visionline.training``."""
+    args = ["--config", config_uri, "--run-id", run_id]
+    if store_uri:
+        args += ["--store", store_uri]
+    for key, value in sorted((origin or {}).items()):
+        args += ["--origin", f"{key}={value}"]
+    return args

@@ -1,78 +1,50 @@
 """Deployment behind one interface: put a registered model in service, check it, and
-promote it, or put the previous champion back.
+promote it, or put back what was served before.
 
-This issue delivers the local TorchServe deployer; the Kubernetes rollout implements the
-same ``Deployer`` protocol.
+``visionline.backends.deployer`` picks the implementation from ``deploy.target``: a local
+TorchServe (``serving.local.LocalDeployer``) or a Kubernetes rollout
+(``serving.kubernetes.KubernetesDeployer``).
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from visionline.config import ServeConfig
 from visionline.errors import ServingError
 from visionline.registry import ModelRef, Registry
-from visionline.serving.client import InferenceClient, RestClient
-from visionline.serving.local import fetch_mar
+from visionline.serving.client import InferenceClient
 from visionline.serving.parity import ParityReport, parity_check
-from visionline.serving.torchserve import Endpoints, ServedModel, TorchServe
 from visionline.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 
 class DeploymentError(ServingError):
-    """The candidate failed its smoke or parity check; the previous champion was restored."""
+    """The candidate failed its smoke or parity check; what was served before is back."""
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    model: ModelRef | None  # what is in service (None: nothing)
+    endpoint: str
+    ready: bool  # every replica/worker of the model is ready
+    detail: str
 
 
 class Deployer(Protocol):
-    def deploy(self, ref: ModelRef) -> InferenceClient: ...
+    def deploy(self, ref: ModelRef) -> InferenceClient:
+        """Put ``ref`` in service (no checks) and return a client for it."""
+
+    def rollback(self) -> ModelRef | None:
+        """Serve again what was served before the last deploy; None if nothing was."""
+
+    def status(self) -> DeploymentStatus: ...
 
     def endpoint(self) -> str: ...
 
     def stop(self) -> None: ...
-
-
-class LocalTorchServeDeployer:
-    """One local TorchServe; deploying swaps the model it serves."""
-
-    def __init__(self, store: ArtifactStore, cfg: ServeConfig, workdir: str | Path) -> None:
-        self.store = store
-        self.cfg = cfg
-        self.server = TorchServe(workdir, cfg)
-
-    def deploy(self, ref: ModelRef) -> RestClient:
-        with tempfile.TemporaryDirectory() as tmp:
-            mar = fetch_mar(self.store, ref, Path(tmp))
-            self.server.start(
-                [
-                    ServedModel(
-                        ref.name,
-                        f"{ref.name}.mar",
-                        self.cfg.batch_size,
-                        self.cfg.max_batch_delay_ms,
-                        self.cfg.workers,
-                    )
-                ],
-                {ref.name: mar},
-            )
-        return RestClient(
-            self.server.endpoints.inference, ref.name, self.server.tokens()["inference"]
-        )
-
-    @property
-    def endpoints(self) -> Endpoints:
-        return self.server.endpoints
-
-    def endpoint(self) -> str:
-        return self.server.endpoints.inference
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 @dataclass
@@ -88,12 +60,11 @@ def deploy_checked(
 ) -> DeployResult:
     """Deploy ``ref``, smoke-test and parity-check it, then promote it to champion.
 
-    On any failure the previous champion (if there is one) is deployed again and
+    On any failure what was served before is put back (``Deployer.rollback``) and
     DeploymentError is raised; the registry's aliases are left untouched.
     """
     reg = Registry(store, ref.name)
     info = reg.info(ref.version)
-    previous = reg.aliases().get("champion")
     try:
         client = deployer.deploy(ref)
         smoke = client.predict(store.get_bytes(info["parity_keys"][0]))
@@ -103,13 +74,8 @@ def deploy_checked(
         if not report.ok:
             raise DeploymentError(f"{ref}: {report.summary()}")
     except Exception as e:
-        if previous and previous != ref.version:
-            log.warning(
-                "deployment of %s failed (%s): restoring champion %s:%s", ref, e, ref.name, previous
-            )
-            deployer.deploy(ModelRef(ref.name, previous))
-        else:
-            deployer.stop()
+        restored = deployer.rollback()
+        log.warning("deployment of %s failed (%s): now serving %s", ref, e, restored or "nothing")
         if isinstance(e, DeploymentError):
             raise
         raise DeploymentError(f"{ref} could not be deployed: {e}") from e
@@ -117,4 +83,25 @@ def deploy_checked(
         ref.version,
         reason=f"deployed; parity max |dp| {report.max_abs_diff:.1e} on {report.checked} images",
     )
+    return DeployResult(ref, deployer.endpoint(), report, smoke)
+
+
+def rollback_champion(
+    deployer: Deployer, store: ArtifactStore, name: str, reason: str = ""
+) -> DeployResult:
+    """Put the previous champion back in service and make it the champion again."""
+    reg = Registry(store, name)
+    previous = reg.aliases().get("previous")
+    if previous is None:
+        from visionline.registry import RegistryError
+
+        raise RegistryError(f"model {name} has no previous champion to roll back to")
+    ref = ModelRef(name, previous)
+    client = deployer.deploy(ref)
+    info = reg.info(ref.version)
+    smoke = client.predict(store.get_bytes(info["parity_keys"][0]))
+    report = parity_check(client, store, info)
+    if not report.ok:
+        raise DeploymentError(f"rollback to {ref}: {report.summary()}")
+    reg.rollback(reason or "rollback")
     return DeployResult(ref, deployer.endpoint(), report, smoke)

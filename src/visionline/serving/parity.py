@@ -6,13 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from visionline.data.images import decode_image
-from visionline.data.transforms import Preprocessing, eval_transform
+from visionline.predictor import Predictor
 from visionline.serving.client import InferenceClient
 from visionline.storage import ArtifactStore
-from visionline.training import load_trained_model
 
 
 @dataclass
@@ -33,14 +29,12 @@ class ParityReport:
 def parity_check(
     client: InferenceClient, store: ArtifactStore, model_info: dict, tol: float = 1e-4
 ) -> ParityReport:
-    model, run = load_trained_model(store, model_info["run_id"])
-    classes = run["classes"]
-    transform = eval_transform(Preprocessing.from_dict(run["preprocessing"]))
+    predictor = Predictor.from_run(store, model_info["run_id"])
+    classes = predictor.classes
     report = ParityReport()
     for key in model_info["parity_keys"]:
         data = store.get_bytes(key)
-        with torch.inference_mode():
-            local = torch.softmax(model(transform(decode_image(data)).unsqueeze(0)).float(), 1)[0]
+        local = predictor.predict_bytes([data])[0]
         try:
             served = client.predict(data)
         except Exception as e:

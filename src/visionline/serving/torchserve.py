@@ -179,8 +179,11 @@ class TorchServe:
             "LOG_LOCATION": str(self.workdir / "logs"),
             "METRICS_LOCATION": str(self.workdir / "logs"),
         }
-        # The worker processes must import visionline (the handler does).
-        src = str(Path(__file__).resolve().parents[2])
+        # The worker processes must import visionline (the handler does): put the
+        # directory visionline is imported from (site-packages or a checkout's src/) first.
+        import visionline
+
+        src = str(Path(visionline.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
         env.pop("TS_CONFIG_FILE", None)
         return env
@@ -263,25 +266,34 @@ class TorchServe:
         keys = json.loads(self.key_file.read_text())
         return {"inference": keys["inference"]["key"], "management": keys["management"]["key"]}
 
+    def workers(self, model: str) -> list[dict]:
+        """The model's workers as the management API describes them (status, pid, ...)."""
+        try:
+            token = self.tokens(timeout=1)["management"]
+            r = requests.get(
+                f"{self.endpoints.management}/models/{model}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=5,
+            )
+        except requests.RequestException as e:
+            raise ServingError(f"TorchServe management API unreachable: {e}") from e
+        if not r.ok:
+            raise ServingError(f"describe {model}: {r.status_code} {r.text[:200]}")
+        try:
+            return list(r.json()[0].get("workers", []))
+        except (ValueError, IndexError, KeyError) as e:
+            raise ServingError(f"describe {model}: unexpected answer {r.text[:200]!r}") from e
+
     def wait_ready(self, model: str, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             try:
-                token = self.tokens(timeout=max(1.0, deadline - time.monotonic()))["management"]
-                r = requests.get(
-                    f"{self.endpoints.management}/models/{model}",
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=5,
-                )
-                if r.ok:
-                    workers = r.json()[0].get("workers", [])
-                    if workers and all(w.get("status") == "READY" for w in workers):
-                        return
-                    last = json.dumps(workers)
-                else:
-                    last = f"{r.status_code} {r.text[:200]}"
-            except (requests.RequestException, ServingError, ValueError) as e:
+                workers = self.workers(model)
+                if workers and all(w.get("status") == "READY" for w in workers):
+                    return
+                last = json.dumps(workers)
+            except ServingError as e:
                 last = str(e)
             if self._worker_failures() >= 3:
                 break  # a worker that crashes at load will not recover: fail fast
