@@ -42,7 +42,7 @@ from tests.support.ports import serve_ports
 from visionline.config import ServeConfig, parse_config
 from visionline.data.samples import draw_shape
 from visionline.models import build_model
-from visionline.packaging import _archiver, build_mar, handler_files
+from visionline.packaging import archiver_command, build_mar, handler_files
 from visionline.serving.inference import plan_cpu_inference
 from visionline.serving.torchserve import ServedModel, TorchServe
 from visionline.storage import LocalStore
@@ -87,7 +87,7 @@ def stock_mar(our_mar_src: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
-            _archiver(),
+            *archiver_command(),
             "--model-name",
             "stock",
             "--version",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -10,7 +12,20 @@ from visionline.data.manifest import DatasetRef
 from visionline.evaluation import metrics_markdown
 from visionline.gate import decision_markdown
 from visionline.registry import ModelRef
-from visionline.storage import open_store
+from visionline.runs import RunPaths
+from visionline.storage import ArtifactStore, open_store
+
+
+def _link(store: ArtifactStore, key: str, name: str) -> str:
+    """A link a browser opens (S3: presigned), else the location as plain text."""
+    url = store.browser_url(key)
+    return f"[{name}]({url})" if url else f"{name}: `{store.url(key)}`"
+
+
+def _inline_png(store: ArtifactStore, key: str, alt: str) -> str:
+    # Prefect's UI renders data-URI images inline: the pictures travel with the artifact.
+    data = base64.b64encode(store.get_bytes(key)).decode()
+    return f"![{alt}](data:image/png;base64,{data})"
 
 
 @task
@@ -24,9 +39,9 @@ def publish(
     model: ModelRef | None,
 ) -> None:
     store = open_store(cfg.store)
-    ev = f"runs/{run_id}/evaluation"
+    ev = RunPaths(run_id).evaluation
     links = "\n".join(
-        f"- [{name}]({store.url(f'{ev}/{name}')})"
+        f"- {_link(store, f'{ev}/{name}', name)}"
         for name in (
             "report.md",
             "confusion_matrix.png",
@@ -35,13 +50,19 @@ def publish(
             "training_curves.png",
         )
     )
+    docs = validation.get("docs_key")
+    docs_line = (
+        _link(store, docs, "Data Docs") if docs else f"Data Docs: {validation.get('docs_url')}"
+    )
     create_markdown_artifact(
         key="pipeline-summary",
         description=f"{dataset} / {cfg.model.arch}",
         markdown=(
             f"# {cfg.name}: {dataset}, {cfg.model.arch}\n\n{metrics_markdown(metrics)}\n"
-            f"{decision_markdown(decision)}\n## Links\n\n- Data Docs: {validation.get('docs_url')}\n"
-            f"{links}\n- model: {model or 'not packaged'}\n"
+            f"{decision_markdown(decision)}\n"
+            f"{_inline_png(store, f'{ev}/confusion_matrix.png', 'confusion matrix')}\n\n"
+            f"{_inline_png(store, f'{ev}/training_curves.png', 'training curves')}\n\n"
+            f"## Links\n\n- {docs_line}\n{links}\n- model: {model or 'not packaged'}\n"
         ),
     )
     create_table_artifact(

@@ -65,7 +65,13 @@ def validate(cfg: PipelineConfig, dataset: DatasetRef) -> dict:
     from visionline.validation import ensure_validated
 
     report = ensure_validated(open_store(cfg.store), dataset, cfg)
-    return {"dataset": report.dataset, "evaluated": report.evaluated, "docs_url": report.docs_url}
+    docs = f"{report.report_prefix}/data_docs/index.html" if report.report_prefix else None
+    return {
+        "dataset": report.dataset,
+        "evaluated": report.evaluated,
+        "docs_url": report.docs_url,
+        "docs_key": docs,
+    }
 
 
 @task(persist_result=True)

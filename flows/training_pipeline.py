@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 
 from flows import tasks
 from flows.artifacts import publish
+from flows.results import PipelineStoreResults  # noqa: F401  (registers the block type)
 from visionline.config import load_config
 
 
@@ -26,7 +27,12 @@ def _run_name() -> str:
     return f"{cfg.data.dataset}-{cfg.model.arch}-{flow_run.scheduled_start_time:%Y%m%d-%H%M%S}"
 
 
-@flow(name="training-pipeline", flow_run_name=_run_name, log_prints=True, persist_result=True)
+@flow(
+    name="training-pipeline",
+    flow_run_name=_run_name,
+    log_prints=True,
+    persist_result=True,
+)
 def training_pipeline(
     config: str,
     source: str | None = None,

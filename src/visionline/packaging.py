@@ -8,7 +8,6 @@ the state_dict, our handler, ``index_to_name.json``, ``model_spec.json`` and
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,14 +43,15 @@ class PackagingError(VisionlineError):
     pass
 
 
-def _archiver() -> str:
-    exe = Path(sys.executable).parent / "torch-model-archiver"
-    found = str(exe) if exe.exists() else shutil.which("torch-model-archiver")
-    if not found:
+def archiver_command() -> list[str]:
+    """torch-model-archiver under this interpreter (no reliance on PATH)."""
+    import importlib.util
+
+    if importlib.util.find_spec("model_archiver.model_packaging") is None:
         raise PackagingError(
             "torch-model-archiver not found: pip install torch-model-archiver==0.12.0"
         )
-    return found
+    return [sys.executable, "-m", "model_archiver.model_packaging"]
 
 
 def parity_keys(store: ArtifactStore, run: dict[str, Any], n: int = PARITY_IMAGES) -> list[str]:
@@ -123,7 +123,7 @@ def build_mar(
     )
     proc = subprocess.run(
         [
-            _archiver(),
+            *archiver_command(),
             "--model-name",
             name,
             "--version",

@@ -111,6 +111,11 @@ class ArtifactStore(ABC):
     def url(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{_check_key(key)}"
 
+    def browser_url(self, key: str, expires_s: int = 7 * 24 * 3600) -> str | None:
+        """A URL a web browser can open for ``key`` (S3: presigned), or None when there is
+        none (a local directory: a browser page will not follow file:// links)."""
+        return None
+
     def put_json(self, key: str, obj: Any) -> str:
         return self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode())
 
@@ -286,6 +291,17 @@ class S3Store(ArtifactStore):
     def _k(self, key: str) -> str:
         return _join(self.prefix, _check_key(key))
 
+    def browser_url(self, key: str, expires_s: int = 7 * 24 * 3600) -> str | None:
+        """A presigned GET URL (SigV4 allows at most 7 days)."""
+        try:
+            return self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self._k(key)},
+                ExpiresIn=min(expires_s, 7 * 24 * 3600),
+            )
+        except Exception as e:
+            raise self._translate(e, key) from e
+
     def _translate(self, e: Exception, key: str | None = None) -> StoreError:
         if isinstance(e, StoreError):
             return e
@@ -407,8 +423,7 @@ class S3Store(ArtifactStore):
                     status = str(be.response.get("Error", {}).get("Code", ""))
                     if status in ("404", "NoSuchBucket", "NotFound"):
                         raise BucketNotFoundError(
-                            f"bucket {self.bucket!r} does not exist: create it or fix the "
-                            "store URI"
+                            f"bucket {self.bucket!r} does not exist: create it or fix the store URI"
                         ) from be
                     if status in ("403", "AccessDenied", "Forbidden"):
                         raise CredentialsError(

@@ -70,8 +70,11 @@ def test_happy_path_end_to_end_then_rerun_writes_nothing(prefect_api, small_digi
 
         name, artifacts = asyncio.run(ui_view())
         assert name.startswith("digits-simple_cnn-")
-        assert "Gate decision: PASS" in artifacts["pipeline-summary"].data
-        assert "data_docs/index.html" in artifacts["pipeline-summary"].data
+        summary = artifacts["pipeline-summary"].data
+        assert "Gate decision: PASS" in summary and "data_docs/index.html" in summary
+        # pictures travel inline (Prefect's UI renders data URIs); local paths are text
+        assert summary.count("](data:image/png;base64,") == 2
+        assert "](/" not in summary and "](file:" not in summary
         assert "per-class-metrics" in artifacts
 
         before = _snapshot(store)
@@ -124,11 +127,19 @@ def test_failed_gate_stops_before_packaging(prefect_api, small_digits_dir, tmp_p
     assert not TorchServe(workdir, cfg.serve).is_running()
 
 
-def test_transient_s3_errors_are_retried(
+def test_transient_s3_errors_are_retried_and_results_live_in_the_store(
     prefect_api, moto_server, small_digits_dir, tmp_path, monkeypatch
 ):
     """More consecutive 503s than botocore's own 8 attempts: the task-level retry is what
-    saves the run."""
+    saves the run. With the results block registered (as the Kubernetes work pool sets
+    it), Prefect's persisted results go to the S3 store, not to a local home directory."""
+    from prefect.settings import (
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
+        temporary_settings,
+    )
+
+    from flows.results import register
     from flows.training_pipeline import training_pipeline
 
     bucket = "flaky"
@@ -149,14 +160,23 @@ def test_transient_s3_errors_are_retried(
             },  # this test is about retries, not model quality
         )
         cfg = cfg.with_overrides(**{"data.cache_dir": str(tmp_path / "cache")})
-        state = training_pipeline(
-            config=_write(cfg, tmp_path / "c.yaml"),
-            source=str(few),
-            deploy=False,
-            return_state=True,
-        )
+        local_results = tmp_path / "home-results"
+        with temporary_settings(
+            {
+                PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: register(),
+                PREFECT_LOCAL_STORAGE_PATH: local_results,
+            }
+        ):
+            state = training_pipeline(
+                config=_write(cfg, tmp_path / "c.yaml"),
+                source=str(few),
+                deploy=False,
+                return_state=True,
+            )
         assert state.is_completed(), state.message
         assert proxy.failed == 9
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
     store = S3Store(f"s3://{bucket}/vl", client=make_s3_client())
     assert Registry(store, "digits").versions() == ["1"]
+    assert len(list(store.list("prefect-results/"))) >= 7  # every task's result
+    assert not local_results.exists() or not any(local_results.iterdir())

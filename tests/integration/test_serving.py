@@ -3,7 +3,6 @@
 The server is started and stopped with the `visionline serve` CLI, as a user would.
 """
 
-import base64
 import json
 import socket
 import subprocess
@@ -134,7 +133,13 @@ def test_truncated_and_base64_over_grpc(server):
     assert len(grpc.predict(server["good"])) == 3
     js = RestClient(server["rest"], server["name"], server["token"]).predict_json(server["good"])
     assert js == RestClient(server["rest"], server["name"], server["token"]).predict(server["good"])
-    assert base64.b64encode(server["good"])  # the JSON form carried the same bytes
+    bad = requests.post(
+        f"{server['rest']}/predictions/{server['name']}",
+        json={"data": "not base64 at all!"},
+        headers={"Authorization": f"Bearer {server['token']}"},
+        timeout=60,
+    )
+    assert bad.status_code == 400 and "not valid base64" in bad.text
 
 
 def test_the_configured_batching_is_applied(server):

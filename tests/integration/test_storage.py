@@ -138,3 +138,15 @@ def test_throttling_and_5xx_are_retried(moto_server, bucket, monkeypatch):
 def test_open_store_rejects_unknown_scheme():
     with pytest.raises(Exception, match="unsupported store URI"):
         open_store("gs://bucket/x")
+
+
+def test_browser_url_is_presigned_on_s3_and_absent_locally(store):
+    import requests
+
+    store.put_bytes("reports/x.png", b"\x89PNG picture")
+    url = store.browser_url("reports/x.png")
+    if store.uri.startswith("s3://"):
+        assert url and "Signature" in url and "Expires" in url
+        assert requests.get(url, timeout=10).content == b"\x89PNG picture"
+    else:
+        assert url is None  # a browser page will not follow file:// links: shown as text

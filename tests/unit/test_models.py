@@ -92,5 +92,10 @@ def test_optimizers_and_schedules(opt, sched):
         assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[-1] < 0.01
     if sched == "plateau":
         assert lrs[-1] < 0.1  # warm-up ended and the flat loss cut the rate
+    if sched == "none":
+        assert lrs[0] < lrs[4]  # the warm-up still rises...
+        assert lrs[5:] == [pytest.approx(0.1)] * 15  # ...then the rate stays put
     state = s.state_dict()
-    LRSchedule(build_optimizer(model.parameters(), cfg), cfg, 5).load_state_dict(state)
+    restored = LRSchedule(build_optimizer(model.parameters(), cfg), cfg, 5)
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state  # a resumed run continues the same schedule

@@ -188,12 +188,14 @@ class TorchServe:
         env.pop("TS_CONFIG_FILE", None)
         return env
 
-    def _torchserve(self) -> str:
-        exe = Path(sys.executable).parent / "torchserve"
-        found = str(exe) if exe.exists() else shutil.which("torchserve")
-        if not found:
+    def _torchserve(self) -> list[str]:
+        """TorchServe's launcher under this interpreter: the Java frontend then starts its
+        Python workers with the same interpreter, which imports this visionline."""
+        import importlib.util
+
+        if importlib.util.find_spec("ts.model_server") is None:
             raise ServingError("torchserve not found: pip install torchserve==0.12.0")
-        return found
+        return [sys.executable, "-m", "ts.model_server"]
 
     def start(
         self, models: list[ServedModel], mar_files: dict[str, Path], timeout: float = 180
@@ -224,7 +226,7 @@ class TorchServe:
         with launcher_log.open("ab") as out:
             proc = subprocess.run(
                 [
-                    self._torchserve(),
+                    *self._torchserve(),
                     "--start",
                     "--ncs",
                     "--ts-config",
@@ -343,7 +345,7 @@ class TorchServe:
             return
         procs = self._process_tree()
         proc = subprocess.run(
-            [self._torchserve(), "--stop"],
+            [*self._torchserve(), "--stop"],
             cwd=self.workdir,
             env=self._env(),
             capture_output=True,
