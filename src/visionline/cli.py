@@ -107,8 +107,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from visionline.gate import gate_run
     from visionline.storage import open_store
 
-    store = open_store(_config(args).store)
-    decision = gate_run(store, args.run, champion_run=args.champion)
+    cfg = _config(args)
+    # an explicit --config asks its own gate question; otherwise the run's recorded one
+    thresholds = cfg.gate if args.config else None
+    decision = gate_run(open_store(cfg.store), args.run, args.champion, thresholds)
     print(decision.summary())
     return 0 if decision.passed else 1
 
