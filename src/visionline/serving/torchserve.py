@@ -261,12 +261,20 @@ class TorchServe:
 
     def tokens(self, timeout: float = 60) -> dict[str, str]:
         deadline = time.monotonic() + timeout
-        while not self.key_file.is_file():
-            if time.monotonic() > deadline:
-                raise ServingError(f"TorchServe wrote no token file at {self.key_file}")
+        while True:
+            try:
+                # TorchServe may be midway through writing the file: retry a partial read
+                keys = json.loads(self.key_file.read_text())
+                return {
+                    "inference": keys["inference"]["key"],
+                    "management": keys["management"]["key"],
+                }
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                if time.monotonic() > deadline:
+                    raise ServingError(
+                        f"TorchServe wrote no usable token file at {self.key_file} ({e})"
+                    ) from e
             time.sleep(0.2)
-        keys = json.loads(self.key_file.read_text())
-        return {"inference": keys["inference"]["key"], "management": keys["management"]["key"]}
 
     def workers(self, model: str) -> list[dict]:
         """The model's workers as the management API describes them (status, pid, ...)."""
