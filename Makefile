@@ -44,13 +44,13 @@ format: install
 
 # The CPU benchmarks, about 18 minutes on 2 cores; each writes benchmarks/results/NAME.json
 # and the report tabulates them in benchmarks/README.md. serve measures photo-sized inputs
-# at 1 and 32 clients here: its default grid (photo and small inputs, 1, 8 and 32
-# clients) takes about 25 minutes on its own.
+# at the default serving batch size (8) with 1, 8 and 32 clients here, about 6 minutes;
+# its default grid (photo and small inputs, batch 1 and 8) takes about 25 on its own.
 bench: install
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/accuracy.py
 	$(PY) benchmarks/train_overhead.py
-	$(PY) benchmarks/serve.py --inputs photo --concurrency 1,32
+	$(PY) benchmarks/serve.py --inputs photo --batch-sizes 8
 	$(PY) benchmarks/pipeline.py
 	$(PY) -m benchmarks.report
 

@@ -18,6 +18,9 @@ timed inside the task run (``flows.timing``), so what Prefect adds is the rest:
 
 Target: overhead under 5 s per run, excluding the cold start.
 
+About 2.5 minutes on 2 cores (the config's 30 epochs; ``--epochs`` changes the wall time
+and so the share, not the overhead in seconds).
+
     python benchmarks/pipeline.py [--epochs N]
 """
 

@@ -31,6 +31,9 @@ others, as ``taskset`` would (on 2 cores: client on one, server on the other).
 Latency percentiles pool every round's requests; a percentile q is reported only when
 at least 10 requests lie beyond it (p90: n >= 100, p99: n >= 1000), with n alongside.
 
+The default grid (2 inputs x batch 1, 8 x 1, 8, 32 clients, 5 rounds) takes about 25
+minutes on 2 cores; ``make bench`` runs photo inputs at batch 8 (about 6 minutes).
+
     python benchmarks/serve.py [--rounds 5] [--min-requests-per-round 64]
                                [--inputs photo,small] [--batch-sizes 1,8]
                                [--concurrency 1,8,32] [--no-pin]

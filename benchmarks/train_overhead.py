@@ -17,6 +17,8 @@ run ``--fit-epochs`` epochs from scratch per round on a warm cache, with the sam
 normalisation statistics given (so neither computes them). The ratio is throughput
 (train images x epochs / wall seconds), ours over plain. Targets: >= 0.95 and >= 0.9.
 
+About 3 minutes on 2 cores.
+
     python benchmarks/train_overhead.py [--epochs 10] [--rounds 5] [--fit-epochs 3]
 """
 

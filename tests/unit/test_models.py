@@ -172,7 +172,6 @@ def test_archive_model_file_rebuilds_the_stem(tmp_path):
     import importlib.util
     import json
     import shutil
-
     from pathlib import Path
 
     source = Path(__file__).resolve().parents[2] / "handlers" / "visionline_model.py"
