@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.timing import task
 from visionline.config import PipelineConfig
 from visionline.data.manifest import DatasetRef
 from visionline.evaluation import metrics_markdown

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
 from prefect.tasks import exponential_backoff
 
+from flows.timing import task
 from visionline.config import PipelineConfig, load_config
 from visionline.data.manifest import DatasetRef
 from visionline.errors import StoreError

@@ -16,7 +16,12 @@ class VisionlineModel(nn.Module):
         super().__init__()
         spec = json.loads((Path(__file__).resolve().parent / "model_spec.json").read_text())
         self.net = build_model(
-            ModelConfig(arch=spec["arch"], dropout=spec["dropout"]),
+            ModelConfig(
+                arch=spec["arch"],
+                dropout=spec["dropout"],
+                # archives built before the stem option have torchvision's own
+                stem=spec.get("stem", "imagenet"),
+            ),
             spec["num_classes"],
             spec["channels"],
             spec["image_size"],

@@ -85,6 +85,18 @@ class ModelConfig(_Section):
     pretrained: str | None = None
     freeze_backbone_epochs: int = Field(0, ge=0)
     dropout: float = Field(0.25, ge=0, lt=1)
+    # ResNet first layers. "imagenet" (torchvision's): 7x7 stride-2 conv + max-pool, a 4x
+    # reduction that leaves 32x32 inputs 1x1 at the last stage. "cifar": 3x3 stride-1 conv,
+    # no max-pool, the usual stem for small images (CIFAR ResNets).
+    stem: Literal["imagenet", "cifar"] = "imagenet"
+
+    @model_validator(mode="after")
+    def _stem_fits_arch(self) -> ModelConfig:
+        if self.stem != "imagenet" and self.arch not in ("resnet18", "resnet50"):
+            raise ValueError(
+                f"stem {self.stem!r} applies to resnet18 and resnet50, not {self.arch}"
+            )
+        return self
 
 
 class EarlyStoppingConfig(_Section):

@@ -93,6 +93,19 @@ def _adapt_input_channels(model: nn.Module, arch: str, channels: int) -> None:
         setattr(holder, leaf, new)
 
 
+def _apply_stem(model: nn.Module, cfg: ModelConfig) -> None:
+    """Swap torchvision's ImageNet stem for the CIFAR one: a 3x3 stride-1 conv and no
+    max-pool, so a 32x32 image reaches layer1 at 32x32 and the last stage at 4x4."""
+    if cfg.stem != "cifar":
+        return
+    old: nn.Conv2d = model.conv1
+    conv = nn.Conv2d(old.in_channels, old.out_channels, 3, stride=1, padding=1, bias=False)
+    # the initialisation torchvision gives every ResNet conv
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    model.conv1 = conv
+    model.maxpool = nn.Identity()
+
+
 def load_state_dict_uri(uri: str) -> dict[str, torch.Tensor]:
     from visionline.storage import read_uri
 
@@ -118,9 +131,18 @@ def build_model(cfg: ModelConfig, num_classes: int, channels: int, image_size: i
         # Build with the architecture's own head so the pretrained state_dict fits,
         # then replace the head for our classes.
         model = torchvision.models.get_model(cfg.arch, weights=None)
-        missing, unexpected = model.load_state_dict(
-            load_state_dict_uri(cfg.pretrained), strict=False
-        )
+        _apply_stem(model, cfg)
+        state = load_state_dict_uri(cfg.pretrained)
+        if cfg.arch.startswith("resnet"):
+            expected = model.conv1.weight.shape
+            found = getattr(state.get("conv1.weight"), "shape", None)
+            if found is not None and found != expected:
+                raise TrainingError(
+                    f"pretrained weights {cfg.pretrained} have a first conv of shape "
+                    f"{tuple(found)}, model.stem {cfg.stem!r} needs {tuple(expected)}: use "
+                    "weights trained with that stem, or the other model.stem"
+                )
+        missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if "num_batches_tracked" not in k]:
             raise TrainingError(
                 f"pretrained weights {cfg.pretrained} do not fit {cfg.arch}: "
@@ -129,6 +151,7 @@ def build_model(cfg: ModelConfig, num_classes: int, channels: int, image_size: i
         _replace_head(model, cfg.arch, num_classes)
     else:
         model = torchvision.models.get_model(cfg.arch, weights=None, num_classes=num_classes)
+        _apply_stem(model, cfg)
     _adapt_input_channels(model, cfg.arch, channels)
     return model
 

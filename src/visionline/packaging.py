@@ -98,6 +98,7 @@ def build_mar(
             {
                 "arch": cfg.model.arch,
                 "dropout": cfg.model.dropout,
+                "stem": cfg.model.stem,
                 "num_classes": len(run["classes"]),
                 "channels": cfg.data.channels,
                 "image_size": cfg.data.image_size,

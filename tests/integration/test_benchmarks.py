@@ -1,0 +1,122 @@
+"""Every benchmark script runs as a user types it, with --smoke (tiny sizes) into a temp
+results dir. These check that the scripts work and report what they promise; the
+figures of a smoke run mean nothing and nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bench(name: str, results: Path, *args: str, timeout: int = 900) -> dict:
+    proc = subprocess.run(
+        [sys.executable, f"benchmarks/{name}.py", "--smoke", "--results-dir", str(results), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((results / f"{name}.json").read_text())
+    assert result["smoke"] is True
+    assert result["git_revision"] and result["machine"]["cpus"]
+    return result
+
+
+def test_train_gpu_smoke_on_cpu(tmp_path):
+    r = bench("train_gpu", tmp_path)
+    assert r["stem"] == "cifar" and r["arch"] == "resnet18" and r["image_size"] == 32
+    assert r["images_per_s"] > 0 and r["plain_images_per_s"] > 0
+    assert r["ratio_vs_plain"] == r["ratio_vs_plain_paired"]["median"]
+    assert len(r["ratio_vs_plain_paired"]["rounds"]) == r["rounds"] == 2
+    # ResNet-18, CIFAR stem, 32x32: 0.56 GMAC forward = 1.11 GFLOP; training counts 3x
+    assert 3.2 < r["gflops_per_image_train"] < 3.5
+    assert r["tflops"] == pytest.approx(
+        r["images_per_s"] * r["gflops_per_image_train"] / 1e3, abs=0.01
+    )
+    if "gpu" not in r["machine"]:
+        assert r["gpu"].startswith("none")
+
+
+def test_train_gpu_refuses_a_cpu_without_a_flag(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/train_gpu.py", "--results-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "no GPU visible" in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_accuracy_smoke(tmp_path):
+    r = bench("accuracy", tmp_path)
+    assert len(r["cnn_seeds"]) == 2 and all(0 <= a <= 1 for a in r["cnn_seeds"])
+    assert r["cnn_mean_accuracy"] == pytest.approx(sum(r["cnn_seeds"]) / 2, abs=1e-4)
+    assert r["cnn_std"] is not None and 0 <= r["svc_accuracy"] <= 1
+    assert {"C", "gamma", "gamma_vs_scale", "cv_accuracy"} <= set(r["svc_params"])
+    factors = r["svc_grid"]["gamma_vs_scale"]
+    assert min(factors) < 1 < max(factors)  # gamma on both sides of 'scale'
+    assert 0 <= r["mcnemar_p"] <= 1 and len(r["mcnemar_per_seed"]) == 2
+    assert r["test_images"] > 0
+
+
+@pytest.mark.slow
+def test_train_overhead_smoke(tmp_path):
+    r = bench("train_overhead", tmp_path)
+    assert r["ratio_vs_plain_loop"] > 0 and r["fit_ratio_vs_plain_script"] > 0
+    assert len(r["fit_paired"]["rounds"]) == r["rounds"] == 2
+    assert r["fit_ratio_vs_plain_script"] == r["fit_paired"]["median"]
+
+
+@pytest.mark.slow
+@pytest.mark.torchserve
+def test_pipeline_smoke(tmp_path):
+    r = bench("pipeline", tmp_path)
+    tasks = {"load", "ingest", "validate", "train", "evaluate", "gate", "package", "deploy"}
+    assert tasks <= set(r["per_task_overhead_s"]) and not r["untimed_task_runs"]
+    assert r["cold_start_s"] > 0 and r["wall_s"] > r["task_bodies_s"] > 0
+    parts = sum(r["per_task_overhead_s"].values()) + r["after_last_task_s"]
+    assert parts == pytest.approx(r["overhead_s_excl_cold_start"], abs=0.05)
+    assert r["orchestration_share_incl_cold_start"] > r["orchestration_share"]
+
+
+@pytest.mark.slow
+@pytest.mark.torchserve
+def test_serve_smoke(tmp_path):
+    r = bench("serve", tmp_path, "--inputs", "photo")
+    assert set(r["points_ratio_vs_stock"]) == {"photo_b2_c1", "photo_b2_c2"}
+    arms = {p["arm"] for p in r["points"]}
+    assert arms == {"visionline", "visionline_eager", "stock", "in_process"}
+    for pair in r["paired"]:
+        assert len(pair["vs_stock"]["rounds"]) == 2
+    assert r["paired_min_ratio_vs_stock"] == min(r["points_ratio_vs_stock"].values())
+    assert set(r["worker_load_s"]["2"]) == {"ours", "ours_eager", "stock"}
+    assert r["worker_inference_plan"]["2"] != "not logged"
+    assert r["inputs"]["photo"]["median_kb"] > 30  # photo-sized JPEGs, not thumbnails
+    served = [p for p in r["points"] if p["arm"] != "in_process"]
+    assert all(p["p99_ms"] is None and p["n"] < 1000 for p in served)  # too few for a p99
+
+
+def test_make_bench_runs_every_cpu_benchmark_then_the_report():
+    proc = subprocess.run(
+        ["make", "-n", "bench"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    ran = [ln.split("benchmarks/")[1].split(".py")[0] for ln in lines if "benchmarks/" in ln]
+    assert set(ran) >= {"ingest", "accuracy", "train_overhead", "serve", "pipeline"}
+    assert "train_gpu" not in ran  # its own target: make bench-gpu
+    assert lines[-1].endswith("-m benchmarks.report")
