@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -34,6 +34,18 @@ class SplitConfig(_Section):
         return self
 
 
+def eval_resize(image_size: int, crop_ratio: float) -> int:
+    """The shorter edge the eval transform resizes to before its centre crop."""
+    return max(image_size, round(image_size / crop_ratio))
+
+
+# Bounds on the work one image may cause, applied from its header before any pixel is
+# decoded (see visionline.data.images): the declared pixel count, the aspect ratio,
+# and the size the eval resize would make of it.
+AspectRatio = Annotated[float, Field(ge=1.0)]
+PixelCount = Annotated[int, Field(ge=64)]
+
+
 class DataConfig(_Section):
     dataset: str = Field(..., pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     # A pinned dataset version; None trains on the newest (datasets/<name>/LATEST).
@@ -49,11 +61,17 @@ class DataConfig(_Section):
     # Header-declared pixel count above which a file is refused without decoding
     # (decompression-bomb guard); 64 MP is far above any real training image.
     max_image_pixels: int = Field(64_000_000, ge=1)
+    max_aspect_ratio: AspectRatio = 32.0
+    max_resized_pixels: PixelCount = 16_000_000
     # Normalisation statistics; None means "compute from the train split".
     mean: list[float] | None = None
     std: list[float] | None = None
     cache_dir: str = ".visionline/cache"
     ingest_workers: int = Field(16, ge=1, le=256)
+
+    @property
+    def resize_to(self) -> int:
+        return eval_resize(self.image_size, self.crop_ratio)
 
 
 class ValidationConfig(_Section):
@@ -152,8 +170,12 @@ class ServeConfig(_Section):
     max_batch_delay_ms: int = Field(20, ge=0)
     workers: int = Field(1, ge=1)
     top_k: int = Field(3, ge=1)
-    max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    # The largest image a request may carry (raw, multipart file or base64-decoded);
+    # TorchServe's own body limit is derived from it (serving.torchserve.max_body_bytes).
+    max_request_bytes: int = Field(10 * 1024 * 1024, ge=1024, le=1024**3)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_aspect_ratio: AspectRatio = 32.0
+    max_resized_pixels: PixelCount = 16_000_000
     cpu_inference: CpuInference = "auto"  # measured at load (auto) or forced
 
 
@@ -214,6 +236,20 @@ class PipelineConfig(_Section):
     serve: ServeConfig = ServeConfig()
     compute: ComputeConfig = ComputeConfig()
     deploy: DeployConfig = DeployConfig()
+
+    @model_validator(mode="after")
+    def _resize_fits_the_limits(self) -> PipelineConfig:
+        # A limit below the model's own resize would refuse every image, square ones too.
+        side = self.data.resize_to
+        for section in ("data", "serve"):
+            limit = getattr(self, section).max_resized_pixels
+            if limit < side * side:
+                raise ValueError(
+                    f"{section}.max_resized_pixels: {limit} is below {side}x{side} = "
+                    f"{side * side}, the eval resize of data.image_size {self.data.image_size} "
+                    f"(crop_ratio {self.data.crop_ratio:g}): every image would be refused"
+                )
+        return self
 
     def fingerprint(self) -> str:
         """Stable hash of what a run learns from (``EXECUTION_KEYS`` left out): what an

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from visionline.config import AugmentConfig
+from visionline.config import AugmentConfig, eval_resize
 from visionline.data.images import to_mode
 
 
@@ -40,7 +40,7 @@ class Preprocessing:
 
     @property
     def resize_to(self) -> int:
-        return max(self.image_size, round(self.image_size / self.crop_ratio))
+        return eval_resize(self.image_size, self.crop_ratio)
 
 
 class ToModelMode:
