@@ -5,11 +5,19 @@ A minimal BaseHandler subclass: TorchServe's own initialize() loads the model an
 forward pass runs (eager, conv-bn fused, or oneDNN layout: measured at load, verified
 against eager). Preprocessing is visionline's eval transform, imported, so serving
 resizes and normalises exactly as training evaluated. A bad request in a batch gets
-its own 400 with a message; the other requests in the batch are answered and the
+its own 4xx with a message; the other requests in the batch are answered and the
 worker keeps serving.
 
-Accepted bodies: raw image bytes (JPEG, PNG, WebP, BMP, TIFF, GIF; grayscale, RGBA,
-CMYK, 16-bit...) or JSON ``{"data": "<base64 image>"}``.
+Accepted bodies (``visionline.serving.requests`` turns each into image bytes): raw
+image bytes (JPEG, PNG, WebP, BMP, TIFF, GIF; grayscale, RGBA, CMYK, 16-bit...) under
+any content type TorchServe leaves intact, a single-file multipart upload under any
+field name, or JSON ``{"data": "<base64 image>"}``. Every image is checked against the
+archive's limits from its header (``visionline.data.images``) before it is decoded.
+
+Explanations (``POST /explanations/<model>``) are answered per request with gradient
+saliency for the predicted class: TorchServe decides "explain" for a whole batch from
+its first request, so both paths end in ``postprocess``, which answers each request as
+it asked.
 
 TorchServe loads the single class defined in this module, so bad requests are plain
 ValueErrors rather than a class of our own.
@@ -17,8 +25,6 @@ ValueErrors rather than a class of our own.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import os
@@ -29,7 +35,14 @@ from ts.torch_handler.base_handler import BaseHandler
 from visionline.data.images import decode_image
 from visionline.data.transforms import Preprocessing
 from visionline.predictor import Predictor
+from visionline.serving.explain import explanation, gradient_saliency
 from visionline.serving.inference import plan_cpu_inference
+from visionline.serving.requests import (
+    decode_limits,
+    image_bytes,
+    status_phrase,
+    wants_explanation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +54,8 @@ class ImageClassifier(BaseHandler):
         with open(os.path.join(model_dir, "serving.json")) as f:
             self._serving = json.load(f)
         self._pre = Preprocessing.from_dict(self._serving["preprocessing"])
+        self._limits = decode_limits(self._serving, self._pre.resize_to)
+        self._explain_model = self.model  # autograd-capable, whatever the plan serves
         self.inference_plan = None
         if self.device.type == "cpu":
             size = self._pre.image_size
@@ -59,62 +74,65 @@ class ImageClassifier(BaseHandler):
         # and the probabilities, exactly as evaluation and the parity check compute them.
         self.predictor = Predictor(self.model, self._pre, classes, self.device)
 
-    def _payload(self, idx: int, row: dict) -> bytes:
-        body = row.get("data") if row.get("data") is not None else row.get("body")
-        if body is None:
-            raise ValueError('empty request: send image bytes or JSON {"data": "<base64>"}')
-        if isinstance(body, dict):
-            encoded = body.get("data", body.get("b64"))
-            if not isinstance(encoded, str):
-                raise ValueError('JSON body must be {"data": "<base64-encoded image>"}')
-            try:
-                body = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError) as e:
-                raise ValueError(f"JSON field 'data' is not valid base64: {e}") from e
-        elif isinstance(body, str):
-            raise ValueError('text body: send raw image bytes or JSON {"data": "<base64>"}')
-        elif isinstance(body, (bytes, bytearray)):
-            headers = self.context.get_all_request_header(idx) or {}
-            content_type = next(
-                (str(v).lower() for k, v in headers.items() if k.lower() == "content-type"), ""
-            )
-            if content_type.startswith("application/json"):
-                raise ValueError("malformed JSON body (Content-Type is application/json)")
-        else:
-            raise ValueError(f"unsupported request body of type {type(body).__name__}")
-        limit = self._serving["max_request_bytes"]
-        if len(body) > limit:
-            raise ValueError(f"image is {len(body)} bytes, over the limit of {limit}")
-        return bytes(body)
-
     def preprocess(self, data: list[dict]) -> torch.Tensor:
-        self._errors: dict[int, str] = {}
+        self._errors: dict[int, tuple[int, str]] = {}
+        self._explain: set[int] = set()
         self._count = len(data)
         tensors = []
         for idx, row in enumerate(data):
+            headers = self.context.get_all_request_header(idx) or {}
             try:
-                image = decode_image(self._payload(idx, row), self._serving["max_image_pixels"])
-                tensors.append(self.predictor.transform(image))
-            except ValueError as e:  # ImageDecodeError is one too
-                self._errors[idx] = str(e)
+                payload = image_bytes(row, headers, self._serving["max_request_bytes"])
+                tensors.append(self.predictor.transform(decode_image(payload, **self._limits)))
+            except ValueError as e:  # RequestError and ImageDecodeError are ones too
+                self._errors[idx] = (getattr(e, "status", 400), str(e))
+                continue
+            if wants_explanation(headers):
+                self._explain.add(idx)
         if not tensors:
             s = self._pre.image_size
-            return torch.empty((0, self._pre.channels, s, s), device=self.device)
-        return torch.stack(tensors).to(self.device)
+            self._batch = torch.empty((0, self._pre.channels, s, s), device=self.device)
+        else:
+            self._batch = torch.stack(tensors).to(self.device)
+        return self._batch
+
+    def explain_handle(self, data_preprocess: torch.Tensor, raw_data: list) -> list[dict]:
+        # Called for the whole batch when its first request asked for explanations:
+        # postprocess answers every request as that request asked.
+        return self.postprocess(self.inference(data_preprocess))
 
     def postprocess(self, data: torch.Tensor) -> list[dict]:
         probs = self.predictor.probabilities(data)
         k = min(int(self._serving["top_k"]), probs.shape[1]) if probs.numel() else 0
         top_p, top_i = probs.topk(k, dim=1) if k else (probs, probs)
         answers = iter(zip(top_p.tolist(), top_i.tolist(), strict=True))
+        explained = self._explanations()
         out = []
         for idx in range(self._count):
             if idx in self._errors:
-                self.context.set_response_status(400, self._errors[idx], idx)
-                out.append({"error": self._errors[idx], "code": 400})
+                status, message = self._errors[idx]
+                self.context.set_response_status(status, status_phrase(message), idx)
+                out.append({"error": message, "code": status})
                 continue
             p, i = next(answers)
             out.append(
-                {(self.mapping or {}).get(str(c), str(c)): v for c, v in zip(i, p, strict=True)}
+                explained[idx]
+                if idx in explained
+                else {
+                    (self.mapping or {}).get(str(c), str(c)): v for c, v in zip(i, p, strict=True)
+                }
             )
         return out
+
+    def _explanations(self) -> dict[int, dict]:
+        """Saliency for the requests that asked for it, by request index."""
+        if not self._explain:
+            return {}
+        ok = [idx for idx in range(self._count) if idx not in self._errors]
+        rows = [ok.index(idx) for idx in sorted(self._explain)]
+        probs, target, maps = gradient_saliency(self._explain_model, self._batch[rows])
+        k = int(self._serving["top_k"])
+        return {
+            idx: explanation(probs[j], int(target[j]), maps[j], self.mapping, k)
+            for j, idx in enumerate(sorted(self._explain))
+        }

@@ -114,6 +114,8 @@ def build_mar(
                 "preprocessing": run["preprocessing"],
                 "top_k": cfg.serve.top_k,
                 "max_image_pixels": cfg.serve.max_image_pixels,
+                "max_aspect_ratio": cfg.serve.max_aspect_ratio,
+                "max_resized_pixels": cfg.serve.max_resized_pixels,
                 "max_request_bytes": cfg.serve.max_request_bytes,
                 "cpu_inference": cfg.serve.cpu_inference,
             }

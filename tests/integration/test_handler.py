@@ -156,3 +156,61 @@ def test_the_worker_serves_the_planned_forward_pass(handler_env):
     assert handler.model is plan.model
     assert set(plan.ms_per_call) >= {"eager"} and 8 in plan.ms_per_call["eager"]  # batch_size 8
     assert plan.choice == "eager" or plan.speedup() >= 1.05
+
+
+def _run_rows(handler, ctx, requests):
+    """``requests``: (row, headers) pairs, as TorchServe's frontend builds them."""
+    from ts.context import RequestProcessor
+
+    processors = [RequestProcessor(dict(headers)) for _, headers in requests]
+    ctx.request_processor = processors
+    out = handler.handle([row for row, _ in requests], ctx)
+    return out, [p._status_code for p in processors]
+
+
+def test_explanations_are_answered_per_request_in_a_mixed_batch(handler_env):
+    """TorchServe decides 'explain' from a batch's first request; each request must still
+    get what it asked for, whichever comes first."""
+    handler, ctx, good = handler_env
+    explain, predict = {"explain": "True"}, {"explain": "False"}
+    (plain,), _ = _run_rows(handler, ctx, [({"body": good}, predict)])
+    for order in ((explain, predict, explain), (predict, explain, predict)):
+        batch = [({"body": good}, h) for h in order] + [({"body": b"junk"}, explain)]
+        out, status = _run_rows(handler, ctx, batch)
+        assert status == [200, 200, 200, 400]
+        for answer, h in zip(out, order, strict=False):
+            if h is explain:
+                assert answer["label"] == max(plain, key=plain.get)
+                assert answer["predictions"].keys() == plain.keys()
+                sal = answer["saliency"]
+                side = handler._pre.image_size  # the model input; small enough to stay whole
+                assert (sal["height"], sal["width"]) == (side, side)
+                assert max(max(r) for r in sal["values"]) == 1.0
+            else:
+                assert answer.keys() == plain.keys()
+                assert all(abs(answer[k] - plain[k]) < 1e-5 for k in plain)
+        assert "not a recognised image format" in out[3]["error"]
+
+
+def test_request_shapes_and_their_status_codes(handler_env):
+    from tests.support.hostile import strip_png
+
+    handler, ctx, good = handler_env
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "125"}
+    multipart = {"Content-Type": "multipart/form-data; boundary=x", "file": {"content-type": ""}}
+    limit = handler._serving["max_request_bytes"]  # from the archive's serving.json
+    out, status = _run_rows(
+        handler,
+        ctx,
+        [
+            ({"file": good}, multipart),  # curl -F file=@digit.png
+            ({}, form),  # curl --data-binary @digit.png: TorchServe lost the bytes
+            ({"body": strip_png(1, 4_000_000)}, {}),
+            ({"body": good + b"\0" * limit}, {}),
+            ({"body": good}, {"Content-Type": "image/png"}),
+        ],
+    )
+    assert status == [200, 415, 400, 413, 200]
+    assert "application/x-www-form-urlencoded" in out[1]["error"]
+    assert "aspect ratio" in out[2]["error"] and "over the limit" in out[3]["error"]
+    assert out[0] == out[4]

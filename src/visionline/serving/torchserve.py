@@ -64,6 +64,14 @@ class Endpoints:
     grpc_management: str
 
 
+def max_body_bytes(cfg: ServeConfig) -> int:
+    """TorchServe's ``max_request_size`` for our ``max_request_bytes``: the largest image
+    must fit as base64 JSON (4/3 of its size) with room for multipart or JSON framing.
+    Anything larger is refused by TorchServe's frontend before it reaches a worker,
+    with a 413 and an empty body; below this, the handler answers our own 413."""
+    return -(-cfg.max_request_bytes * 4 // 3) + 64 * 1024
+
+
 def _url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
@@ -111,7 +119,7 @@ def render_config(
         "load_models": ",".join(f"{m.name}={m.mar}" for m in models) or "",
         "models": json.dumps(model_cfg),
         "default_workers_per_model": cfg.workers,
-        "max_request_size": cfg.max_request_bytes + 64 * 1024,
+        "max_request_size": max_body_bytes(cfg),
         "max_response_size": 6553500,
         "disable_system_metrics": "true",
         "default_response_timeout": 120,
