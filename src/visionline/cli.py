@@ -266,11 +266,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if key_file.is_file():
             token = json.loads(key_file.read_text())["inference"]["key"]
     model = args.model or cfg.serve.model_name
-    client = (
-        GrpcClient(args.endpoint, model, token)
-        if args.grpc
-        else RestClient(args.endpoint, model, token)
-    )
+    # The default endpoint is the local server this config describes: the gRPC client
+    # takes host:port, the REST one a URL.
+    if args.grpc:
+        endpoint = args.endpoint or f"127.0.0.1:{cfg.serve.grpc_inference_port}"
+        if "://" in endpoint:
+            print(f"--grpc takes host:port, not a URL: {endpoint}", file=sys.stderr)
+            return 2
+        client = GrpcClient(endpoint, model, token)
+    else:
+        endpoint = args.endpoint or f"http://127.0.0.1:{cfg.serve.inference_port}"
+        client = RestClient(endpoint, model, token)
     failed = 0
     for image in args.images:
         try:
@@ -376,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+")
     s.add_argument(
         "--endpoint",
-        default="http://127.0.0.1:8080",
-        help="REST base URL, or host:port with --grpc",
+        help="REST base URL, or host:port with --grpc (default: 127.0.0.1 and "
+        "serve.inference_port, or serve.grpc_inference_port with --grpc)",
     )
     s.add_argument("--grpc", action="store_true")
     s.add_argument("--model", help="default: serve.model_name")
