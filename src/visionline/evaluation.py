@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from visionline.config import PipelineConfig
 from visionline.data.datasets import LocalCache, ManifestDataset
+from visionline.data.images import image_limits
 from visionline.data.manifest import DatasetRef, read_manifest
 from visionline.predictor import Predictor
 from visionline.runs import RunPaths, load_run_config, load_run_info
@@ -68,7 +69,7 @@ def split_dataset(
         predictor.classes,
         LocalCache(store, cfg.data.cache_dir),
         predictor.transform,
-        cfg.data.max_image_pixels,
+        image_limits=image_limits(cfg.data, predictor.preprocessing.resize_to),
     )
 
 

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from visionline.config import PipelineConfig, TrainConfig, load_config
 from visionline.data.datasets import LocalCache, ManifestDataset
+from visionline.data.images import image_limits
 from visionline.data.manifest import DatasetRef, read_manifest, resolve_dataset
 from visionline.data.transforms import (
     Preprocessing,
@@ -153,17 +154,11 @@ def prepare_data(cfg: PipelineConfig, store: ArtifactStore) -> DataBundle:
         stats_ds = ManifestDataset(manifest, "train", classes, cache, stats_transform(geometry))
         mean, std = compute_mean_std(stats_ds, cfg.data.channels)
     pre = Preprocessing(cfg.data.image_size, cfg.data.channels, mean, std, cfg.data.crop_ratio)
+    limits = image_limits(cfg.data, pre.resize_to)
     train = ManifestDataset(
-        manifest,
-        "train",
-        classes,
-        cache,
-        train_transform(pre, cfg.augment),
-        cfg.data.max_image_pixels,
+        manifest, "train", classes, cache, train_transform(pre, cfg.augment), image_limits=limits
     )
-    val = ManifestDataset(
-        manifest, "val", classes, cache, eval_transform(pre), cfg.data.max_image_pixels
-    )
+    val = ManifestDataset(manifest, "val", classes, cache, eval_transform(pre), image_limits=limits)
     if len(train) == 0 or len(val) == 0:
         raise TrainingError(
             f"dataset {ref}: train ({len(train)}) and val ({len(val)}) must be non-empty"

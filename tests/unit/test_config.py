@@ -49,3 +49,18 @@ def test_fingerprint_tracks_content():
 def test_missing_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/config.yaml")
+
+
+def test_image_work_limits_are_validated():
+    base = {"data": {"dataset": "d", "image_size": 224, "crop_ratio": 0.875}}
+    cfg = parse_config(base)
+    assert cfg.data.resize_to == 256  # what Preprocessing.resize_to computes
+    for section in ("data", "serve"):
+        with pytest.raises(ConfigError, match=rf"{section}\.max_aspect_ratio"):
+            cfg.with_overrides(**{f"{section}.max_aspect_ratio": 0.5})
+        # below the model's own resize, every image would be refused: said at load time
+        with pytest.raises(ConfigError, match=rf"{section}\.max_resized_pixels: 65535 is below 256x256"):
+            cfg.with_overrides(**{f"{section}.max_resized_pixels": 65535})
+        assert cfg.with_overrides(**{f"{section}.max_resized_pixels": 65536})
+    with pytest.raises(ConfigError, match=r"serve\.max_request_bytes"):
+        cfg.with_overrides(**{"serve.max_request_bytes": 2 * 1024**3})

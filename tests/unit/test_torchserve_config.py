@@ -48,3 +48,13 @@ def test_mar_version_reads_the_manifest_and_names_a_bad_archive(tmp_path):
     bad.write_bytes(b"junk")
     with pytest.raises(ServingError, match=r"not-a\.mar: not a model archive"):
         mar_version(bad)
+
+
+def test_torchserve_body_limit_lets_the_largest_image_through_as_base64(tmp_path):
+    import base64
+
+    cfg = ServeConfig(max_request_bytes=1_000_000)
+    body_limit = int(parse_config(render_config(cfg, tmp_path, []))["max_request_size"])
+    largest = b'{"data": "' + base64.b64encode(b"\0" * cfg.max_request_bytes) + b'"}'
+    assert len(largest) <= body_limit  # our own 413 answers anything between
+    assert body_limit < 2 * cfg.max_request_bytes  # and the frontend still bounds a body

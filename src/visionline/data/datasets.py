@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -48,7 +49,10 @@ class ManifestDataset(Dataset):
         cache: LocalCache,
         transform: Callable,
         max_pixels: int = 64_000_000,
+        image_limits: Mapping[str, Any] | None = None,
     ) -> None:
+        """``image_limits``: every keyword limit of ``decode_image`` (see
+        ``images.image_limits``); without it, only ``max_pixels`` and the defaults."""
         rows = manifest[(manifest["split"] == split) & manifest["decodable"]]
         rows = rows[rows["label"].isin(classes)].sort_values(["label", "source"])
         index = {c: i for i, c in enumerate(classes)}
@@ -57,7 +61,7 @@ class ManifestDataset(Dataset):
         self.targets = [index[c] for c in rows["label"]]
         self.cache = cache
         self.transform = transform
-        self.max_pixels = max_pixels
+        self.limits = dict(image_limits or {"max_pixels": max_pixels})
         cache.prefetch(self.keys)
 
     def __len__(self) -> int:
@@ -65,4 +69,4 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         data = self.cache.path(self.keys[i]).read_bytes()
-        return self.transform(decode_image(data, self.max_pixels)), self.targets[i]
+        return self.transform(decode_image(data, **self.limits)), self.targets[i]
