@@ -1,0 +1,411 @@
+"""Hostile and careless requests against the real TorchServe serving the digits .mar.
+
+Every request in the corpus gets a clear 4xx or a prediction, within a time bound; the
+worker that answered them is the same process afterwards (no crash, no restart) and its
+peak memory grew by less than a bound. Then the acceptance checks, each as a user runs
+them: real curl, concurrent explanations among predictions, the CLI over gRPC with its
+default endpoint, and the TorchServe behaviours the README's security section states.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import REPO
+from tests.support import hostile
+from tests.support.faults import bomb_png
+from tests.support.images import encodings
+from tests.support.ports import serve_ports
+from visionline.registry import Registry
+
+pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
+
+
+def _cli(cfg_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "visionline.cli", "--config", str(cfg_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(packaged_digits, tmp_path_factory):
+    store, ref, cfg = packaged_digits
+    work = tmp_path_factory.mktemp("hostile")
+    ports = serve_ports(prefix="")
+    served = cfg.with_overrides(
+        **{f"serve.{k}": v for k, v in ports.items()},
+        **{"serve.batch_size": 4, "serve.max_batch_delay_ms": 50},
+    )
+    cfg_path = work / "config.yaml"
+    cfg_path.write_text(served.to_yaml())
+    started = _cli(cfg_path, "serve", "--workdir", str(work / "ts"))
+    assert started.returncode == 0, started.stdout + started.stderr
+    keys = json.loads((work / "ts" / "key_file.json").read_text())
+    info = Registry(store, ref.name).info(ref.version)
+    image = work / "digit.png"
+    image.write_bytes(store.get_bytes(info["parity_keys"][0]))
+    yield {
+        "cfg_path": cfg_path,
+        "work": work,
+        "tsdir": work / "ts",
+        "url": f"http://127.0.0.1:{ports['inference_port']}/predictions/{ref.name}",
+        "explain_url": f"http://127.0.0.1:{ports['inference_port']}/explanations/{ref.name}",
+        "root": f"http://127.0.0.1:{ports['inference_port']}",
+        "management": f"http://127.0.0.1:{ports['management_port']}",
+        "metrics": f"http://127.0.0.1:{ports['metrics_port']}",
+        "auth": {"Authorization": f"Bearer {keys['inference']['key']}"},
+        "mgmt_auth": {"Authorization": f"Bearer {keys['management']['key']}"},
+        "name": ref.name,
+        "image": image,
+        "good": image.read_bytes(),
+        "max_request_bytes": served.serve.max_request_bytes,
+        "image_size": served.data.image_size,
+    }
+    stopped = _cli(cfg_path, "serve", "--stop", "--workdir", str(work / "ts"))
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def _worker(server) -> tuple[int, int]:
+    """(pid, peak resident memory in bytes) of the model's one worker process."""
+    r = requests.get(
+        f"{server['management']}/models/{server['name']}", headers=server["mgmt_auth"], timeout=10
+    )
+    assert r.status_code == 200, r.text
+    (worker,) = r.json()[0]["workers"]
+    pid = int(worker["pid"])
+    status = Path(f"/proc/{pid}/status").read_text()
+    peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return pid, peak_kb * 1024
+
+
+def _save(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _multipart(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body: (field name, file name or None, content) per part."""
+    boundary = "visionline-test-boundary"
+    body = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n".encode()
+        if filename:
+            body += b"Content-Type: application/octet-stream\r\n"
+        body += b"\r\n" + content + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _corpus(good: bytes) -> dict[str, tuple[bytes, str | None, int, str]]:
+    """name -> (body, content type, expected status, text the answer must contain);
+    200 answers must be a top-k prediction."""
+    png = encodings(good)["png"]
+    rgb = Image.open(io.BytesIO(good)).convert("RGB").resize((24, 24))
+    b64 = base64.b64encode(good).decode()
+    octet = "application/octet-stream"
+    two_files = _multipart(("a", "a.png", good), ("b", "b.png", good))
+    no_file = _multipart(("note", None, b"hello"), ("other", None, b"world"))
+    file_part = _multipart(("upload", "digit.png", good))
+    # names the error message quotes: TorchServe's worker framing breaks on non-ASCII
+    unicode_parts = _multipart(("\u00e9t\u00e9", None, b"a"), ("\u732b", None, b"b"))
+    return {
+        # malformed and truncated
+        "random bytes": (bytes(range(256)) * 8, octet, 400, "not a recognised image format"),
+        "zero bytes": (b"", octet, 400, "empty"),
+        "truncated png": (png[: len(png) // 2], octet, 400, "truncated"),
+        "truncated jpeg": (
+            _save(rgb, "JPEG")[:200],
+            octet,
+            400,
+            "truncated",
+        ),
+        "png signature only": (png[:8], octet, 400, "image"),
+        "lying chunk length": (png[:8] + b"\x7f\xff\xff\xff" + png[12:], octet, 400, "image"),
+        "html": (b"<html><body>hi</body></html>", "text/html", 400, "neither base64 nor JSON"),
+        "eps (a format Pillow opens)": (hostile.EPS, octet, 400, "not a recognised image format"),
+        # amplifying: small files that ask for a lot of work
+        "1 x 4,000,000 png": (hostile.strip_png(1, 4_000_000), octet, 400, "aspect ratio"),
+        "1 x 40,000,000 png": (hostile.strip_png(1, 40_000_000), octet, 400, "aspect ratio"),
+        "30000 x 30000 header": (bomb_png(30000, 30000), octet, 400, "decompression-bomb guard"),
+        "gif with a 65535^2 screen": (
+            hostile.gif_with_screen(65535, 65535),
+            octet,
+            400,
+            "decompression-bomb guard",
+        ),
+        "jpeg with 5000 scans": (
+            hostile.scan_bomb_jpeg(1024, 5000),
+            octet,
+            400,
+            "scans, over the limit",
+        ),
+        # huge headers (metadata) on small images: answered
+        "png with 3 MB of text": (hostile.png_with_text(3_000_000), octet, 200, ""),
+        "jpeg with 3 MB of comments": (hostile.jpeg_with_comments(3_000_000), octet, 200, ""),
+        # animated and multi-frame: the first frame is answered
+        "animated gif, 500 frames": (hostile.animated_gif(500), octet, 200, ""),
+        "apng, 200 frames": (hostile.apng(200), octet, 200, ""),
+        "tiff, 200 pages": (hostile.multipage_tiff(200), octet, 200, ""),
+        "mpo": (_save(rgb, "MPO", save_all=True, append_images=[rgb]), octet, 200, ""),
+        # content types and encodings
+        "no content type": (good, None, 200, ""),
+        "image/png": (good, "image/png", 200, ""),
+        "text/plain with image bytes": (good, "text/plain", 200, ""),
+        "json content type, image bytes": (good, "application/json", 200, ""),
+        "json base64": (json.dumps({"data": b64}).encode(), "application/json", 200, ""),
+        "json without content type": (json.dumps({"data": b64}).encode(), None, 200, ""),
+        "base64 text body": (b64.encode(), "text/plain", 200, ""),
+        "malformed json": (b'{"data": "', "application/json", 400, "malformed JSON"),
+        "json list": (b"[1, 2, 3]", "application/json", 400, "JSON list"),
+        "deeply nested json": (b"[" * 200_000, "application/json", 400, "malformed JSON"),
+        "json without data": (b'{"image": 1}', "application/json", 400, "keys sent: image"),
+        "json bad base64": (b'{"data": "***"}', "application/json", 400, "not valid base64"),
+        "multipart, one file under any name": (*file_part, 200, ""),
+        "multipart, two files": (*two_files, 400, "2 file parts"),
+        "multipart without a file": (*no_file, 400, "no file part"),
+        "multipart, non-ascii part names": (*unicode_parts, 400, "no file part"),
+        "json with non-ascii keys": (
+            json.dumps({"\u00e9": 1, "\u732b\n": 2}).encode(),
+            "application/json",
+            400,
+            "keys sent",
+        ),
+        "form field with a non-ascii name": (
+            b"%C3%A9t%C3%A9%0D%0A=1",
+            "application/x-www-form-urlencoded",
+            415,
+            "did not survive",
+        ),
+    }
+
+
+def test_fuzz_corpus_gets_a_prediction_or_a_clear_4xx_and_the_worker_lives(server):
+    pid, peak_before = _worker(server)
+    failures = []
+    for name, (body, ctype, expected, text) in _corpus(server["good"]).items():
+        headers = dict(server["auth"])
+        if ctype:
+            headers["Content-Type"] = ctype
+        try:  # the read timeout is the time bound: before the limits, some took minutes
+            r = requests.post(server["url"], data=body, headers=headers, timeout=(5, 15))
+        except requests.Timeout:
+            failures.append(f"{name}: no answer within 15 s")
+            continue
+        if r.status_code != expected:
+            failures.append(f"{name}: {r.status_code} {r.text[:300]}")
+        elif expected == 200:
+            answer = r.json()
+            if len(answer) != 3 or not 0 < sum(answer.values()) <= 1 + 1e-6:
+                failures.append(f"{name}: not a top-3 prediction: {answer}")
+        elif text.lower() not in r.text.lower() or '"code"' not in r.text:
+            failures.append(f"{name}: {r.status_code} without '{text}': {r.text[:300]}")
+    assert not failures, "\n".join(failures)
+    after, peak_after = _worker(server)
+    assert after == pid, "the worker was replaced: it crashed or was killed"
+    # a bound, not a measurement: the 1 x 4,000,000 strip alone once needed 9.7 GB
+    assert peak_after - peak_before < 1 << 30, (peak_before, peak_after)
+
+
+def test_bodies_over_the_limit(server):
+    limit = server["max_request_bytes"]
+    over = server["good"] + b"\0" * limit  # an image, one file over our limit
+    r = requests.post(server["url"], data=over, headers=server["auth"], timeout=(5, 30))
+    assert r.status_code == 413 and f"over the limit of {limit} bytes" in r.text
+    # TorchServe's own limit lets the largest image through as base64 JSON...
+    at_limit = base64.b64encode(server["good"] + b"\0" * (limit - len(server["good"])))
+    r = requests.post(
+        server["url"],
+        data=b'{"data": "' + at_limit + b'"}',
+        headers={**server["auth"], "Content-Type": "application/json"},
+        timeout=(5, 30),
+    )
+    assert r.status_code == 200, r.text[:300]
+    # ...and refuses anything beyond that itself, with an empty body (documented)
+    r = requests.post(
+        server["url"], data=b"\0" * (2 * limit), headers=server["auth"], timeout=(5, 30)
+    )
+    assert r.status_code == 413 and r.content == b""
+
+
+def _curl(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
+    out = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout.decode()
+    body, _, code = out.rpartition("\n")
+    return int(code), body
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_as_users_type_it(server):
+    token = server["auth"]["Authorization"]
+    img, url = str(server["image"]), server["url"]
+    auth = ["-H", f"Authorization: {token}"]
+    expected = json.loads(
+        _curl(*auth, "-H", "Content-Type: image/png", "--data-binary", f"@{img}", url)[1]
+    )
+    assert len(expected) == 3
+    for args in (
+        ["-H", "Content-Type: application/octet-stream", "--data-binary", f"@{img}"],
+        ["-F", f"file=@{img}"],
+        ["-F", f"image=@{img}"],
+        ["-T", img],  # PUT, no content type
+        ["-d", "data=" + base64.b64encode(server["good"]).decode()],
+        [
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps({"data": base64.b64encode(server["good"]).decode()}),
+        ],
+    ):
+        code, body = _curl(*auth, *args, url)
+        assert code == 200, (args, body)
+        assert json.loads(body).keys() == expected.keys(), args
+    # curl's default for --data-binary is application/x-www-form-urlencoded: TorchServe's
+    # frontend parses the body as a form before any handler runs, and the image's bytes
+    # do not survive it. Where Netty's form decoder gets through the bytes, our handler
+    # says so and how to send the image instead (415); where it throws (a CR not
+    # followed by LF, a bad % escape in the image's bytes), the frontend answers 500
+    # itself. Which one depends on the image's bytes; neither is a prediction.
+    code, body = _curl(*auth, "--data-binary", f"@{img}", url)
+    if code == 415:
+        assert "application/x-www-form-urlencoded" in body
+        assert "curl -H 'Content-Type: application/octet-stream' --data-binary @image.png" in body
+    else:
+        assert code == 500 and "ErrorDataDecoderException" in body, (code, body)
+    no_cr = server["good"].replace(b"\r", b"").replace(b"%", b"")  # what Netty gets through
+    code, body = _curl(*auth, "--data-binary", "@-", url, stdin=no_cr)
+    assert code == 415 and "curl -F file=@image.png URL" in body, body
+
+
+def test_form_bodies_the_frontend_cannot_parse_get_its_own_500(server):
+    """TorchServe's form decoder (Netty) throws on some form-encoded bodies (a bad %
+    escape, a CR not followed by LF) before any handler runs; the frontend answers 500.
+    The README lists this among what we cannot change; the worker is not involved."""
+    pid, _ = _worker(server)
+    form = {**server["auth"], "Content-Type": "application/x-www-form-urlencoded"}
+    for body in (b"a=%zz", b"a=b\rc"):
+        r = requests.post(server["url"], data=body, headers=form, timeout=10)
+        assert r.status_code == 500 and "ErrorDataDecoderException" in r.text, (body, r.text)
+    assert _worker(server)[0] == pid
+
+
+def test_the_readme_curl_commands_as_written(server):
+    """The README's curl commands, with this server's port, work directory and model."""
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in readme.split("```bash\n")[1:] if "curl" in b).split("```")[0]
+    assert "--data-binary @digit.png" in block and "-F file=@digit.png" in block
+    script = (
+        block.replace(".visionline/serve", str(server["tsdir"]))
+        .replace("http://127.0.0.1:8080", server["root"])
+        .replace("/predictions/digits", f"/predictions/{server['name']}")
+    )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=server["image"].parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    # two commands, two predictions: JSON objects of three labels each
+    decoder, text, answers = json.JSONDecoder(), out.stdout.strip(), []
+    while text:
+        obj, end = decoder.raw_decode(text)
+        answers.append(obj)
+        text = text[end:].strip()
+    assert len(answers) == 2 and all(len(a) == 3 for a in answers), out.stdout
+
+
+def test_the_amplifying_strip_is_refused_fast_and_the_next_digit_is_answered(server):
+    strip = hostile.strip_png(1, 4_000_000)
+    requests.post(server["url"], data=server["good"], headers=server["auth"], timeout=60)
+    # the acceptance bound, as a timeout: the strip once held the worker for 24 s
+    r = requests.post(server["url"], data=strip, headers=server["auth"], timeout=(5, 2))
+    assert r.status_code == 400 and "aspect ratio" in r.text
+    r = requests.post(server["url"], data=server["good"], headers=server["auth"], timeout=(5, 2))
+    assert r.status_code == 200 and len(r.json()) == 3
+
+
+def test_explanations_among_concurrent_predictions_all_get_200(server):
+    plain = requests.post(server["url"], data=server["good"], headers=server["auth"], timeout=60)
+    assert plain.status_code == 200
+    jobs = [server["explain_url"] if i % 5 == 2 else server["url"] for i in range(50)]
+    assert jobs.count(server["explain_url"]) == 10
+
+    def post(url: str) -> requests.Response:
+        return requests.post(url, data=server["good"], headers=server["auth"], timeout=120)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(post, jobs))
+    assert [r.status_code for r in answers] == [200] * 50, [r.text[:200] for r in answers]
+    label = max(plain.json(), key=plain.json().get)
+    for url, r in zip(jobs, answers, strict=True):
+        body = r.json()
+        if url == server["explain_url"]:
+            assert body["label"] == label and body["saliency"]["height"] == server["image_size"]
+        else:
+            assert body.keys() == plain.json().keys()
+
+
+def test_cli_predict_defaults_to_the_configured_endpoints(server):
+    for extra in (["--grpc"], []):
+        out = _cli(
+            server["cfg_path"],
+            "predict",
+            str(server["image"]),
+            "--workdir",
+            str(server["tsdir"]),
+            *extra,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"{server['image']}: ")
+    out = _cli(
+        server["cfg_path"], "predict", str(server["image"]), "--grpc", "--endpoint=http://x:1"
+    )
+    assert out.returncode == 2 and "host:port, not a URL" in out.stderr
+
+
+def test_what_torchserve_does_that_the_readme_says_we_cannot_change(server):
+    """Each fact the README's security section states, checked on the real server."""
+    # a missing or wrong token is answered 400, not 401
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        r = requests.post(server["url"], data=server["good"], headers=headers, timeout=10)
+        assert r.status_code == 400 and "Token Authorization failed" in r.text
+        r = requests.get(f"{server['management']}/models", headers=headers, timeout=10)
+        assert r.status_code == 400
+    # the metrics port answers without a token
+    assert requests.get(f"{server['metrics']}/metrics", timeout=10).status_code == 200
+    # OPTIONS / returns the API description without a token
+    r = requests.options(server["root"] + "/", timeout=10)
+    assert r.status_code == 200 and r.json()["openapi"].startswith("3.")
+    # a request header over Netty's limit is refused before any handler runs
+    r = requests.post(
+        server["url"],
+        data=server["good"],
+        headers={**server["auth"], "X-Big": "x" * 20_000},
+        timeout=10,
+    )
+    assert 400 <= r.status_code < 500
