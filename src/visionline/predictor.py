@@ -58,8 +58,12 @@ class Predictor:
         return self.predict_tensor(torch.stack([self.transform(im) for im in images])).numpy()
 
     def predict_bytes(self, payloads: Sequence[bytes], max_pixels: int = 64_000_000) -> np.ndarray:
-        """Encoded images -> probabilities; an undecodable one raises ImageDecodeError."""
-        return self.predict_images([decode_image(p, max_pixels) for p in payloads])
+        """Encoded images -> probabilities; an undecodable one raises ImageDecodeError, as
+        does one whose resize to this model's input would exceed the default bound."""
+        side = self.preprocessing.resize_to
+        return self.predict_images(
+            [decode_image(p, max_pixels, target_short_edge=side) for p in payloads]
+        )
 
     def label(self, probs: np.ndarray | torch.Tensor) -> list[str]:
         return [self.classes[int(i)] for i in np.asarray(probs).argmax(1)]
