@@ -59,7 +59,9 @@ def test_image_work_limits_are_validated():
         with pytest.raises(ConfigError, match=rf"{section}\.max_aspect_ratio"):
             cfg.with_overrides(**{f"{section}.max_aspect_ratio": 0.5})
         # below the model's own resize, every image would be refused: said at load time
-        with pytest.raises(ConfigError, match=rf"{section}\.max_resized_pixels: 65535 is below 256x256"):
+        with pytest.raises(
+            ConfigError, match=rf"{section}\.max_resized_pixels: 65535 is below 256x256"
+        ):
             cfg.with_overrides(**{f"{section}.max_resized_pixels": 65535})
         assert cfg.with_overrides(**{f"{section}.max_resized_pixels": 65536})
     with pytest.raises(ConfigError, match=r"serve\.max_request_bytes"):
