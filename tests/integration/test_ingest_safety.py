@@ -284,22 +284,36 @@ def test_upload_failure_on_a_local_store_leaves_no_orphans(when, tmp_path):
     assert store.get_bytes("datasets/ds/LATEST").decode() == old.ref.version
 
 
-def test_cli_refuses_outside_files_unless_allowed(tmp_path):
-    csv = csv_beside_images(tmp_path / "src", [f"{PASSWD},x"])
+def test_cli_refuses_outside_files_unless_allowed(tmp_path, s3_client, bucket):
+    S3Store(f"s3://{bucket}", client=s3_client).put_bytes(
+        "raw/c.png", png_bytes(8, 8, seed=stable_seed("cli", 1))
+    )
+    csv = csv_beside_images(tmp_path / "src", [f"{PASSWD},x", f"s3://{bucket}/raw/c.png,y"])
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"store: {tmp_path / 'store'}\ndata: {{dataset: grab}}\n")
 
     def run(*args: str) -> subprocess.CompletedProcess:
+        # the moto_server fixture put AWS_ENDPOINT_URL in the environment it inherits
         return subprocess.run(
             [sys.executable, "-m", "visionline.cli", "--config", str(cfg), *args],
             capture_output=True,
             text=True,
         )
 
-    refused = run("ingest", str(csv), "--dataset", "grab")
+    refused = run("ingest", str(csv), "--dataset", "grab", "--allow-outside", "/etc")
     assert refused.returncode == 2
-    assert "/etc/passwd is outside" in refused.stderr and "--allow-outside" in refused.stderr
+    assert f"s3://{bucket}/raw/c.png is outside" in refused.stderr
+    assert f"--allow-outside s3://{bucket}/raw" in refused.stderr  # says how to allow it
     assert not (tmp_path / "store").exists()
-    ok = run("ingest", str(csv), "--dataset", "grab", "--allow-outside", "/etc")
+    ok = run(
+        "ingest",
+        str(csv),
+        "--dataset",
+        "grab",
+        "--allow-outside",
+        "/etc",
+        "--allow-outside",
+        f"s3://{bucket}/raw",
+    )
     assert ok.returncode == 0, ok.stderr
-    assert "3 files, 1 refused" in ok.stdout
+    assert "4 files, 1 refused" in ok.stdout

@@ -26,10 +26,10 @@ A file that is not a usable image is recorded in the manifest as refused
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import json
 import logging
+import os
 import platform
 import threading
 import unicodedata
@@ -39,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from visionline.config import SplitConfig
 from visionline.data.images import IMAGE_EXTENSIONS, inspect_image
 from visionline.data.manifest import (
+    MANIFEST_COLUMNS,
     SPLITS,
     DatasetRef,
     latest_key,
@@ -75,6 +76,9 @@ _FORMAT_EXT = {
     "GIF": ".gif",
     "TIFF": ".tif",
 }
+
+
+_SPLIT = {s: s for s in SPLITS}
 
 
 # --------------------------------------------------------------------------- names
@@ -155,12 +159,34 @@ def _unsafe_key(key: str) -> bool:
 
 
 # --------------------------------------------------------------------------- sources
+class _Folder:
+    """Reads files by path, relative to ``root`` (or absolute when root is empty)."""
+
+    def __init__(self, root: str = "") -> None:
+        self.root = root
+
+    def get_bytes(self, loc: str) -> bytes:
+        with open(os.path.join(self.root, loc), "rb") as f:
+            return f.read()
+
+
+class _Origin(Protocol):
+    def get_bytes(self, loc: str) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SourceFile:
+    """One file to ingest. Kept small (shared origin, no closures): ingest holds one per
+    file for its whole run."""
+
     rel: str  # path relative to the source root, "/"-separated: what the manifest records
     label: str
     split: str | None  # predefined split, or None to derive it from the hash
-    read: Callable[[], bytes]
+    origin: _Origin  # shared by all files of one folder, bucket or CSV
+    loc: str  # where the origin finds it: a path or key
+
+    def read(self) -> bytes:
+        return self.origin.get_bytes(self.loc)
 
 
 @dataclass(frozen=True)
@@ -175,11 +201,6 @@ def _is_image(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def _folder_layout(
     rel_paths: list[str], empty_dirs: list[str], where: str
 ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
@@ -187,7 +208,7 @@ def _folder_layout(
     tops = {p.split("/", 1)[0] for p in rel_paths} | {d.split("/", 1)[0] for d in empty_dirs}
     presplit = bool(tops) and tops <= set(SPLITS)
     out: list[tuple[str, str, str | None]] = []
-    classes: set[str] = set()
+    classes: dict[str, str] = {}  # also the one shared copy of each label string
     for rel in rel_paths:
         parts = rel.split("/")
         if presplit:
@@ -202,13 +223,12 @@ def _folder_layout(
                 )
             label, split = parts[0], None
         if label not in classes:
-            check_label(label, f"{where}/{rel}")
-            classes.add(label)
-        out.append((rel, label, split))
+            classes[label] = check_label(label, f"{where}/{rel}")
+        out.append((rel, classes[label], split and _SPLIT[split]))
     for d in empty_dirs:
         parts = d.split("/")
         if (presplit and len(parts) == 2) or (not presplit and len(parts) == 1):
-            classes.add(check_label(parts[-1], f"{where}/{d}"))
+            classes.setdefault(parts[-1], check_label(parts[-1], f"{where}/{d}"))
     return out, sorted(classes)
 
 
@@ -226,39 +246,45 @@ def scan_local_folder(
         raise IngestError(f"source folder not found: {root}")
     allowed = allowed or AllowedRoots()
     home = root.resolve()
-    rels, skipped, dirs = [], 0, []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue
-        if p.is_dir():
-            if p.is_symlink():
-                log.warning("%s/%s: a symlinked folder is not followed", root, rel)
-            dirs.append(rel)
-        elif _is_image(p.name):
-            if p.is_symlink():
+    rels: list[str] = []
+    dirs: list[str] = []
+    skipped = 0
+    # os.walk, not rglob: plain strings instead of a Path object per file keep a scan of
+    # many thousands of files small. Symlinked folders are listed, never entered.
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = os.path.relpath(dirpath, root)
+        base = "" if base == "." else base.replace(os.sep, "/") + "/"
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            if os.path.islink(os.path.join(dirpath, d)):
+                log.warning("%s/%s%s: a symlinked folder is not followed", root, base, d)
+            dirs.append(base + d)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            if not _is_image(name):
+                skipped += 1
+                continue
+            rel, full = base + name, os.path.join(dirpath, name)
+            if os.path.islink(full):
                 # Followed only where it stays at home (or somewhere allowed): a link to
                 # /etc/passwd named cat/x.png must not be read.
-                target = p.resolve()
+                target = Path(full).resolve()
                 if not (target.is_relative_to(home) or allowed.has_path(target)):
                     raise _outside(
                         f"{root}/{rel}", target, str(home), f"--allow-outside {target.parent}"
                     )
-            if not p.is_file():
+            if not os.path.isfile(full):
                 raise IngestError(f"{root}/{rel}: not a regular file")
             rels.append(rel)
-        else:
-            skipped += 1
     if skipped:
         log.warning("skipped %d files without an image extension under %s", skipped, root)
     under = {r.rsplit("/", 1)[0] for r in rels}
     under |= {d for r in under for d in _parents(r)}
     empty = [d for d in dirs if d not in under]
     layout, classes = _folder_layout(rels, empty, str(root))
-    files = [
-        SourceFile(rel, label, split, functools.partial(_read_file, str(root / rel)))
-        for rel, label, split in layout
-    ]
+    origin = _Folder(str(root))
+    files = [SourceFile(rel, label, split, origin, rel) for rel, label, split in layout]
     return files, classes
 
 
@@ -275,10 +301,7 @@ def scan_s3_prefix(uri: str, s3_client: object | None) -> tuple[list[SourceFile]
         if _unsafe_key(rel):
             raise IngestError(f"{uri}/{rel}: a key with empty, '.' or '..' segments is ambiguous")
     layout, classes = _folder_layout(rels, [], uri)
-    files = [
-        SourceFile(rel, label, split, functools.partial(src.get_bytes, rel))
-        for rel, label, split in layout
-    ]
+    files = [SourceFile(rel, label, split, src, rel) for rel, label, split in layout]
     return files, classes
 
 
@@ -290,6 +313,8 @@ def scan_csv(
     allowed = allowed or AllowedRoots()
     home = path.parent.resolve()
     buckets: dict[str, S3Store] = {}  # one client per bucket, not one per row
+    anywhere = _Folder()
+    origin: _Origin
     files: list[SourceFile] = []
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -318,7 +343,7 @@ def scan_csv(
                     )
                 if bucket not in buckets:
                     buckets[bucket] = S3Store(f"s3://{bucket}", client=s3_client)
-                read = functools.partial(buckets[bucket].get_bytes, key)
+                origin, loc = buckets[bucket], key
             else:
                 given = Path(p).expanduser()
                 # resolve() follows symlinks: where the bytes really are is what counts.
@@ -335,8 +360,8 @@ def scan_csv(
                 if not real.is_file():
                     # devices and FIFOs never end or block: refuse before reading
                     raise IngestError(f"{where}: {real} is not a regular file")
-                read = functools.partial(_read_file, str(real))
-            files.append(SourceFile(p, label, split, read))
+                origin, loc = anywhere, str(real)
+            files.append(SourceFile(p, label, split, origin, loc))
     if not files:
         raise IngestError(f"{path}: no rows")
     return files, sorted({f.label for f in files})
@@ -398,7 +423,8 @@ def bounded_map(
 
 
 # --------------------------------------------------------------------------- inspect
-def _inspect(f: SourceFile, ratios: SplitConfig, max_pixels: int) -> dict:
+def _inspect(f: SourceFile, ratios: SplitConfig, max_pixels: int) -> tuple:
+    """One manifest row (MANIFEST_COLUMNS order); a tuple, as ingest keeps one per file."""
     try:
         data = f.read()
     except Exception as e:
@@ -411,20 +437,20 @@ def _inspect(f: SourceFile, ratios: SplitConfig, max_pixels: int) -> dict:
         ext = _FORMAT_EXT.get(fmt) or (f".{fmt.lower()}" if fmt.isalnum() else ".img")
         # Content-addressed inside the label folder: identical bytes share one object.
         key = f"images/{f.label}/{digest[:20]}{ext}"
-    return {
-        "key": key,
-        "source": f.rel,
-        "label": f.label,
-        "sha256": digest,
-        "bytes": len(data),
-        "width": info.width,
-        "height": info.height,
-        "mode": info.mode,
-        "format": info.format,
-        "decodable": info.decodable,
-        "error": info.error,
-        "split": f.split or assign_split(digest, ratios),
-    }
+    return (
+        key,
+        f.rel,
+        f.label,
+        digest,
+        len(data),
+        info.width,
+        info.height,
+        info.mode,
+        info.format,
+        info.decodable,
+        info.error,
+        f.split or assign_split(digest, ratios),
+    )
 
 
 def dataset_version(df: pd.DataFrame, ratios: SplitConfig, classes: list[str]) -> str:
@@ -527,14 +553,16 @@ def ingest(
     if not files:
         raise IngestError(f"no images found in {src}")
 
-    rows: list[dict] = []
+    rows: list[tuple] = []
     bar = tqdm(total=len(files), desc=f"inspect {name}", unit="img", disable=not progress)
     for row in bounded_map(lambda f: _inspect(f, ratios, max_pixels), files, workers):
         rows.append(row)
         bar.update(1)
     bar.close()
 
-    df = pd.DataFrame(rows).sort_values(["label", "source"]).reset_index(drop=True)
+    df = pd.DataFrame.from_records(rows, columns=MANIFEST_COLUMNS)
+    df["_file"] = range(len(df))  # index into files (not written: not a manifest column)
+    df = df.sort_values(["label", "source"]).reset_index(drop=True)
     del rows
     ref = DatasetRef(name, dataset_version(df, ratios, classes))
     undecodable = int((~df["decodable"]).sum())
@@ -548,12 +576,7 @@ def ingest(
         log.info("dataset %s already in %s: nothing to write", ref, store.uri)
         return IngestResult(ref, len(df), undecodable, created=False)
 
-    by_rel = {f.rel: f for f in files}
-    kept = df[df["decodable"]].drop_duplicates("key")
-    uploads = [
-        _Upload(f"{ref.prefix}/{k}", sha, by_rel[rel])
-        for k, sha, rel in zip(kept["key"], kept["sha256"], kept["source"], strict=True)
-    ]
+    kept = df[df["decodable"]].drop_duplicates("key")[["key", "sha256", "_file"]]
     df["key"] = [f"{ref.prefix}/{k}" if isinstance(k, str) else None for k in df["key"]]
     info = {
         "name": name,
@@ -579,8 +602,15 @@ def ingest(
     lkey = latest_key(name)
     latest: tuple[str, bytes | None] | None = None
     try:
-        todo = [u for u in uploads if u.key not in existing or not _same(store, u)]
-        bar = tqdm(total=len(todo), desc=f"upload {ref}", unit="obj", disable=not progress)
+        todo = (
+            u
+            for u in (
+                _Upload(f"{ref.prefix}/{k}", sha, files[i])
+                for k, sha, i in kept.itertuples(index=False)
+            )
+            if u.key not in existing or not _same(store, u)
+        )
+        bar = tqdm(total=len(kept), desc=f"upload {ref}", unit="obj", disable=not progress)
         for _ in bounded_map(lambda u: _upload_one(u, writes), todo, workers):
             bar.update(1)
         bar.close()
