@@ -554,11 +554,10 @@ def ingest(
         raise IngestError(f"no images found in {src}")
 
     rows: list[tuple] = []
-    bar = tqdm(total=len(files), desc=f"inspect {name}", unit="img", disable=not progress)
-    for row in bounded_map(lambda f: _inspect(f, ratios, max_pixels), files, workers):
-        rows.append(row)
-        bar.update(1)
-    bar.close()
+    with tqdm(total=len(files), desc=f"inspect {name}", unit="img", disable=not progress) as bar:
+        for row in bounded_map(lambda f: _inspect(f, ratios, max_pixels), files, workers):
+            rows.append(row)
+            bar.update(1)
 
     df = pd.DataFrame.from_records(rows, columns=MANIFEST_COLUMNS)
     df["_file"] = range(len(df))  # index into files (not written: not a manifest column)
@@ -610,10 +609,9 @@ def ingest(
             )
             if u.key not in existing or not _same(store, u)
         )
-        bar = tqdm(total=len(kept), desc=f"upload {ref}", unit="obj", disable=not progress)
-        for _ in bounded_map(lambda u: _upload_one(u, writes), todo, workers):
-            bar.update(1)
-        bar.close()
+        with tqdm(total=len(kept), desc=f"upload {ref}", unit="obj", disable=not progress) as bar:
+            for _ in bounded_map(lambda u: _upload_one(u, writes), todo, workers):
+                bar.update(1)
         writes.put(ref.info_key, json.dumps(info, indent=2, sort_keys=True).encode())
         writes.put(ref.manifest_key, manifest_to_bytes(df))  # the commit marker
         previous = store.get_bytes(lkey) if store.exists(lkey) else None
