@@ -1,127 +1,380 @@
-"""Ingest throughput: local store vs S3 (moto server over HTTP), and parallel vs
-sequential S3 upload, all in one run on the same generated images.
+"""Ingest: peak memory as the dataset grows, and S3 upload parallelism under latency.
 
-    python benchmarks/ingest.py [--images 10000] [--compare 2000]
+1. **Memory.** 5,000 and 40,000 generated 16x16 PNGs are each ingested into a local
+   store by a child process that does nothing else; its peak RSS (``ru_maxrss``) is
+   the figure, next to a child that only imports the same modules. Ingest keeps one
+   small manifest row per image and streams the bytes through a bounded window, so the
+   two peaks should differ by little (target: under 100 MB).
+2. **S3 sweep.** moto runs in its own process; network latency is added by a proxy in
+   another process (each request waits ``latency`` +/- 25 % jitter, uniform), so the
+   client's threads, the emulator and the proxy do not share one interpreter's GIL.
+   Each arm (workers 1, 4, 16, 32 x latency 0, 20 ms) ingests the same images into its
+   own prefix; every round runs all arms in a new random order, and ratios are paired
+   within a round. ``s3_parallel_vs_sequential_20ms`` is 16 workers over 1 at 20 ms
+   (target: at least 4), as the median of the per-round ratios with their spread.
+
+    python benchmarks/ingest.py [--sizes 5000 40000] [--sweep-images 300] [--rounds 5]
+
+Writes ``benchmarks/results/ingest.json`` and ``ingest_s3_sweep.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
+import random
+import resource
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import write_result
-from tests.support.s3 import FaultProxy, free_port
-from visionline.data.ingest import ingest
-from visionline.data.samples import write_shapes
-from visionline.storage import LocalStore, PutItem, S3Store, make_s3_client
+from benchmarks._common import RESULTS, write_result
+
+SCRIPT = str(Path(__file__).resolve())
+WORKERS = (1, 4, 16, 32)
+LATENCIES_MS = (0, 20)
+JITTER = 0.25  # of the latency, uniform: a round trip is never exactly the same twice
 
 
-def sequential_then_parallel(
-    store: S3Store, items: list[PutItem], workers: int
-) -> tuple[float, float]:
-    """Seconds to upload ``items`` one by one, then with ``workers`` threads (other keys)."""
+# --------------------------------------------------------------------------- children
+def child_ingest(src: str, store_dir: str) -> None:
+    """Ingest ``src`` into a local store and report this process's peak RSS."""
+    from visionline.data.ingest import ingest
+    from visionline.storage import LocalStore
+
     t = time.perf_counter()
-    store.put_many([PutItem(f"seq/{it.key}", it.data) for it in items], workers=1)
-    seq_s = time.perf_counter() - t
-    t = time.perf_counter()
-    store.put_many([PutItem(f"par/{it.key}", it.data) for it in items], workers=workers)
-    return seq_s, time.perf_counter() - t
+    res = ingest(LocalStore(store_dir), src, "bench", progress=False)
+    seconds = time.perf_counter() - t
+    print(json.dumps({"images": res.images, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=10_000)
-    ap.add_argument(
-        "--compare", type=int, default=2_000, help="objects in the parallel/sequential comparison"
-    )
-    ap.add_argument("--workers", type=int, default=16)
-    ap.add_argument("--latency-objects", type=int, default=300)
-    args = ap.parse_args()
+def child_idle() -> None:
+    """The same imports and nothing else: what any ingest costs before the first image."""
+    import visionline.data.ingest
+    import visionline.storage  # noqa: F401
 
+    print(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child_moto(port: int) -> None:
     import logging
 
     from moto.server import ThreadedMotoServer
 
-    # moto logs every request through werkzeug: CPU the emulator shares with the client.
+    # werkzeug logs every request: CPU the emulator would spend on text nobody reads
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    threading.Event().wait()
+
+
+def child_proxy(upstream_port: int, port: int, latency_s: float) -> None:
+    """Forward HTTP to the emulator, each request delayed by one jittered round trip.
+
+    One persistent upstream connection per client connection, as a real path would
+    have: the proxy adds latency, not connection set-up."""
+    rng = random.Random(port)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        upstream: http.client.HTTPConnection | None = None
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            headers["Host"] = f"127.0.0.1:{upstream_port}"
+            for attempt in range(2):
+                if self.upstream is None:
+                    self.upstream = http.client.HTTPConnection(
+                        "127.0.0.1", upstream_port, timeout=60
+                    )
+                try:
+                    self.upstream.request(self.command, self.path, body=body, headers=headers)
+                    resp = self.upstream.getresponse()
+                    return resp.status, resp.getheaders(), resp.read()
+                except (http.client.HTTPException, OSError):
+                    self.upstream.close()
+                    self.upstream = None
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
+
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            if latency_s:
+                with lock:
+                    wait = latency_s * (1 + rng.uniform(-JITTER, JITTER))
+                time.sleep(wait)
+            status, headers, data = self._forward(body)
+            self.send_response(status)
+            for k, v in headers:
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+# --------------------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(log: Path, *args: str) -> subprocess.Popen:
+    # stderr to a file, not a pipe: a chatty helper must never block on a full pipe
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=f, stderr=f)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = Path(proc.log).read_text(errors="replace")[-2000:]  # type: ignore[attr-defined]
+            raise RuntimeError(f"helper process exited:\n{tail}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def run_child(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, SCRIPT, *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def spread(values: list[float], digits: int = 1) -> dict:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+# --------------------------------------------------------------------------- parts
+def memory(tmp: Path, sizes: list[int], rounds: int, rng: random.Random) -> dict:
+    from visionline.data.samples import write_shapes
+
+    sources = {}
+    for n in sizes:
+        print(f"generating {n} 16x16 PNGs ...", flush=True)
+        sources[n] = tmp / f"shapes-{n}"
+        write_shapes(sources[n], classes=10, per_class=n // 10, size=16, fmt="png", seed=n)
+    idle = run_child("_idle")["peak_rss_mb"]
+    runs: dict[int, list[dict]] = {n: [] for n in sizes}
+    for r in range(rounds):
+        order = list(sizes)
+        rng.shuffle(order)  # neither size always runs on a warmer page cache
+        for n in order:
+            store = tmp / f"store-{n}-{r}"
+            got = run_child("_ingest", str(sources[n]), str(store))
+            print(f"  ingest {n}: {got['peak_rss_mb']:.0f} MB peak, {got['seconds']:.1f} s")
+            runs[n].append(got)
+            subprocess.run(["rm", "-rf", str(store)], check=True)
+    out: dict = {"import_only_rss_mb": round(idle, 1), "memory_rounds": rounds}
+    for n in sizes:
+        label = f"{n // 1000}k" if n % 1000 == 0 else str(n)
+        out[f"peak_rss_mb_{label}"] = round(max(g["peak_rss_mb"] for g in runs[n]), 1)
+        out[f"local_images_per_s_{label}"] = spread([n / g["seconds"] for g in runs[n]])
+    if len(sizes) >= 2:
+        lo, hi = min(sizes), max(sizes)
+        out["peak_rss_growth_mb"] = round(
+            max(g["peak_rss_mb"] for g in runs[hi]) - max(g["peak_rss_mb"] for g in runs[lo]), 1
+        )
+    return out
+
+
+def s3_sweep(tmp: Path, images: int, rounds: int, rng: random.Random) -> dict:
+    from visionline.data.ingest import ingest
+    from visionline.data.samples import write_shapes
+    from visionline.storage import S3Store, make_s3_client
+
+    src = tmp / "sweep"
+    write_shapes(src, classes=10, per_class=images // 10, size=16, fmt="png", seed=7)
+    warm = tmp / "warm"
+    write_shapes(warm, classes=2, per_class=10, size=16, fmt="png", seed=8)
+
     os.environ.update(
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )
+    moto_port = free_port()
+    procs = [spawn(tmp / "moto.log", "_moto", str(moto_port))]
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "src"
-            classes = 10
-            print(f"generating {args.images} 64x64 JPEGs ...")
-            write_shapes(
-                src, classes=classes, per_class=args.images // classes, size=64, fmt="jpg", seed=1
-            )
+        wait_for_port(moto_port, procs[0])
+        proxies = {}
+        for lat in LATENCIES_MS:
+            port = free_port()
+            log = tmp / f"proxy-{lat}.log"
+            procs.append(spawn(log, "_proxy", str(moto_port), str(port), str(lat / 1000)))
+            wait_for_port(port, procs[-1])
+            proxies[lat] = f"http://127.0.0.1:{port}"
+        make_s3_client(endpoint_url=proxies[0]).create_bucket(Bucket="bench")
+        arms = [(lat, w) for lat in LATENCIES_MS for w in WORKERS]
+        clients = {
+            (lat, w): make_s3_client(max_pool=max(10, w), endpoint_url=proxies[lat])
+            for lat, w in arms
+        }
 
+        def one(tag: str, lat: int, w: int, folder: Path) -> float:
+            store = S3Store(f"s3://bench/{tag}/{lat}ms-w{w}", client=clients[(lat, w)])
             t = time.perf_counter()
-            ingest(
-                LocalStore(Path(tmp) / "store"),
-                str(src),
-                "bench",
-                workers=args.workers,
-                progress=False,
+            res = ingest(store, str(folder), "sweep", workers=w, progress=False)
+            return res.images / (time.perf_counter() - t)
+
+        for lat, w in arms:  # connection pools and code paths warm, not measured
+            one("warm", lat, w, warm)
+        per_arm: dict[tuple[int, int], list[float]] = {a: [] for a in arms}
+        for r in range(rounds):
+            order = list(arms)
+            rng.shuffle(order)
+            for lat, w in order:
+                per_arm[(lat, w)].append(one(f"r{r}", lat, w, src))
+            print(
+                f"  round {r + 1}/{rounds}: "
+                + ", ".join(f"{w}w@{lat}ms {per_arm[(lat, w)][-1]:.0f}/s" for lat, w in arms),
+                flush=True,
             )
-            local_s = time.perf_counter() - t
-
-            client = make_s3_client(max_pool=max(32, args.workers))
-            client.create_bucket(Bucket="bench")
-            t = time.perf_counter()
-            ingest(
-                S3Store("s3://bench/ingest", client=client),
-                str(src),
-                "bench",
-                workers=args.workers,
-                progress=False,
-            )
-            s3_s = time.perf_counter() - t
-
-            files = sorted(src.rglob("*.jpg"))[: args.compare]
-            items = [PutItem(key=f"{i:06d}.jpg", data=f.read_bytes()) for i, f in enumerate(files)]
-            store = S3Store("s3://bench/compare", client=client)
-            seq_s, par_s = sequential_then_parallel(store, items, args.workers)
-
-            # moto is one Python process on the same cores: it, not the network, is the
-            # bottleneck above. Real S3 PUTs are latency-bound; a 20 ms round trip shows
-            # what the thread pool buys there.
-            few = items[: args.latency_objects]
-            with FaultProxy(f"http://127.0.0.1:{port}", fail_first=0, delay_s=0.02) as proxy:
-                far = S3Store(
-                    "s3://bench/rtt", client=make_s3_client(max_pool=64, endpoint_url=proxy.url)
-                )
-                rtt_seq_s, rtt_par_s = sequential_then_parallel(far, few, args.workers)
     finally:
-        server.stop()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
 
-    write_result(
-        "ingest",
+    def paired(lat: int) -> list[float]:
+        return [a / b for a, b in zip(per_arm[(lat, 16)], per_arm[(lat, 1)], strict=True)]
+
+    points = [
         {
-            "images": args.images,
-            "local_images_per_s": round(args.images / local_s, 1),
-            "s3_images_per_s": round(args.images / s3_s, 1),
-            "s3_parallel_vs_sequential": round(seq_s / par_s, 2),
-            "compare_objects": len(items),
-            "s3_sequential_objects_per_s": round(len(items) / seq_s, 1),
-            "s3_parallel_objects_per_s": round(len(items) / par_s, 1),
-            "workers": args.workers,
-            "s3_parallel_vs_sequential_20ms_rtt": round(rtt_seq_s / rtt_par_s, 2),
-            "rtt_objects": len(few),
+            "latency_ms": lat,
+            "workers": w,
+            "objects_per_s": spread(per_arm[(lat, w)]),
+            "rounds": [round(v, 1) for v in per_arm[(lat, w)]],
+        }
+        for lat, w in arms
+    ]
+    r20, r0 = paired(20), paired(0)
+    plot_sweep(points)
+    return {
+        "s3_sweep": points,
+        "s3_parallel_vs_sequential_20ms": round(statistics.median(r20), 2),
+        "s3_parallel_vs_sequential_20ms_spread": spread(r20, 2),
+        "s3_parallel_vs_sequential_0ms": spread(r0, 2),
+        "s3_sweep_setup": {
+            "objects_per_ingest": images,
+            "rounds": rounds,
+            "jitter": f"+/- {int(JITTER * 100)} % of the latency, uniform, per request",
+            "processes": "moto server, latency proxy (one per latency) and client each "
+            "in their own process",
+            "objects_per_s": "images / wall time of the whole ingest() call (scan, "
+            "inspect, upload, manifest), workers threads for both phases",
         },
-    )
+    }
+
+
+def plot_sweep(points: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for lat in LATENCIES_MS:
+        pts = [p for p in points if p["latency_ms"] == lat]
+        xs = [p["workers"] for p in pts]
+        med = [p["objects_per_s"]["median"] for p in pts]
+        err = [
+            [m - p["objects_per_s"]["min"] for m, p in zip(med, pts, strict=True)],
+            [p["objects_per_s"]["max"] - m for m, p in zip(med, pts, strict=True)],
+        ]
+        ax.errorbar(xs, med, yerr=err, marker="o", capsize=3, label=f"{lat} ms latency")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(WORKERS), [str(w) for w in WORKERS])
+    ax.set_xlabel("ingest workers")
+    ax.set_ylabel("images / s (median, min-max over rounds)")
+    ax.set_title("Ingest into S3 (moto) through a latency proxy")
+    ax.legend()
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / "ingest_s3_sweep.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        mode, rest = sys.argv[1], sys.argv[2:]
+        if mode == "_ingest":
+            child_ingest(*rest)
+        elif mode == "_idle":
+            child_idle()
+        elif mode == "_moto":
+            child_moto(int(rest[0]))
+        elif mode == "_proxy":
+            child_proxy(int(rest[0]), int(rest[1]), float(rest[2]))
+        else:
+            raise SystemExit(f"unknown helper mode {mode}")
+        return
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[5_000, 40_000])
+    ap.add_argument("--memory-rounds", type=int, default=1)
+    ap.add_argument("--sweep-images", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="order of arms within rounds")
+    args = ap.parse_args()
+
+    rng = random.Random(args.seed)
+    load_start = os.getloadavg()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        figures = memory(Path(tmp), args.sizes, args.memory_rounds, rng)
+        print("S3 sweep ...", flush=True)
+        figures |= s3_sweep(Path(tmp), args.sweep_images, args.rounds, rng)
+    load_end = os.getloadavg()
+    figures["bench_seconds"] = round(time.perf_counter() - t0, 1)
+    figures["load_average_1m"] = {"start": round(load_start[0], 2), "end": round(load_end[0], 2)}
+    cpus = os.cpu_count() or 1
+    if max(load_start[0], load_end[0]) > cpus:
+        figures["note"] = (
+            f"shared machine: load average up to {max(load_start[0], load_end[0]):.1f} on "
+            f"{cpus} CPUs while this ran (other jobs); throughput figures are noisy, the "
+            "paired ratios and the memory figures less so"
+        )
+    write_result("ingest", figures)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         ratios=cfg.data.split,
         max_pixels=cfg.data.max_image_pixels,
         workers=cfg.data.ingest_workers,
+        allow_outside=args.allow_outside or (),
     )
     state = "ingested" if res.created else "already present, nothing written:"
-    print(f"{state} {res.ref} ({res.images} images, {res.undecodable} undecodable) in {store.uri}")
+    print(
+        f"{state} {res.ref} ({res.images} files, {res.undecodable} refused as not usable "
+        f"images and not copied) in {store.uri}"
+    )
     return 0
 
 
@@ -318,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ingest", help="ingest an ImageFolder, s3:// prefix or CSV")
     s.add_argument("src")
     s.add_argument("--dataset", required=True)
+    s.add_argument(
+        "--allow-outside",
+        action="append",
+        metavar="PATH_OR_PREFIX",
+        help="a folder or s3://bucket/prefix that files listed in a CSV (or symlinks in a "
+        "folder) may come from besides the source's own folder; repeatable",
+    )
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("validate", help="run the Great Expectations data gate")

@@ -4,7 +4,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from tests.support.faults import png_bytes
+from tests.support.faults import png_bytes, stable_seed
 from visionline.config import SplitConfig
 from visionline.data.ingest import ingest
 from visionline.data.manifest import MANIFEST_COLUMNS, read_manifest, resolve_dataset
@@ -49,7 +49,7 @@ def test_adding_images_never_moves_existing_ones(tmp_path):
     for label in ("a", "b"):
         (src / label).mkdir(parents=True)
         for i in range(40):
-            (src / label / f"{i}.png").write_bytes(png_bytes(8, 8, seed=hash((label, i)) % 2**31))
+            (src / label / f"{i}.png").write_bytes(png_bytes(8, 8, seed=stable_seed(label, i)))
     store = LocalStore(tmp_path / "store")
     v1 = ingest(store, str(src), "grow", progress=False)
     for i in range(40, 80):
@@ -110,9 +110,14 @@ def test_csv_source_with_explicit_splits(tmp_path):
 
 
 def test_bad_csv_names_the_line(tmp_path):
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(png_bytes(8, 8, seed=1))
     csv = tmp_path / "bad.csv"
     csv.write_text("path,label,split\na.png,x,train\nb.png,y,holdout\n")
     with pytest.raises(IngestError, match=r"bad.csv:3: split 'holdout'"):
+        ingest(LocalStore(tmp_path / "s"), str(csv), "bad", progress=False)
+    csv.write_text("path,label\na.png,x\nmissing.png,y\n")
+    with pytest.raises(IngestError, match=r"bad.csv:3: file not found: .*missing.png"):
         ingest(LocalStore(tmp_path / "s"), str(csv), "bad", progress=False)
     (tmp_path / "nohdr.csv").write_text("file,class\n")
     with pytest.raises(IngestError, match="'path' and 'label'"):
@@ -131,6 +136,13 @@ def test_undecodable_files_are_recorded_not_fatal(tmp_path):
     assert not m.loc["only/junk.jpg", "decodable"]
     assert "not a recognised image" in m.loc["only/junk.jpg", "error"]
     assert m.loc["only/ok.png", "decodable"]
+    # refused, so not copied: the store holds the one image and the dataset's own files
+    assert pd.isna(m.loc["only/junk.jpg", "key"])
+    assert set(store.list(res.ref.prefix + "/")) == {
+        m.loc["only/ok.png", "key"],
+        res.ref.manifest_key,
+        res.ref.info_key,
+    }
 
 
 def test_missing_source_and_dataset_are_clear(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import zlib
@@ -9,6 +10,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from ``parts`` that is the same in every process (``hash()`` of a str is
+    salted per process by PYTHONHASHSEED, so fixtures seeded with it change per run)."""
+    text = "/".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:4], "big")
 
 
 def png_bytes(w: int, h: int, seed: int, mode: str = "RGB") -> bytes:
@@ -66,7 +74,7 @@ def write_fault_corpus(root: Path, per_class: int = 6) -> Path:
             d.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
                 (d / f"{label[0]}{i:03d}.png").write_bytes(
-                    png_bytes(16, 16, seed=hash((split, ci, i)) % 2**32)
+                    png_bytes(16, 16, seed=stable_seed(split, ci, i))
                 )
         (root / split / "bird").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)

@@ -19,16 +19,32 @@ def free_port() -> int:
 class FaultProxy:
     """Forwards HTTP to ``upstream`` but answers the first ``fail_first`` requests with
     ``status`` (503 SlowDown by default), like an overloaded S3 endpoint; ``delay_s``
-    adds a round trip to every request, like a real network."""
+    adds a round trip to every request, like a real network.
+
+    ``fail_after=N`` fails every request after the first N instead (an endpoint that
+    goes away midway), counting only the HTTP ``methods`` given (all by default);
+    ``code`` is the S3 error code in the answer (SlowDown is retried by clients,
+    AccessDenied is not)."""
 
     def __init__(
-        self, upstream: str, fail_first: int = 2, status: int = 503, delay_s: float = 0.0
+        self,
+        upstream: str,
+        fail_first: int = 2,
+        status: int = 503,
+        delay_s: float = 0.0,
+        fail_after: int | None = None,
+        methods: tuple[str, ...] | None = None,
+        code: str = "SlowDown",
     ) -> None:
         self.upstream = urlsplit(upstream)
         self.delay_s = delay_s  # added to every request: a network round trip
         self.remaining = fail_first
+        self.fail_after = fail_after
+        self.methods = methods
         self.status = status
+        self.code = code
         self.requests = 0
+        self.counted = 0
         self.failed = 0
         self._lock = threading.Lock()
         proxy = self
@@ -47,14 +63,19 @@ class FaultProxy:
                     fail = proxy.remaining > 0
                     if fail:
                         proxy.remaining -= 1
+                    if proxy.methods is None or self.command in proxy.methods:
+                        proxy.counted += 1
+                        if proxy.fail_after is not None and proxy.counted > proxy.fail_after:
+                            fail = True
+                    if fail:
                         proxy.failed += 1
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
                 if fail:
                     payload = (
-                        b"<?xml version='1.0'?><Error><Code>SlowDown</Code>"
-                        b"<Message>Please reduce your request rate.</Message></Error>"
-                    )
+                        f"<?xml version='1.0'?><Error><Code>{proxy.code}</Code>"
+                        "<Message>Injected by FaultProxy.</Message></Error>"
+                    ).encode()
                     self.send_response(proxy.status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))

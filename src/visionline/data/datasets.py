@@ -1,10 +1,14 @@
-"""Datasets over a manifest, reading images through a local cache of the store."""
+"""Datasets over a manifest, reading images one at a time from local disk.
+
+Nothing here holds a split in memory: a dataset is a list of keys, and each item is
+read from disk when it is asked for. An S3 store is mirrored to a local disk cache (a
+bounded parallel warm-up fills it); a local store is read in place.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,29 +17,43 @@ import torch
 from torch.utils.data import Dataset
 
 from visionline.data.images import decode_image
-from visionline.storage import ArtifactStore
+from visionline.data.ingest import bounded_map
+from visionline.errors import KeyNotFoundError
+from visionline.storage import ArtifactStore, LocalStore
 
 
 class LocalCache:
-    """Store objects mirrored on local disk. Keys are immutable, so a cached file never
-    goes stale; downloads verify the recorded sha256."""
+    """Store objects as local files. Keys are immutable, so a cached file never goes
+    stale; downloads verify the recorded sha256. A local store is already on disk, so
+    its files are used where they are instead of being copied."""
 
     def __init__(self, store: ArtifactStore, cache_dir: str | Path) -> None:
         self.store = store
+        self.in_place = isinstance(store, LocalStore)
         tag = hashlib.sha256(store.uri.encode()).hexdigest()[:12]
-        self.root = Path(cache_dir).expanduser().resolve() / tag
+        if isinstance(store, LocalStore):
+            self.root = store.root
+        else:
+            self.root = Path(cache_dir).expanduser().resolve() / tag
 
     def path(self, key: str) -> Path:
+        if self.in_place:
+            # exists() also refuses keys that would leave the store ('..', absolute)
+            if not self.store.exists(key):
+                raise KeyNotFoundError(f"no object {key!r} in store {self.store.uri}")
+            return self.root / key
         p = self.root / key
         if not p.is_file():
             self.store.get_file(key, p, verify=True)
         return p
 
     def prefetch(self, keys: Sequence[str], workers: int = 16) -> None:
-        missing = [k for k in dict.fromkeys(keys) if not (self.root / k).is_file()]
-        if missing:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(self.path, missing))
+        """Download what is not cached yet, ``workers`` at a time (nothing kept in memory)."""
+        if self.in_place:
+            return
+        missing = (k for k in dict.fromkeys(keys) if not (self.root / k).is_file())
+        for _ in bounded_map(self.path, missing, workers):
+            pass
 
 
 class ManifestDataset(Dataset):
