@@ -184,9 +184,9 @@ def test_no_secret_values(kustomization, rendered):
 def _literal_secrets(node, path=""):
     """(path, key) of every string value stored under a secret-looking key or env name."""
     if isinstance(node, dict):
-        if isinstance(node.get("name"), str) and isinstance(node.get("value"), str):
-            if SECRETISH.search(node["name"]) and node["value"]:
-                yield path, node["name"]
+        name, value = node.get("name"), node.get("value")
+        if isinstance(name, str) and isinstance(value, str) and SECRETISH.search(name) and value:
+            yield path, name
         for key, value in node.items():
             if isinstance(value, str) and SECRETISH.search(key) and value:
                 yield path, key
