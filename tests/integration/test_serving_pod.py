@@ -45,7 +45,7 @@ def _probe(mode: str, config: Path) -> subprocess.CompletedProcess:
     )
 
 
-def _base_config(root: Path) -> tuple[str, dict[str, int]]:
+def _base_config(root: Path) -> str:
     """The ConfigMap's config.properties with fresh loopback ports and the pod's
     /var/lib/torchserve moved under ``root``."""
     text = (BASE / "config.properties").read_text()
@@ -57,7 +57,7 @@ def _base_config(root: Path) -> tuple[str, dict[str, int]]:
         old = read_properties(text)[key]
         ports[old] = free_port()
         text = re.sub(rf"^{key}={old}$", f"{key}={ports[old]}", text, flags=re.M)
-    return text.replace(POD_ROOT, str(root)), ports
+    return text.replace(POD_ROOT, str(root))
 
 
 def _emulate_fetch(store, ref, root: Path, base: str, settings: dict) -> str:
@@ -128,7 +128,7 @@ def pod(packaged_digits, tmp_path_factory):
     root = tmp_path_factory.mktemp("torchserve-pod")
     tmp = root / "tmp"
     tmp.mkdir()
-    base, ports = _base_config(root)
+    base = _base_config(root)
     settings = json.loads((BASE / "model-settings.json").read_text())
     config = root / "config.properties"
     if importlib.util.find_spec("visionline.serving.fetch"):
@@ -146,7 +146,8 @@ def pod(packaged_digits, tmp_path_factory):
     exe = Path(sys.executable).parent / args[0]
     env = {e["name"]: e["value"].replace(POD_ROOT, str(root)) for e in container["env"]}
     env = {**os.environ, **env, "TMPDIR": str(tmp), "TEMP": str(tmp)}
-    assert not _probe("ready", config).returncode == 0  # nothing runs yet
+    before = _probe("ready", config)  # nothing runs yet
+    assert before.returncode == 1 and before.stdout.startswith("not ready: ")
 
     log = (root / "stdout.log").open("wb")
     proc = subprocess.Popen(
