@@ -1,7 +1,8 @@
-"""The serving pod's TorchServe container, run for real on loopback: the ConfigMap's
-config.properties, the Deployment's command line and environment, and the readiness and
-liveness probes the kubelet runs. Only the port numbers and the directory the pod mounts
-at /var/lib/torchserve change, so tests can share a host.
+"""The serving pod, run for real on loopback: TorchServe with the ConfigMap's
+config.properties and the Deployment's command line and environment, the readiness and
+liveness probes the kubelet runs, and the nginx auth front with the ConfigMap's nginx.conf
+in front of it, its token directory laid out as the kubelet mounts a Secret. Only port
+numbers and the pod's mount points change, so tests can share a host.
 
 The init container's step (archive into the model store, the model's lines added to the
 config) is run through ``visionline.serving.fetch`` with the Deployment's own arguments
@@ -108,6 +109,50 @@ def _fetch_with_the_pod_arguments(store, ref, root: Path, base_cfg: Path) -> Non
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+class SecretVolume:
+    """A directory laid out as the kubelet mounts a Secret: the data in a timestamped
+    directory, ``..data`` pointing at it, one symlink per key; an update swaps ``..data``
+    atomically (AtomicWriter), which is what lets nginx see a rotation without a restart."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir()
+        self.generation = 0
+
+    def write(self, data: dict[str, str]) -> None:
+        self.generation += 1
+        new = self.root / f"..2026_11_30_00_00_00.{self.generation}"
+        new.mkdir()
+        for key, value in data.items():
+            (new / key).write_text(value)
+        old = (self.root / "..data").resolve() if (self.root / "..data").exists() else None
+        tmp = self.root / "..data_tmp"
+        tmp.symlink_to(new.name)
+        tmp.rename(self.root / "..data")
+        for entry in self.root.iterdir():
+            if not entry.name.startswith("..") and entry.name not in data:
+                entry.unlink()
+        for key in data:
+            link = self.root / key
+            if not link.is_symlink():
+                link.symlink_to(f"..data/{key}")
+        if old is not None:
+            shutil.rmtree(old)
+
+
+def _nginx_config(root: Path, upstream: dict[str, str], ports: dict[int, int]) -> Path:
+    """The ConfigMap's nginx.conf with the pod's paths and ports moved for this host."""
+    text = (BASE / "nginx.conf").read_text()
+    for pod_port, port in ports.items():
+        text = re.sub(rf"listen {pod_port}\b", f"listen {port}", text)
+    for pod_addr, addr in upstream.items():
+        text = text.replace(pod_addr, addr)
+    text = text.replace("/etc/visionline/auth/", f"{root}/auth/").replace("/tmp/", f"{root}/tmp/")
+    path = root / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the process group, as tini -g does in the container."""
     if proc.poll() is not None:
@@ -159,9 +204,54 @@ def pod(packaged_digits, tmp_path_factory):
         start_new_session=True,
     )
     props = read_properties(config.read_text())
+
+    # The auth front: the same nginx the server image installs, run as the pod runs it.
+    # As root here, nginx would drop its workers to nobody, who cannot read pytest's
+    # private temp dirs; in the pod it runs as uid 10001 and ignores `user`.
+    front_root = root / "front"
+    (front_root / "tmp").mkdir(parents=True)
+    secret = SecretVolume(front_root / "auth")
+    token = "vl-" + os.urandom(16).hex()
+    secret.write({token: "created by the test"})
+    front_ports = {p: free_port() for p in (8080, 7070, 8082, 8079)}
+    base_props = read_properties((BASE / "config.properties").read_text())
+    upstream = {
+        base_props["inference_address"].removeprefix("http://"): props[
+            "inference_address"
+        ].removeprefix("http://"),
+        f"127.0.0.1:{base_props['grpc_inference_port']}": f"127.0.0.1:{props['grpc_inference_port']}",
+        base_props["metrics_address"].removeprefix("http://"): props[
+            "metrics_address"
+        ].removeprefix("http://"),
+    }
+    nginx_conf = _nginx_config(front_root, upstream, front_ports)
+    front_cmd = next(
+        c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "auth-front"
+    )["command"]
+    front_cmd = [str(nginx_conf) if a.endswith("nginx.conf") else a for a in front_cmd]
+    front_cmd[-1] = front_cmd[-1] + " user root;"
+    front_log = (front_root / "stdout.log").open("wb")
+    front = subprocess.Popen(
+        front_cmd, stdout=front_log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
-        yield {"root": root, "config": config, "props": props, "ref": ref, "store": store}
+        yield {
+            "root": root,
+            "config": config,
+            "props": props,
+            "ref": ref,
+            "store": store,
+            "secret": secret,
+            "token": token,
+            "front": front,
+            "rest": f"http://127.0.0.1:{front_ports[8080]}",
+            "grpc": f"127.0.0.1:{front_ports[7070]}",
+            "metrics": f"http://127.0.0.1:{front_ports[8082]}/metrics",
+            "health": f"http://127.0.0.1:{front_ports[8079]}/healthz",
+        }
     finally:
+        _stop(front)
+        front_log.close()
         _stop(proc)
         log.close()
 
@@ -220,6 +310,65 @@ def test_probe_refuses_a_model_without_a_ready_worker(pod):
     assert _wait(lambda: _probe("ready", pod["config"]).returncode == 0)
 
 
+def _image(pod) -> bytes:
+    info = pod["store"].get_json(f"{pod['ref'].prefix}/model.json")
+    return pod["store"].get_bytes(info["parity_keys"][0])
+
+
+def test_auth_front_refuses_without_the_credential_and_serves_with_it(pod):
+    from visionline.serving.client import GrpcClient, PredictionError, RestClient
+
+    assert _wait(lambda: _probe("ready", pod["config"]).returncode == 0)
+    image, name = _image(pod), pod["ref"].name
+    url = f"{pod['rest']}/predictions/{name}"
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789"},
+        {"Authorization": f"Basic {pod['token']}"},
+        {"Authorization": "Bearer ../../../../etc/hostname"},
+        {"Authorization": "Bearer ..data"},
+    ):
+        refused = requests.post(url, data=image, headers=headers, timeout=30)
+        assert refused.status_code == 401, (headers, refused.text)
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    # TorchServe's own /ping too: nothing passes the front without the token.
+    assert requests.get(f"{pod['rest']}/ping", timeout=10).status_code == 401
+
+    answer = RestClient(pod["rest"], name, pod["token"]).predict(image)
+    assert len(answer) == 3
+
+    with pytest.raises(PredictionError, match="UNAUTHENTICATED"):
+        GrpcClient(pod["grpc"], name, "wrong-token-0123456789").predict(image)
+    grpc_client = GrpcClient(pod["grpc"], name, pod["token"])
+    try:
+        assert grpc_client.predict(image) == answer
+    finally:
+        grpc_client.close()
+
+    # The kubelet's probe of nginx and the scraper's port need no token.
+    assert requests.get(pod["health"], timeout=10).status_code == 200
+    metrics = requests.get(pod["metrics"], timeout=10)
+    assert metrics.status_code == 200 and "# TYPE" in metrics.text
+
+
+def test_rotating_the_credential_needs_no_restart(pod):
+    from visionline.serving.client import PredictionError, RestClient
+
+    image, name, old = _image(pod), pod["ref"].name, pod["token"]
+    new = "vl-" + os.urandom(16).hex()
+    pid = pod["front"].pid
+    pod["secret"].write({old: "old", new: "new"})  # step 1: both accepted
+    assert RestClient(pod["rest"], name, new).predict(image)
+    assert RestClient(pod["rest"], name, old).predict(image)
+    pod["secret"].write({new: "new"})  # step 2: the old one retired
+    with pytest.raises(PredictionError) as refused:
+        RestClient(pod["rest"], name, old).predict(image)
+    assert refused.value.status == 401
+    assert RestClient(pod["rest"], name, new).predict(image)
+    assert pod["front"].poll() is None and pod["front"].pid == pid
+    pod["token"] = new
+
+
 def test_locked_down_and_serving(pod):
     props = pod["props"]
     # Model control stays off: the archive the init container verified is all it serves.
@@ -236,6 +385,6 @@ def test_locked_down_and_serving(pod):
     )
     assert answer.status_code == 200, answer.text
     assert len(answer.json()) == 3  # top_k
-    # The scraper's endpoint (through nginx's 8082) serves Prometheus text.
+    # TorchServe's own metrics listener, which nginx's 8082 forwards to the scraper.
     metrics = requests.get(f"{props['metrics_address']}/metrics", timeout=10)
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
