@@ -112,10 +112,27 @@ def test_torchserve_listens_on_loopback_only_and_the_front_forwards_to_it():
     assert f"proxy_pass http://127.0.0.1:{hosts['metrics'].group(2)}/metrics;" in nginx
     # Nothing forwards to the management API.
     assert hosts["management"].group(2) not in re.findall(r"127\.0\.0\.1:(\d+)", nginx)
-    # Both inference listeners check the credential.
-    for port in ("8080", "7070"):
+    # Both inference listeners check the credential before they proxy, against the Secret
+    # the Deployment mounts.
+    for port, proxy in (("8080", "proxy_pass"), ("7070", "grpc_pass")):
         block = nginx.split(f"listen {port}", 1)[1].split("server {", 1)[0]
-        assert "auth_basic_user_file" in block, port
+        location = block.split("location / {", 1)[1]
+        checks = location.split(proxy, 1)[0]
+        assert 'if ($visionline_token = "")' in checks, port
+        assert "if (!-f /etc/visionline/auth/$visionline_token)" in checks, port
+
+
+def test_auth_front_mounts_the_credential_secret(rendered):
+    spec = find(rendered["k8s/overlays/local"], "Deployment", SERVING)["spec"]["template"]["spec"]
+    front = next(c for c in spec["containers"] if c["name"] == "auth-front")
+    mounts = {m["mountPath"]: m["name"] for m in front["volumeMounts"]}
+    volume = next(v for v in spec["volumes"] if v["name"] == mounts["/etc/visionline/auth"])
+    assert volume["secret"]["secretName"] == "visionline-inference-credentials"
+    # Mounted as a directory, not with subPath: subPath mounts never see a rotation.
+    assert all("subPath" not in m for c in containers(spec) for m in c.get("volumeMounts", []))
+    # The token never reaches TorchServe's container.
+    torchserve = next(c for c in spec["containers"] if c["name"] == "torchserve")
+    assert mounts["/etc/visionline/auth"] not in {m["name"] for m in torchserve["volumeMounts"]}
 
 
 def test_nginx_listeners_match_the_container_ports(rendered):
