@@ -110,3 +110,22 @@ def test_a_malformed_code_version_is_refused_by_name(fresh_code_version, monkeyp
     monkeypatch.setenv("VISIONLINE_CODE_VERSION", "$(rm -rf /)")
     with pytest.raises(ConfigError, match="VISIONLINE_CODE_VERSION"):
         fresh_code_version.code_version()
+
+
+def test_retrain_deploys_through_the_gate_to_kubernetes_with_a_shipped_config():
+    import yaml
+
+    from visionline.config import load_config
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    retrain = next(d for d in spec["deployments"] if d["name"] == "retrain")
+    assert retrain["parameters"]["deploy"] is True
+    config = retrain["parameters"]["config"]
+    # A path relative to /app, the flow runs' working directory, where the image has it.
+    assert not config.startswith(("/", "s3://")) and (REPO / config).is_file()
+    assert re.search(rf"^COPY {config.split('/')[0]} ", DOCKERFILE, re.M)
+    cfg = load_config(REPO / config)
+    assert cfg.deploy.target == "kubernetes" and cfg.compute.backend == "kubernetes"
+    assert cfg.store.startswith("s3://")
+    # Where it runs is all that differs from the local digits config: same run ids.
+    assert cfg.fingerprint() == load_config(REPO / "configs" / "digits.yaml").fingerprint()
