@@ -147,7 +147,8 @@ def _nginx_config(root: Path, upstream: dict[str, str], ports: dict[int, int]) -
         text = re.sub(rf"listen {pod_port}\b", f"listen {port}", text)
     for pod_addr, addr in upstream.items():
         text = text.replace(pod_addr, addr)
-    text = text.replace("/etc/visionline/auth/", f"{root}/auth/").replace("/tmp/", f"{root}/tmp/")
+    # /tmp/ first: the test's own directories live under /tmp too.
+    text = text.replace("/tmp/", f"{root}/tmp/").replace("/etc/visionline/auth/", f"{root}/auth/")
     path = root / "nginx.conf"
     path.write_text(text)
     return path
