@@ -89,15 +89,16 @@ RUN mkdir -p /usr/share/man/man1 \
       openjdk-17-jre-headless=17.0.21.1+2-1~deb12u1 \
       nginx=1.22.1-9+deb12u11 \
  && rm -rf /var/lib/apt/lists/* \
- && mkdir -p /var/lib/torchserve \
- && chown 10001:10001 /var/lib/torchserve
+ && mkdir -p /work \
+ && chown 10001:10001 /work
 
 COPY --from=builder /opt/venv /opt/venv
 
+# /work: the model store, TorchServe's config and logs (an emptyDir in the pod).
 ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
-    HOME=/var/lib/torchserve \
-    LOG_LOCATION=/var/lib/torchserve/logs \
-    METRICS_LOCATION=/var/lib/torchserve/logs
+    HOME=/work \
+    LOG_LOCATION=/work/logs \
+    METRICS_LOCATION=/work/logs
 
 ARG VISIONLINE_CODE_VERSION=
 ENV VISIONLINE_CODE_VERSION=${VISIONLINE_CODE_VERSION}
@@ -105,10 +106,10 @@ LABEL org.opencontainers.image.title="visionline-server" \
       org.opencontainers.image.revision=${VISIONLINE_CODE_VERSION}
 
 USER 10001:10001
-WORKDIR /var/lib/torchserve
+WORKDIR /work
 # The serving pod's auth front listens on these (REST, gRPC); TorchServe itself only on
 # the pod's loopback.
 EXPOSE 8080 7070
 ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
 # Foreground: `torchserve --start` daemonizes, and the container would exit at once.
-CMD ["torchserve", "--foreground", "--ts-config=/var/lib/torchserve/config.properties", "--no-config-snapshots"]
+CMD ["torchserve", "--foreground", "--ncs", "--ts-config", "/work/config.properties", "--model-store", "/work/model-store"]

@@ -60,8 +60,9 @@ def test_targets_and_what_each_runs():
 
 
 def test_manifests_run_the_images_the_dockerfile_builds():
-    """The Deployment's containers and the server image agree: the probe runs python3,
-    the auth front runs nginx, TorchServe's config is where the CMD reads it."""
+    """The manifests name exactly the two images the Dockerfile builds; the server image
+    has what the serving pod runs (Java for TorchServe, nginx for the auth front) and
+    reads TorchServe's config where the init container writes it."""
     images = set()
     for k in ("k8s/overlays/local", "k8s/training"):
         for obj in render(k):
@@ -75,7 +76,7 @@ def test_manifests_run_the_images_the_dockerfile_builds():
     }
     server = DOCKERFILE.split("AS server", 1)[1]
     assert re.search(r"\bnginx=\S+", server) and re.search(r"openjdk-17-jre-headless=\S+", server)
-    assert "--ts-config=/var/lib/torchserve/config.properties" in server
+    assert '"--ts-config", "/work/config.properties"' in server
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 
 import pytest
 
@@ -19,7 +18,6 @@ from tests.support.manifests import (
     containers,
     find,
     pod_spec,
-    read_properties,
     render,
     sh,
     which,
@@ -83,70 +81,99 @@ def test_public_service_exposes_only_inference(overlay, rendered):
         for p in c.get("ports", [])
     }
     for p in ports:
-        assert named[p["targetPort"]] == ("auth-front", p["port"])
+        assert named[p["targetPort"]] == ("auth-proxy", p["port"])
     torchserve = next(c for c in pod["spec"]["containers"] if c["name"] == "torchserve")
     assert "ports" not in torchserve
 
 
-def test_torchserve_listens_on_loopback_only_and_the_front_forwards_to_it():
-    props = read_properties((BASE / "serving" / "config.properties").read_text())
-    hosts = {
-        "inference": re.match(r"http://([^:]+):(\d+)$", props["inference_address"]),
-        "management": re.match(r"http://([^:]+):(\d+)$", props["management_address"]),
-        "metrics": re.match(r"http://([^:]+):(\d+)$", props["metrics_address"]),
-    }
-    for listener, m in hosts.items():
-        assert m and m.group(1) == "127.0.0.1", listener
-    assert props["grpc_inference_address"] == "127.0.0.1"
-    assert props["grpc_management_address"] == "127.0.0.1"
-    assert props["enable_model_api"] == "false"
-    # TorchServe's own per-replica tokens are off: the auth front holds the one credential.
-    assert props["disable_token_authorization"] == "true"
+def _serving_spec(rendered, overlay="k8s/overlays/local") -> dict:
+    return find(rendered[overlay], "Deployment", SERVING)["spec"]["template"]["spec"]
 
-    nginx = (BASE / "serving" / "nginx.conf").read_text()
-    upstreams = dict(re.findall(r"upstream (\w+) \{\s*server 127\.0\.0\.1:(\d+);", nginx))
-    assert upstreams == {
-        "torchserve_rest": hosts["inference"].group(2),
-        "torchserve_grpc": props["grpc_inference_port"],
+
+def _container(spec: dict, name: str) -> dict:
+    return next(c for c in containers(spec) if c["name"] == name)
+
+
+def _loopback_ports(spec: dict) -> dict[str, int]:
+    """Where the pod's probes reach TorchServe (its loopback listeners)."""
+    ts = _container(spec, "torchserve")
+    ready = ts["readinessProbe"]["exec"]["command"]
+    live = ts["livenessProbe"]["exec"]["command"]
+    addr = {
+        "management": ready[ready.index("--management") + 1],
+        "inference": live[live.index("--inference") + 1],
     }
-    assert f"proxy_pass http://127.0.0.1:{hosts['metrics'].group(2)}/metrics;" in nginx
-    # Nothing forwards to the management API.
-    assert hosts["management"].group(2) not in re.findall(r"127\.0\.0\.1:(\d+)", nginx)
-    # Both inference listeners check the credential before they proxy, against the Secret
-    # the Deployment mounts.
-    for port, proxy in (("8080", "proxy_pass"), ("7070", "grpc_pass")):
-        block = nginx.split(f"listen {port}", 1)[1].split("server {", 1)[0]
-        location = block.split("location / {", 1)[1]
-        checks = location.split(proxy, 1)[0]
-        assert 'if ($visionline_token = "")' in checks, port
-        assert "if (!-f /etc/visionline/auth/$visionline_token)" in checks, port
+    for url in addr.values():
+        assert url.startswith("http://127.0.0.1:"), url
+    return {k: int(v.rsplit(":", 1)[1]) for k, v in addr.items()}
+
+
+def test_the_front_forwards_to_torchserve_on_loopback_and_never_to_management(rendered):
+    nginx = (BASE / "serving" / "nginx.conf").read_text()
+    spec = _serving_spec(rendered)
+    ports = _loopback_ports(spec)
+    forwards = re.findall(r"(?:proxy|grpc)_pass (?:http|grpc)://([\d.]+):(\d+)", nginx)
+    assert forwards and all(host == "127.0.0.1" for host, _ in forwards)
+    forwarded = {int(port) for _, port in forwards}
+    assert ports["inference"] in forwarded
+    assert ports["management"] not in forwarded
+    # Everything the front forwards, except metrics, passes the credential check first.
+    for server in nginx.split("server {")[1:]:
+        for location in re.findall(r"location [^{]*\{(.*?)\n        \}", server, re.S):
+            if "_pass " in location and "/metrics" not in location:
+                assert "auth_request /_visionline_auth;" in location, location
+    for check in re.findall(r"location = /_visionline_auth \{(.*?)\n        \}", nginx, re.S):
+        assert '$visionline_token = ""' in check
+        assert "!-f /etc/visionline/credentials/$visionline_token" in check
+
+
+def test_serve_settings_match_the_pod(rendered):
+    """serve.json (what the init container turns into TorchServe's config) and the pod
+    agree on the public ports."""
+    settings = json.loads((BASE / "serving" / "serve.json").read_text())
+    front = _container(_serving_spec(rendered), "auth-proxy")
+    ports = {p["name"]: p["containerPort"] for p in front["ports"]}
+    assert ports == {
+        "http": settings["inference_port"],
+        "grpc": settings["grpc_inference_port"],
+        "metrics": settings["metrics_port"],
+    }
+    from visionline.config import ServeConfig
+
+    ServeConfig.model_validate(settings)  # a valid `serve:` section
 
 
 def test_auth_front_mounts_the_credential_secret(rendered):
-    spec = find(rendered["k8s/overlays/local"], "Deployment", SERVING)["spec"]["template"]["spec"]
-    front = next(c for c in spec["containers"] if c["name"] == "auth-front")
+    spec = _serving_spec(rendered)
+    front = _container(spec, "auth-proxy")
     mounts = {m["mountPath"]: m["name"] for m in front["volumeMounts"]}
-    volume = next(v for v in spec["volumes"] if v["name"] == mounts["/etc/visionline/auth"])
+    volume = next(v for v in spec["volumes"] if v["name"] == mounts["/etc/visionline/credentials"])
     assert volume["secret"]["secretName"] == "visionline-inference-credentials"
     # Mounted as a directory, not with subPath: subPath mounts never see a rotation.
     assert all("subPath" not in m for c in containers(spec) for m in c.get("volumeMounts", []))
     # The token never reaches TorchServe's container.
     torchserve = next(c for c in spec["containers"] if c["name"] == "torchserve")
-    assert mounts["/etc/visionline/auth"] not in {m["name"] for m in torchserve["volumeMounts"]}
+    assert mounts["/etc/visionline/credentials"] not in {
+        m["name"] for m in torchserve["volumeMounts"]
+    }
 
 
 def test_nginx_listeners_match_the_container_ports(rendered):
     nginx = (BASE / "serving" / "nginx.conf").read_text()
-    listens = sorted(int(p) for p in re.findall(r"^\s*listen (\d+)", nginx, re.M))
-    pod = find(rendered["k8s/overlays/local"], "Deployment", SERVING)["spec"]["template"]
-    front = next(c for c in pod["spec"]["containers"] if c["name"] == "auth-front")
+    listens = sorted(int(p) for p in re.findall(r"^\s*listen [\d.]+:(\d+)", nginx, re.M))
+    front = _container(_serving_spec(rendered), "auth-proxy")
     assert listens == sorted(p["containerPort"] for p in front["ports"])
 
 
 @pytest.mark.skipif(which("nginx") is None, reason="nginx not installed (.ci/run installs it)")
 def test_nginx_accepts_the_config(tmp_path):
+    # /tmp/nginx is an emptyDir in the pod; here a directory of the test's.
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        (BASE / "serving" / "nginx.conf").read_text().replace("/tmp/nginx", str(tmp_path))
+    )
     proc = subprocess.run(
-        ["nginx", "-e", "stderr", "-t", "-c", str(BASE / "serving" / "nginx.conf")],
+        ["nginx", "-e", "stderr", "-t", "-c", str(conf)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -170,7 +197,8 @@ def test_metrics_only_to_the_scraper(rendered):
     # No other policy opens the serving pods.
     for p in policies:
         if p is not serving and p["spec"]["podSelector"]:
-            assert p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/name") != SERVING
+            labels = p["spec"]["podSelector"]["matchLabels"]
+            assert labels.get("app.kubernetes.io/component") != "serving", p["metadata"]["name"]
 
 
 SECRETISH = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_KEY|ACCESS_KEY", re.I)
@@ -338,23 +366,29 @@ def test_serving_pod(rendered):
     spec = dep["spec"]["template"]["spec"]
     fetch = spec["initContainers"][0]
     assert fetch["name"] == "fetch-model"
-    assert fetch["command"] == ["python", "-m", "visionline.serving.fetch"]
-    env = {e["name"]: e for e in fetch["env"]}
-    assert {"VISIONLINE_MODEL", "VISIONLINE_MODEL_VERSION", "VISIONLINE_MODEL_SHA256"} <= set(env)
-    torchserve = next(c for c in spec["containers"] if c["name"] == "torchserve")
+    assert fetch["command"][:3] == ["python", "-m", "visionline.serving.fetch"]
+    opts = dict(zip(fetch["command"][3::2], fetch["command"][4::2], strict=True))
+    torchserve = _container(spec, "torchserve")
     assert torchserve["args"][:2] == ["torchserve", "--foreground"]
-    # Readiness is the model's worker state, from the probe script in the ConfigMap.
-    probe = torchserve["readinessProbe"]["exec"]["command"]
-    assert probe[-2:] == ["ready", "/var/lib/torchserve/config.properties"]
-    assert torchserve["startupProbe"]["exec"]["command"] == probe
-    mounted = {m["mountPath"]: m["name"] for m in torchserve["volumeMounts"]}
-    volume = next(v for v in spec["volumes"] if v["name"] == mounted["/etc/torchserve"])
+    assert "command" not in torchserve  # the image's tini stays PID 1
+    ts = dict(zip(torchserve["args"][2:][1::2], torchserve["args"][2:][2::2], strict=False))
+    assert ts["--ts-config"] == opts["--ts-config"] and ts["--model-store"] == opts["--dest"]
+    # The settings file the init container reads is the ConfigMap's serve.json.
+    mounts = {m["mountPath"]: m["name"] for m in fetch["volumeMounts"]}
+    serve_dir, _, serve_file = opts["--serve-config"].rpartition("/")
+    volume = next(v for v in spec["volumes"] if v["name"] == mounts[serve_dir])
     config = find(rendered["k8s/overlays/gpu"], "ConfigMap", volume["configMap"]["name"])
-    assert probe[3] == "/etc/torchserve/probe.py" and "probe.py" in config["data"]
-    assert {"config.properties", "model-settings.json"} <= set(config["data"])
-    # What TorchServe writes lands on emptyDirs (read-only root).
-    for path in ("/var/lib/torchserve", "/tmp"):
-        assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == mounted[path])
+    assert {serve_file, "nginx.conf"} <= set(config["data"])
+    # Readiness is the model's worker state, not an open port.
+    ready = torchserve["readinessProbe"]["exec"]["command"]
+    assert ready[:4] == ["python", "-m", "visionline.serving.probe", "ready"]
+    assert ready[ready.index("--model") + 1] == opts["--model"].split(":")[0]
+    assert torchserve["startupProbe"]["exec"]["command"] == ready
+    # What TorchServe and nginx write lands on emptyDirs (read-only root).
+    for c in spec["containers"] + spec["initContainers"]:
+        for m in c["volumeMounts"]:
+            if not m.get("readOnly"):
+                assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == m["name"])
 
 
 def test_gpu_overlay_schedules_serving_on_gpus(rendered):
@@ -445,15 +479,3 @@ def test_work_pool_template_puts_job_fields_in_the_job_spec():
     assert {"/home/visionline", "/tmp", "/app/.visionline"} <= mounted
     defaults = template["variables"]["properties"]
     assert defaults["service_account_name"]["default"] == "visionline-pipeline"
-
-
-def test_probe_script_is_standard_library_only():
-    """The probe runs as `python3 -I -S`: no site-packages."""
-    proc = subprocess.run(
-        [sys.executable, "-I", "-S", str(BASE / "serving" / "probe.py"), "ready", "/nonexistent"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 1
-    assert proc.stdout.startswith("not ready: FileNotFoundError")

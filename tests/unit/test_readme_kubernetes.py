@@ -100,7 +100,7 @@ def _run_block(block: str, cwd, extra: str = "") -> subprocess.CompletedProcess:
 
 def _nginx_token_pattern() -> re.Pattern:
     conf = (REPO / "k8s" / "base" / "serving" / "nginx.conf").read_text()
-    pcre = re.search(r'"~\^Bearer \(\?<token>(.*?)\)\$"', conf).group(1)
+    pcre = re.search(r'"~\^Bearer \(\?<\w+>(.*?)\)\$"', conf).group(1)
     return re.compile(pcre)
 
 
