@@ -1,18 +1,11 @@
-"""The serving pod, run for real on loopback: TorchServe with the ConfigMap's
-config.properties and the Deployment's command line and environment, the readiness and
-liveness probes the kubelet runs, and the nginx auth front with the ConfigMap's nginx.conf
-in front of it, its token directory laid out as the kubelet mounts a Secret. Only port
-numbers and the pod's mount points change, so tests can share a host.
-
-The init container's step (archive into the model store, the model's lines added to the
-config) is run through ``visionline.serving.fetch`` with the Deployment's own arguments
-when that module exists, else emulated from its contract (README, "Operating on
-Kubernetes")."""
+"""The serving pod of k8s/, run for real on loopback as the kubelet would run it: the
+Deployment's init container, TorchServe and the nginx auth front with their commands,
+environment and the ConfigMap's files, the exec probes, and the credential Secret laid
+out as the kubelet mounts one. Only the pod's mount points and port numbers move, so
+tests can share a host."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import re
 import shutil
@@ -20,103 +13,30 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
 
-from tests.support.manifests import REPO, find, read_properties, render
+from tests.support.manifests import find, render
 from tests.support.s3 import free_port
 
+pytest.importorskip("visionline.serving.fetch", reason="the serving pod's entry points")
+pytest.importorskip("visionline.serving.probe", reason="the serving pod's entry points")
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
 
-BASE = REPO / "k8s" / "base" / "serving"
-POD_ROOT = "/var/lib/torchserve"
-
-
-def _probe(mode: str, config: Path) -> subprocess.CompletedProcess:
-    """The kubelet's exec probe, as the Deployment declares it."""
-    return subprocess.run(
-        [sys.executable, "-I", "-S", str(BASE / "probe.py"), mode, str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
-def _base_config(root: Path) -> str:
-    """The ConfigMap's config.properties with fresh loopback ports and the pod's
-    /var/lib/torchserve moved under ``root``."""
-    text = (BASE / "config.properties").read_text()
-    ports: dict[str, int] = {}
-    for port in sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", text))):
-        ports[port] = free_port()
-        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{ports[port]}")
-    for key in ("grpc_inference_port", "grpc_management_port"):
-        old = read_properties(text)[key]
-        ports[old] = free_port()
-        text = re.sub(rf"^{key}={old}$", f"{key}={ports[old]}", text, flags=re.M)
-    return text.replace(POD_ROOT, str(root))
-
-
-def _emulate_fetch(store, ref, root: Path, base: str, settings: dict) -> str:
-    """What fetch-model leaves behind: the verified archive and TorchServe's config."""
-    import hashlib
-
-    model_store = root / "model-store"
-    model_store.mkdir(parents=True)
-    mar = model_store / f"{ref.name}.mar"
-    mar.write_bytes(store.get_bytes(ref.mar_key, verify=True))
-    info = store.get_json(f"{ref.prefix}/model.json")
-    assert hashlib.sha256(mar.read_bytes()).hexdigest() == info["sha256"]
-    with zipfile.ZipFile(mar) as z:
-        version = json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"]
-    models = {ref.name: {version: {**settings, "defaultVersion": True, "marName": mar.name}}}
-    return (
-        base
-        + f"model_store={model_store}\n"
-        + f"load_models={ref.name}={mar.name}\n"
-        + f"models={json.dumps(models)}\n"
-    )
-
-
-def _fetch_with_the_pod_arguments(store, ref, root: Path, base_cfg: Path) -> None:
-    dep = find(render("k8s/overlays/local"), "Deployment", "visionline-torchserve")
-    fetch = dep["spec"]["template"]["spec"]["initContainers"][0]
-    args = [a.replace(POD_ROOT, str(root)) for a in fetch["args"]]
-    args = [
-        a.replace("/etc/torchserve/config.properties", str(base_cfg)).replace(
-            "/etc/torchserve/", str(BASE) + "/"
-        )
-        for a in args
-    ]
-    env = {
-        **os.environ,
-        "VISIONLINE_STORE": store.uri,
-        "VISIONLINE_MODEL": ref.name,
-        "VISIONLINE_MODEL_VERSION": ref.version,
-        "VISIONLINE_MODEL_SHA256": "",
-    }
-    proc = subprocess.run(
-        [sys.executable, *fetch["command"][1:], *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+MOUNTS = ("/etc/visionline/credentials", "/etc/visionline/serve", "/tmp/nginx", "/work", "/tmp")
 
 
 class SecretVolume:
     """A directory laid out as the kubelet mounts a Secret: the data in a timestamped
     directory, ``..data`` pointing at it, one symlink per key; an update swaps ``..data``
-    atomically (AtomicWriter), which is what lets nginx see a rotation without a restart."""
+    atomically, which is how nginx sees a rotation without a restart."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.root.mkdir()
+        self.root.mkdir(parents=True)
         self.generation = 0
 
     def write(self, data: dict[str, str]) -> None:
@@ -126,32 +46,64 @@ class SecretVolume:
         for key, value in data.items():
             (new / key).write_text(value)
         old = (self.root / "..data").resolve() if (self.root / "..data").exists() else None
-        tmp = self.root / "..data_tmp"
-        tmp.symlink_to(new.name)
-        tmp.rename(self.root / "..data")
+        (self.root / "..data_tmp").symlink_to(new.name)
+        (self.root / "..data_tmp").rename(self.root / "..data")
         for entry in self.root.iterdir():
             if not entry.name.startswith("..") and entry.name not in data:
                 entry.unlink()
         for key in data:
-            link = self.root / key
-            if not link.is_symlink():
-                link.symlink_to(f"..data/{key}")
+            if not (self.root / key).is_symlink():
+                (self.root / key).symlink_to(f"..data/{key}")
         if old is not None:
             shutil.rmtree(old)
 
 
-def _nginx_config(root: Path, upstream: dict[str, str], ports: dict[int, int]) -> Path:
-    """The ConfigMap's nginx.conf with the pod's paths and ports moved for this host."""
-    text = (BASE / "nginx.conf").read_text()
-    for pod_port, port in ports.items():
-        text = re.sub(rf"listen {pod_port}\b", f"listen {port}", text)
-    for pod_addr, addr in upstream.items():
-        text = text.replace(pod_addr, addr)
-    # /tmp/ first: the test's own directories live under /tmp too.
-    text = text.replace("/tmp/", f"{root}/tmp/").replace("/etc/visionline/auth/", f"{root}/auth/")
-    path = root / "nginx.conf"
-    path.write_text(text)
-    return path
+class Pod:
+    """Maps the pod's paths and ports onto this host."""
+
+    def __init__(self, root: Path) -> None:
+        self.paths = {m: root / m.strip("/").replace("/", "-") for m in MOUNTS}
+        for p in self.paths.values():
+            p.mkdir(parents=True, exist_ok=True)
+        self.ports: dict[str, str] = {}
+
+    def port(self, pod_port: int | str) -> str:
+        return self.ports.setdefault(str(pod_port), str(free_port()))
+
+    def ports_in(self, s: str) -> str:
+        s = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{self.port(m[1])}", s)
+        # TorchServe's gRPC listeners are written as separate keys.
+        return re.sub(
+            r"^(grpc_\w+_port)=(\d+)$", lambda m: f"{m[1]}={self.port(m[2])}", s, flags=re.M
+        )
+
+    def text(self, s: str) -> str:
+        """Pod paths and loopback ports of ``s`` moved, in one pass (a moved path lies
+        under /tmp itself, so it must never be moved twice)."""
+        mounts = sorted(self.paths, key=len, reverse=True)
+        pattern = "|".join(re.escape(m) for m in mounts)
+        s = re.sub(
+            rf"(?<![\w/.-])({pattern})(?=/|$|[^\w.-])",
+            lambda m: str(self.paths[m[1]]),
+            s,
+            flags=re.M,
+        )
+        return self.ports_in(s)
+
+    def argv(self, argv: list[str]) -> list[str]:
+        return [self.text(a) for a in argv]
+
+    def env(self, container: dict) -> dict[str, str]:
+        plain = {e["name"]: self.text(e["value"]) for e in container["env"] if "value" in e}
+        return {**os.environ, **plain}
+
+
+def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, **kw)
+
+
+def _python(argv: list[str]) -> list[str]:
+    return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -162,153 +114,108 @@ def _stop(proc: subprocess.Popen) -> None:
     tree = [root, *root.children(recursive=True)]
     os.killpg(proc.pid, signal.SIGTERM)
     _, alive = psutil.wait_procs(tree, timeout=60)
-    for p in alive:  # a worker that ignored SIGTERM: leave nothing behind
+    for p in alive:
         p.kill()
     psutil.wait_procs(alive, timeout=10)
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def pod(packaged_digits, tmp_path_factory):
-    store, ref, _ = packaged_digits
-    root = tmp_path_factory.mktemp("torchserve-pod")
-    tmp = root / "tmp"
-    tmp.mkdir()
-    base = _base_config(root)
-    settings = json.loads((BASE / "model-settings.json").read_text())
-    config = root / "config.properties"
-    if importlib.util.find_spec("visionline.serving.fetch"):
-        base_cfg = root / "base.properties"
-        base_cfg.write_text(base)
-        _fetch_with_the_pod_arguments(store, ref, root, base_cfg)
-    else:
-        config.write_text(_emulate_fetch(store, ref, root, base, settings))
-
-    dep = find(render("k8s/overlays/local"), "Deployment", "visionline-torchserve")
-    container = next(
-        c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "torchserve"
-    )
-    args = [a.replace(POD_ROOT, str(root)) for a in container["args"]]
-    exe = Path(sys.executable).parent / args[0]
-    env = {e["name"]: e["value"].replace(POD_ROOT, str(root)) for e in container["env"]}
-    env = {**os.environ, **env, "TMPDIR": str(tmp), "TEMP": str(tmp)}
-    before = _probe("ready", config)  # nothing runs yet
-    assert before.returncode == 1 and before.stdout.startswith("not ready: ")
-
-    log = (root / "stdout.log").open("wb")
-    proc = subprocess.Popen(
-        [str(exe if exe.exists() else shutil.which(args[0])), *args[1:]],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    props = read_properties(config.read_text())
-
-    # The auth front: the same nginx the server image installs, run as the pod runs it.
-    # As root here, nginx would drop its workers to nobody, who cannot read pytest's
-    # private temp dirs; in the pod it runs as uid 10001 and ignores `user`.
-    front_root = root / "front"
-    (front_root / "tmp").mkdir(parents=True)
-    secret = SecretVolume(front_root / "auth")
-    token = "vl-" + os.urandom(16).hex()
-    secret.write({token: "created by the test"})
-    front_ports = {p: free_port() for p in (8080, 7070, 8082, 8079)}
-    base_props = read_properties((BASE / "config.properties").read_text())
-    upstream = {
-        base_props["inference_address"].removeprefix("http://"): props[
-            "inference_address"
-        ].removeprefix("http://"),
-        f"127.0.0.1:{base_props['grpc_inference_port']}": f"127.0.0.1:{props['grpc_inference_port']}",
-        base_props["metrics_address"].removeprefix("http://"): props[
-            "metrics_address"
-        ].removeprefix("http://"),
-    }
-    nginx_conf = _nginx_config(front_root, upstream, front_ports)
-    front_cmd = next(
-        c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "auth-front"
-    )["command"]
-    front_cmd = [str(nginx_conf) if a.endswith("nginx.conf") else a for a in front_cmd]
-    front_cmd[-1] = front_cmd[-1] + " user root;"
-    front_log = (front_root / "stdout.log").open("wb")
-    front = subprocess.Popen(
-        front_cmd, stdout=front_log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        yield {
-            "root": root,
-            "config": config,
-            "props": props,
-            "ref": ref,
-            "store": store,
-            "secret": secret,
-            "token": token,
-            "front": front,
-            "rest": f"http://127.0.0.1:{front_ports[8080]}",
-            "grpc": f"127.0.0.1:{front_ports[7070]}",
-            "metrics": f"http://127.0.0.1:{front_ports[8082]}/metrics",
-            "health": f"http://127.0.0.1:{front_ports[8079]}/healthz",
-        }
-    finally:
-        _stop(front)
-        front_log.close()
-        _stop(proc)
-        log.close()
-
-
-def _wait(predicate, timeout: float = 240, every: float = 1.0):
+def _wait(predicate, timeout: float = 300, every: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = predicate()
-        if result:
+        if result := predicate():
             return result
         time.sleep(every)
     return None
 
 
-def test_readiness_means_a_ready_worker(pod):
-    mgmt = pod["props"]["management_address"]
-    seen_not_ready = []
+@pytest.fixture(scope="module")
+def pod(packaged_digits, tmp_path_factory):
+    store, ref, _ = packaged_digits
+    root = tmp_path_factory.mktemp("serving-pod")
+    objects = render("k8s/overlays/local")
+    spec = find(objects, "Deployment", "visionline-torchserve")["spec"]["template"]["spec"]
+    config = find(objects, "ConfigMap", "visionline-torchserve-serve")["data"]
+    p = Pod(root)
+    # The ConfigMap's files where the pod mounts them.
+    for name, text in config.items():
+        (p.paths["/etc/visionline/serve"] / name).write_text(text)
+    secret = SecretVolume(p.paths["/etc/visionline/credentials"] / "mount")
+    p.paths["/etc/visionline/credentials"] = secret.root
+    token = "vl-" + os.urandom(16).hex()
+    secret.write({token: "created by the test"})
 
-    def ready():
-        probe = _probe("ready", pod["config"])
-        if probe.returncode != 0:
-            seen_not_ready.append(probe.stdout.strip())
-        return probe.returncode == 0
+    # 1. The init container, with the Deployment's command (the deployer's pinned model).
+    fetch = spec["initContainers"][0]
+    argv = p.argv(fetch["command"])
+    argv[argv.index("--store") + 1] = store.uri
+    argv[argv.index("--model") + 1] = str(ref)
+    done = _run(_python(argv), env=p.env(fetch))
+    assert done.returncode == 0, done.stdout + done.stderr
+    ts_config = Path(argv[argv.index("--ts-config") + 1])
+    ts_config.write_text(p.ports_in(ts_config.read_text()))  # its loopback ports, moved too
 
-    assert _wait(ready, every=0.2), (pod["root"] / "stdout.log").read_text()[-3000:]
-    assert seen_not_ready and all(s.startswith("not ready: ") for s in seen_not_ready)
-    # What the probe saw is what TorchServe says.
-    described = requests.get(f"{mgmt}/models/{pod['ref'].name}", timeout=10).json()
-    assert any(w["status"] == "READY" for v in described for w in v["workers"])
-    assert _probe("live", pod["config"]).returncode == 0
-
-
-def test_probe_refuses_a_model_without_a_ready_worker(pod):
-    """TorchServe's /ping answers before a model's worker is up; the probe must not. A
-    model scaled to no workers is exactly that state, and stays in it."""
-    assert _wait(lambda: _probe("ready", pod["config"]).returncode == 0)
-    mgmt = pod["props"]["management_address"]
-    name = pod["ref"].name
-    scaled = requests.put(
-        f"{mgmt}/models/{name}", params={"min_worker": 0, "max_worker": 0, "synchronous": "true"}
+    # 2. TorchServe, as the container runs it (under tini -g: a process group).
+    torchserve = next(c for c in spec["containers"] if c["name"] == "torchserve")
+    args = p.argv(torchserve["args"])
+    exe = Path(sys.executable).parent / args[0]
+    log = (root / "torchserve.log").open("wb")
+    server = subprocess.Popen(
+        [str(exe) if exe.exists() else args[0], *args[1:]],
+        env=p.env(torchserve),
+        cwd=p.paths["/work"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    assert scaled.status_code == 200, scaled.text
+
+    # 3. The auth front: nginx with the ConfigMap's nginx.conf. As root here, nginx would
+    # hand its workers to nobody, who cannot read pytest's private temp dirs; in the pod it
+    # runs as uid 10001 and never switches user.
+    front = next(c for c in spec["containers"] if c["name"] == "auth-proxy")
+    nginx_conf = p.paths["/etc/visionline/serve"] / "nginx.conf"
+    public = nginx_conf.read_text().replace("listen 0.0.0.0:", "listen 127.0.0.1:")
+    nginx_conf.write_text(p.text(public))
+    front_argv = p.argv(front["command"])
+    front_argv[front_argv.index("-c") + 1] = str(nginx_conf)
+    front_argv[-1] += " user root;"
+    front_log = (root / "nginx.log").open("wb")
+    nginx = subprocess.Popen(
+        front_argv, stdout=front_log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    probes = {
+        name: _python(p.argv(torchserve[name]["exec"]["command"]))
+        for name in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
     try:
-        probe = _probe("ready", pod["config"])
-        assert probe.returncode == 1
-        assert f"model {name}: no READY worker" in probe.stdout
-        ping = requests.get(f"{pod['props']['inference_address']}/ping", timeout=10)
-        assert ping.status_code == 200  # the very gap the probe closes
-        assert _probe("live", pod["config"]).returncode == 0
+        yield {
+            "ref": ref,
+            "store": store,
+            "token": token,
+            "secret": secret,
+            "nginx": nginx,
+            "probes": probes,
+            "log": root / "torchserve.log",
+            "management": f"http://127.0.0.1:{p.ports[_probe_port(torchserve)]}",
+            "rest": f"http://127.0.0.1:{p.ports['8080']}",
+            "grpc": f"127.0.0.1:{p.ports['7070']}",
+            "metrics": f"http://127.0.0.1:{p.ports['8082']}/metrics",
+            "health": f"http://127.0.0.1:{p.ports['8080']}/healthz",
+        }
     finally:
-        requests.put(
-            f"{mgmt}/models/{name}",
-            params={"min_worker": 1, "max_worker": 1, "synchronous": "true"},
-            timeout=300,
-        )
-    assert _wait(lambda: _probe("ready", pod["config"]).returncode == 0)
+        _stop(nginx)
+        _stop(server)
+        log.close()
+        front_log.close()
+
+
+def _probe_port(torchserve: dict) -> str:
+    command = torchserve["readinessProbe"]["exec"]["command"]
+    return command[command.index("--management") + 1].rsplit(":", 1)[1]
+
+
+def _probe(pod, name: str) -> subprocess.CompletedProcess:
+    return _run(pod["probes"][name])
 
 
 def _image(pod) -> bytes:
@@ -316,10 +223,40 @@ def _image(pod) -> bytes:
     return pod["store"].get_bytes(info["parity_keys"][0])
 
 
+def test_readiness_means_a_ready_worker(pod):
+    seen = []
+
+    def ready() -> bool:
+        probe = _probe(pod, "readinessProbe")
+        if probe.returncode != 0:
+            seen.append(probe.stdout + probe.stderr)
+        return probe.returncode == 0
+
+    assert _wait(ready), pod["log"].read_text()[-3000:]
+    assert seen, "the probe never saw the model loading"
+    assert _probe(pod, "startupProbe").returncode == 0
+    assert _probe(pod, "livenessProbe").returncode == 0
+
+
+def test_probe_refuses_a_model_without_a_ready_worker(pod):
+    """TorchServe's /ping answers while a model has no worker up; readiness must not."""
+    assert _wait(lambda: _probe(pod, "readinessProbe").returncode == 0)
+    name = pod["ref"].name
+    url = f"{pod['management']}/models/{name}"
+    scaled = requests.put(url, params={"min_worker": 0, "max_worker": 0, "synchronous": "true"})
+    assert scaled.status_code == 200, scaled.text
+    try:
+        assert _probe(pod, "readinessProbe").returncode == 1
+        assert _probe(pod, "livenessProbe").returncode == 0
+    finally:
+        requests.put(url, params={"min_worker": 1, "max_worker": 1, "synchronous": "true"})
+    assert _wait(lambda: _probe(pod, "readinessProbe").returncode == 0)
+
+
 def test_auth_front_refuses_without_the_credential_and_serves_with_it(pod):
     from visionline.serving.client import GrpcClient, PredictionError, RestClient
 
-    assert _wait(lambda: _probe("ready", pod["config"]).returncode == 0)
+    assert _wait(lambda: _probe(pod, "readinessProbe").returncode == 0)
     image, name = _image(pod), pod["ref"].name
     url = f"{pod['rest']}/predictions/{name}"
     for headers in (
@@ -332,12 +269,10 @@ def test_auth_front_refuses_without_the_credential_and_serves_with_it(pod):
         refused = requests.post(url, data=image, headers=headers, timeout=30)
         assert refused.status_code == 401, (headers, refused.text)
         assert refused.headers["WWW-Authenticate"].startswith("Bearer")
-    # TorchServe's own /ping too: nothing passes the front without the token.
     assert requests.get(f"{pod['rest']}/ping", timeout=10).status_code == 401
 
     answer = RestClient(pod["rest"], name, pod["token"]).predict(image)
     assert len(answer) == 3
-
     with pytest.raises(PredictionError, match="UNAUTHENTICATED"):
         GrpcClient(pod["grpc"], name, "wrong-token-0123456789").predict(image)
     grpc_client = GrpcClient(pod["grpc"], name, pod["token"])
@@ -345,7 +280,6 @@ def test_auth_front_refuses_without_the_credential_and_serves_with_it(pod):
         assert grpc_client.predict(image) == answer
     finally:
         grpc_client.close()
-
     # The kubelet's probe of nginx and the scraper's port need no token.
     assert requests.get(pod["health"], timeout=10).status_code == 200
     metrics = requests.get(pod["metrics"], timeout=10)
@@ -357,35 +291,14 @@ def test_rotating_the_credential_needs_no_restart(pod):
 
     image, name, old = _image(pod), pod["ref"].name, pod["token"]
     new = "vl-" + os.urandom(16).hex()
-    pid = pod["front"].pid
-    pod["secret"].write({old: "old", new: "new"})  # step 1: both accepted
+    pid = pod["nginx"].pid
+    pod["secret"].write({old: "old", new: "new"})  # both accepted while clients move
     assert RestClient(pod["rest"], name, new).predict(image)
     assert RestClient(pod["rest"], name, old).predict(image)
-    pod["secret"].write({new: "new"})  # step 2: the old one retired
+    pod["secret"].write({new: "new"})  # the old one retired
     with pytest.raises(PredictionError) as refused:
         RestClient(pod["rest"], name, old).predict(image)
     assert refused.value.status == 401
     assert RestClient(pod["rest"], name, new).predict(image)
-    assert pod["front"].poll() is None and pod["front"].pid == pid
+    assert pod["nginx"].poll() is None and pod["nginx"].pid == pid
     pod["token"] = new
-
-
-def test_locked_down_and_serving(pod):
-    props = pod["props"]
-    # Model control stays off: the archive the init container verified is all it serves.
-    refused = requests.post(
-        f"{props['management_address']}/models", params={"url": "x.mar"}, timeout=10
-    )
-    assert refused.status_code in (400, 403, 405), refused.text
-    # Behind the auth front, TorchServe itself takes no token.
-    image = pod["store"].get_bytes(
-        pod["store"].get_json(f"{pod['ref'].prefix}/model.json")["parity_keys"][0]
-    )
-    answer = requests.post(
-        f"{props['inference_address']}/predictions/{pod['ref'].name}", data=image, timeout=60
-    )
-    assert answer.status_code == 200, answer.text
-    assert len(answer.json()) == 3  # top_k
-    # TorchServe's own metrics listener, which nginx's 8082 forwards to the scraper.
-    metrics = requests.get(f"{props['metrics_address']}/metrics", timeout=10)
-    assert metrics.status_code == 200 and "# TYPE" in metrics.text
