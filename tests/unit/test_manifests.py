@@ -312,7 +312,7 @@ def test_rbac_is_namespaced_and_least_privilege(rendered):
                 # One named Secret, read-only: the inference credential the deploy checks use.
                 assert rule["resourceNames"] == ["visionline-inference-credentials"], name
                 assert rule["verbs"] == ["get"], name
-            if "deployments" in rule["resources"]:
+            if {"deployments", "services"} & set(rule["resources"]):
                 assert rule["resourceNames"] == [SERVING], name
                 assert "delete" not in rule["verbs"] and "create" not in rule["verbs"], name
 
