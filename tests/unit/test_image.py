@@ -130,3 +130,25 @@ def test_retrain_deploys_through_the_gate_to_kubernetes_with_a_shipped_config():
     assert cfg.store.startswith("s3://")
     # Where it runs is all that differs from the local digits config: same run ids.
     assert cfg.fingerprint() == load_config(REPO / "configs" / "digits.yaml").fingerprint()
+
+
+def test_image_pins_cover_exactly_the_runtime_closure():
+    """`python docker/pin.py` (the command in docker/requirements.txt's header) lists the
+    same packages as the committed file: a new runtime dependency cannot miss the image.
+    Versions may differ from this environment's; the ranges are checked above."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "docker" / "pin.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    listed = {
+        canonicalize_name(line.split("==")[0])
+        for line in proc.stdout.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert listed == set(_pins())
