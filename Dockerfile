@@ -1,50 +1,115 @@
-# visionline: one image for training pods, Prefect flow runs and TorchServe.
-# Build: docker build -t ghcr.io/visionline/visionline:0.1.0 .
-# CUDA: torch==2.14.1 from PyPI is the CUDA build; the NVIDIA runtime on the node
-# provides the driver, so the same image trains on GPU nodes and serves on CPU nodes.
+# syntax=docker/dockerfile:1
+# visionline's images, from one file:
+#   --target trainer  training Jobs, Prefect flow runs and the Prefect worker
+#   --target server   the serving pod: TorchServe in the foreground, the nginx auth front,
+#                     and the init container that fetches the model archive
+# The image has no git: pass the revision, which every artifact records as its origin.
+#   docker build --target trainer \
+#     --build-arg VISIONLINE_CODE_VERSION=$(git rev-parse --short=12 HEAD) \
+#     -t ghcr.io/visionline/visionline-trainer:0.1.0 .
+# Both run as uid 10001 on a read-only root filesystem in the cluster: what they write goes
+# to emptyDirs mounted by the manifests (/tmp, HOME, the working directory).
 
-FROM python:3.11-slim-bookworm AS base
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# ---------------------------------------------------------------------------- base
+FROM ${PYTHON_IMAGE} AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 
-# Java 17 runs TorchServe's frontend; tini reaps the JVM's and workers' children.
+# Debian packages are pinned to bookworm's current (security) versions: when Debian
+# supersedes one, apt-get names it and the pin moves forward in a commit, never silently.
+# tini is PID 1: it forwards SIGTERM to the whole process group (-g), so a training run
+# gets its checkpoint-and-exit signal and TorchServe's JVM and workers stop together.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini ca-certificates \
+ && apt-get install -y --no-install-recommends \
+      tini=0.19.0-1+b3 \
+      ca-certificates=20250419~deb12u2 \
  && rm -rf /var/lib/apt/lists/*
 
 RUN groupadd --system --gid 10001 visionline \
- && useradd --system --uid 10001 --gid visionline --home-dir /app --shell /usr/sbin/nologin visionline
+ && useradd --system --uid 10001 --gid visionline --create-home \
+      --home-dir /home/visionline --shell /usr/sbin/nologin visionline
 
-WORKDIR /app
+# ---------------------------------------------------------------------------- builder
+FROM base AS builder
 
-# Dependencies first, for layer caching: they change far less often than the code.
-COPY pyproject.toml README.md ./
-COPY src/visionline/__init__.py src/visionline/__init__.py
-RUN pip install --upgrade pip \
- && pip install .
+RUN python -m venv /opt/venv
+# Dependencies first, pinned (docker/requirements.txt): they change far less often than
+# the code, so this layer stays cached across code changes.
+COPY docker/requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt
 
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 COPY handlers ./handlers
+RUN pip install --no-cache-dir --no-deps . \
+ && python -c "import visionline.training, visionline.serving.torchserve, visionline_handlers"
+
+# ---------------------------------------------------------------------------- trainer
+FROM base AS trainer
+
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+# Flow code and configs: prefect.yaml's pull step runs flows from /app, and the retrain
+# deployment reads configs/digits-k8s.yaml from here.
 COPY flows ./flows
 COPY configs ./configs
 COPY prefect.yaml ./
-RUN pip install --no-deps -e . \
- && python -c "import visionline.training, visionline.serving.torchserve, flows.training_pipeline" \
- && mkdir -p /app/.visionline /tmp/torchserve \
- && chown -R visionline:visionline /app/.visionline /tmp/torchserve
 
-USER 10001:10001
-ENV HOME=/app \
-    TMPDIR=/tmp/torchserve \
+# HOME must be writable for Prefect (~/.prefect) and torch's caches; in the cluster an
+# emptyDir is mounted there, outside it the directory the user owns serves.
+ENV HOME=/home/visionline \
+    PREFECT_HOME=/home/visionline/.prefect \
     PYTHONPATH=/app
 
-# TorchServe inference (REST, gRPC). Management and metrics bind to loopback only.
-EXPOSE 8080 7070
+ARG VISIONLINE_CODE_VERSION=
+ENV VISIONLINE_CODE_VERSION=${VISIONLINE_CODE_VERSION}
+LABEL org.opencontainers.image.title="visionline-trainer" \
+      org.opencontainers.image.revision=${VISIONLINE_CODE_VERSION}
 
-ENTRYPOINT ["/usr/bin/tini", "--"]
-# Default: a training run (the Kubernetes Job overrides the arguments).
+USER 10001:10001
+ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
 CMD ["python", "-m", "visionline.training", "--help"]
+
+# ---------------------------------------------------------------------------- server
+FROM base AS server
+
+# Java 17 runs TorchServe's frontend; nginx is the pod's auth front. The JRE's postinst
+# expects a man directory that slim images leave out.
+RUN mkdir -p /usr/share/man/man1 \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends \
+      openjdk-17-jre-headless=17.0.21.1+2-1~deb12u1 \
+      nginx=1.22.1-9+deb12u11 \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /work \
+ && chown 10001:10001 /work
+
+COPY --from=builder /opt/venv /opt/venv
+
+# /work: the model store, TorchServe's config and logs (an emptyDir in the pod).
+ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
+    HOME=/work \
+    LOG_LOCATION=/work/logs \
+    METRICS_LOCATION=/work/logs
+
+ARG VISIONLINE_CODE_VERSION=
+ENV VISIONLINE_CODE_VERSION=${VISIONLINE_CODE_VERSION}
+LABEL org.opencontainers.image.title="visionline-server" \
+      org.opencontainers.image.revision=${VISIONLINE_CODE_VERSION}
+
+USER 10001:10001
+WORKDIR /work
+# The serving pod's auth front listens on these (REST, gRPC); TorchServe itself only on
+# the pod's loopback.
+EXPOSE 8080 7070
+ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
+# Foreground: `torchserve --start` daemonizes, and the container would exit at once.
+CMD ["torchserve", "--foreground", "--ncs", "--ts-config", "/work/config.properties", "--model-store", "/work/model-store"]

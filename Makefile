@@ -5,6 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Linters with pins of their own (checkov would downgrade boto3 in .venv): a venv apart.
+TOOLS_VENV  ?= .tools-venv
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+# Everything under k8s/ that renders: the overlays and the reference training Jobs.
+KUSTOMIZATIONS := k8s/overlays/local k8s/overlays/gpu k8s/training
+# kubectl: the machine's, else the one the tools venv installs.
+KUBECTL = PATH="$$PATH:$(CURDIR)/$(TOOLS_VENV)/bin" kubectl
 
 # The demo and the UI keep their Prefect database under .visionline/, not in ~/.prefect
 # shared with whatever else runs Prefect on this machine; no telemetry from pipelines.
@@ -13,7 +20,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # A fresh Prefect database migrates on first start: more than the default 20 s on 2 cores.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test test-fast lint format bench bench-gpu ui clean
+.PHONY: install tools demo test test-fast lint lint-k8s format bench bench-gpu ui clean
 
 install: $(STAMP)
 
@@ -23,11 +30,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): tools/requirements.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install -q -r tools/requirements.txt
+	touch $(TOOLS_STAMP)
+
 demo: install
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m flows.demo
 
-test: lint
+# tools first: the manifest and image checks (checkov, hadolint) run inside pytest.
+test: lint tools
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q
 
@@ -37,6 +53,21 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The Kubernetes manifests and the Dockerfile, as CI checks them: every kustomization
+# renders and validates strictly against Kubernetes 1.31, checkov finds nothing that is not
+# fixed or skipped with a reason, hadolint finds nothing at warning level.
+lint-k8s: install tools
+	@rm -rf .visionline/rendered && mkdir -p .visionline/rendered
+	@for k in $(KUSTOMIZATIONS); do \
+	  out=.visionline/rendered/$$(echo $$k | tr / -).yaml; \
+	  echo "kubectl kustomize $$k"; \
+	  $(KUBECTL) kustomize $$k > $$out || exit 1; \
+	  $(VENV)/bin/kubernetes-validate -k 1.31.0 --strict --quiet $$out || exit 1; \
+	done
+	$(TOOLS_VENV)/bin/checkov --framework kubernetes --skip-download --quiet --compact \
+	  -d .visionline/rendered
+	$(TOOLS_VENV)/bin/hadolint --failure-threshold warning Dockerfile
 
 format: install
 	$(VENV)/bin/ruff format .

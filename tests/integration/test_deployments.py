@@ -80,3 +80,41 @@ def test_local_runner_serves_the_same_schedules():
         assert [s.schedule.cron for s in by_name[name].schedules] == [cron]
         spec = next(s for s in SPEC["deployments"] if s["name"] == name)
         assert by_name[name].parameters == spec["parameters"]
+
+
+def test_flow_run_job_from_the_work_pool_template_is_valid(prefect_api):
+    """The Job the Prefect worker would create for a flow run of `retrain`: built by
+    prefect-kubernetes from our template and the deployment's job variables, then checked
+    against the Kubernetes 1.31 schema, strictly (the template used to put completions
+    and parallelism in the pod spec, which the API rejects)."""
+    import json
+    import uuid
+
+    import kubernetes_validate
+    from prefect.client.schemas.objects import FlowRun
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    template = json.loads((REPO / "k8s" / "prefect" / "base-job-template.json").read_text())
+    retrain = next(d for d in SPEC["deployments"] if d["name"] == "retrain")
+    cfg = asyncio.run(
+        KubernetesWorkerJobConfiguration.from_template_and_values(
+            template, retrain["work_pool"]["job_variables"]
+        )
+    )
+    flow_run = FlowRun(id=uuid.uuid4(), name="calm-heron", flow_id=uuid.uuid4())
+    cfg.prepare_for_flow_run(flow_run)
+    job = cfg.job_manifest
+    kubernetes_validate.validate(job, "1.31.0", strict=True)
+
+    assert job["metadata"]["namespace"] == "visionline"
+    assert job["spec"]["completions"] == 1 and job["spec"]["parallelism"] == 1
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "visionline-pipeline"
+    container = pod["containers"][0]
+    assert container["image"] == retrain["work_pool"]["job_variables"]["image"]
+    assert container["args"][:3] == ["prefect", "flow-run", "execute"]
+    # The flow run talks to the Prefect API and the cluster, nothing secret in its spec.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PREFECT__FLOW_RUN_ID"] == str(flow_run.id)
+    assert not any("SECRET" in k or k.endswith("_KEY") for k in env)
+    assert {"configMapRef": {"name": "visionline-settings"}} in container["envFrom"]
