@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
-from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import digits_config
 from tests.support.k8s import Cluster, Fate, JobController, job_from_requests
+from visionline.compute import config_key
 from visionline.compute.kubernetes import KubernetesBackend, job_name
 from visionline.data.ingest import ingest
-from visionline.data.manifest import resolve_dataset
+from visionline.data.manifest import DatasetRef
 from visionline.errors import TrainingError
 from visionline.kube import KubernetesPermissionError
+from visionline.plan import plan_run
 from visionline.storage import S3Store
-from visionline.training import default_run_id
 
 NS = "vl-test"
 SECRET_VALUE = "vl-test-secret-7f3a9c"  # must never appear in anything we send
@@ -67,14 +67,10 @@ def _plan(store, moto_url, **kube):
             **{f"compute.kubernetes.{k}": v for k, v in kube.items()},
         },
     )
-    # a pinned version, as a run plan has it (the dataset exists only where pods train)
-    version = (
-        resolve_dataset(store, "digits").version
-        if store.exists("datasets/digits/LATEST")
-        else "0123456789ab"
-    )
-    cfg = cfg.with_overrides(**{"data.version": version})
-    return SimpleNamespace(cfg=cfg, run_id=default_run_id(cfg, version))
+    if store.exists("datasets/digits/LATEST"):
+        return plan_run(cfg, store)
+    # pods that never train need no data: any pinned version will do
+    return plan_run(cfg, store, dataset=DatasetRef("digits", "0123456789ab"))
 
 
 def _secret(cluster):
@@ -96,8 +92,8 @@ def _secret(cluster):
 def controller(cluster, tmp_path):
     made = []
 
-    def make(fates=None):
-        c = JobController(cluster, NS, fates=fates, workdir=tmp_path / "node")
+    def make(fates=None, hold=False):
+        c = JobController(cluster, NS, fates=fates, workdir=tmp_path / "node", hold=hold)
         made.append(c)
         c.start()
         return c
@@ -115,11 +111,12 @@ def test_succeeding_job_completes_the_run(cluster, controller, s3_digits, moto_s
     kubelet = controller()
     backend = KubernetesBackend(plan.cfg, api_client=cluster.api_client())
     with caplog.at_level(logging.INFO, logger="visionline"):
-        handle = backend.submit(plan, s3_digits)
+        handle = backend.submit(plan, s3_digits, origin={"flow_run": "fr-1"})
         handle.wait(timeout=300)
     assert handle.poll() == "succeeded" and handle.failure is None
     info = s3_digits.get_json(f"runs/{plan.run_id}/run.json")
     assert info["epochs_run"] == 2 and info["config_fingerprint"] == plan.cfg.fingerprint()
+    assert info["origin"] == {"flow_run": "fr-1"}
 
     # what we posted: the GPU request, the failure policy, labels, and no secret value
     job = job_from_requests(cluster)
@@ -152,16 +149,21 @@ def test_failing_pod_is_reported_with_its_reason(cluster, controller, s3_store, 
     assert "allocating activations" in text  # the pod's last log lines
 
 
+@pytest.mark.slow
 def test_config_error_fails_at_once(cluster, controller, s3_store, moto_server):
     plan = _plan(s3_store, moto_server, backoff_limit=5)
-    kubelet = controller(
-        [Fate("exit", exit_code=78, lines=["error: invalid config: train.lr: unknown key"])]
-    )
+    _secret(cluster)
+    kubelet = controller(hold=True)
     handle = KubernetesBackend(plan.cfg, api_client=cluster.api_client()).submit(plan, s3_store)
+    # the config the pod will read turns out broken: the real trainer exits 78
+    s3_store.put_bytes(
+        config_key(plan.cfg), b"name: x\ndata: {dataset: digits}\ntrain: {lr: 0.1, bogus: 1}\n"
+    )
+    kubelet.released.set()
     with pytest.raises(TrainingError, match=r"rejected its configuration \(exit 78\)") as e:
-        handle.wait(timeout=60)
-    assert "train.lr: unknown key" in str(e.value)
-    assert len(kubelet.pod_fates) == 1  # no retry: the failure policy failed the Job
+        handle.wait(timeout=300)
+    assert "train.bogus: unknown key" in str(e.value)  # the pod's log tail
+    assert len(kubelet.pod_fates) == 1  # no retry: the failure policy failed the Job at once
 
 
 @pytest.mark.parametrize(

@@ -410,6 +410,7 @@ class JobController(threading.Thread):
         workdir: Path | None = None,
         extra_env: dict[str, str] | None = None,
         tick: float = 0.1,
+        hold: bool = False,
     ) -> None:
         super().__init__(name="job-controller", daemon=True)
         from kubernetes import client
@@ -424,6 +425,10 @@ class JobController(threading.Thread):
         self.extra_env = extra_env or {}
         self.tick = tick
         self.stop_event = threading.Event()
+        # while held, no pod starts (a test changes the world between submit and start)
+        self.released = threading.Event()
+        if not hold:
+            self.released.set()
         self.procs: dict[str, subprocess.Popen] = {}
         self.pod_fates: dict[str, Fate] = {}
         self.started: dict[str, float] = {}
@@ -458,10 +463,19 @@ class JobController(threading.Thread):
 
     # -- the Job controller ---------------------------------------------------------
     def run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
         try:
             while not self.stop_event.is_set():
+                if not self.released.is_set():
+                    self.stop_event.wait(self.tick)
+                    continue
                 for job in self.jobs():
-                    self._sync(job)
+                    try:
+                        self._sync(job)
+                    except ApiException as e:
+                        if e.status != 404:  # deleted under our feet: as real controllers do
+                            raise
                 self._reap_deleted_pods()
                 self.stop_event.wait(self.tick)
         except BaseException as e:  # surfaced by the test through .errors
@@ -612,8 +626,13 @@ class JobController(threading.Thread):
 
     # -- the kubelet ----------------------------------------------------------------
     def _kubelet(self, name: str, pod: dict[str, Any], fate: Fate) -> None:
+        from kubernetes.client.exceptions import ApiException
+
         try:
             self._run_pod(name, pod, fate)
+        except ApiException as e:
+            if e.status != 404 and not self.stop_event.is_set():
+                self.errors.append(e)
         except Exception as e:
             if not self.stop_event.is_set():
                 self.errors.append(e)

@@ -39,7 +39,7 @@ from collections import deque
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from visionline.compute import publish_config
+from visionline.compute import FAILED, SUCCEEDED, config_key, publish_config, trainer_args
 from visionline.errors import ConfigError, TrainingError
 from visionline.kube import (
     DOMAIN,
@@ -60,12 +60,15 @@ from visionline.kube import (
 
 if TYPE_CHECKING:
     from visionline.config import KubernetesComputeConfig, PipelineConfig
+    from visionline.plan import RunPlan
     from visionline.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
 CONTAINER = "trainer"
-EXIT_CONFIG_ERROR = 78  # EX_CONFIG: visionline.training exits with it on a config error
+# visionline.training.EXIT_CONFIG_ERROR (EX_CONFIG), repeated so that building a Job does
+# not import the training loop and torch; a test keeps the two equal.
+EXIT_CONFIG_ERROR = 78
 RENDEZVOUS_PORT = 29500
 WORKDIR = "/work"
 LOG_TAIL = 40
@@ -78,11 +81,6 @@ def job_name(run_id: str) -> str:
     return dns_name("train", run_id)
 
 
-def _config_uri(cfg: PipelineConfig, store: ArtifactStore) -> str:
-    # Where publish_config puts the resolved config (content-addressed).
-    return store.url(f"configs/{cfg.fingerprint()}.yaml")
-
-
 def trainer_command(
     k: KubernetesComputeConfig,
     config_uri: str,
@@ -91,18 +89,7 @@ def trainer_command(
     origin: dict[str, str] | None = None,
     rendezvous_host: str | None = None,
 ) -> list[str]:
-    entry = [
-        "-m",
-        "visionline.training",
-        "--config",
-        config_uri,
-        "--run-id",
-        run_id,
-        "--store",
-        store_uri,
-    ]
-    for key, value in sorted((origin or {}).items()):
-        entry += ["--origin", f"{key}={value}"]
+    entry = ["-m", "visionline.training", *trainer_args(config_uri, run_id, store_uri, origin)]
     nproc = k.processes_per_node
     if k.nodes > 1:
         return [
@@ -470,7 +457,7 @@ class KubernetesRun:
         self.name = name
         self.namespace = backend.k.namespace
         self.failure: str | None = None
-        self._state: str | None = "succeeded" if already_done else None
+        self._state: str | None = SUCCEEDED if already_done else None
         self._followers: dict[str, _LogFollower] = {}
         self._reported: set[tuple[str, str]] = set()
         self._pending_since: dict[tuple[str, str], float] = {}
@@ -616,7 +603,7 @@ class KubernetesRun:
             )
         if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
             self._stop_followers(wait=True)
-            self._state = "succeeded"
+            self._state = SUCCEEDED
             log.info("training run %s: Job %s completed", self.run_id, self.name)
             return self._state
         if _condition(job, "Failed"):
@@ -632,7 +619,7 @@ class KubernetesRun:
 
     def _fail(self, message: str) -> str:
         self.failure = message
-        self._state = "failed"
+        self._state = FAILED
         self._stop_followers(wait=True)
         return self._state
 
@@ -646,9 +633,9 @@ class KubernetesRun:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             state = self.poll()
-            if state == "succeeded":
+            if state == SUCCEEDED:
                 return
-            if state == "failed":
+            if state == FAILED:
                 raise TrainingError(self.failure or f"training run {self.run_id} failed")
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
@@ -708,11 +695,12 @@ class KubernetesBackend:
         return api_errors(verb, resource, self.k.namespace, self.k.role)
 
     def manifests(
-        self, plan: Any, store: ArtifactStore, origin: dict[str, str] | None = None
+        self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
     ) -> list[dict[str, Any]]:
         """The objects ``submit`` would create, without writing anything anywhere."""
         cfg = plan.cfg.model_copy(update={"compute": self.cfg.compute})
-        return build_manifests(cfg, plan.run_id, _config_uri(plan.cfg, store), store.uri, origin)
+        config_uri = store.url(config_key(plan.cfg))
+        return build_manifests(cfg, plan.run_id, config_uri, store.uri, origin)
 
     def _check_store(self, store: ArtifactStore) -> None:
         if not store.uri.startswith("s3://"):
@@ -722,7 +710,7 @@ class KubernetesBackend:
             )
 
     def submit(
-        self, plan: Any, store: ArtifactStore, origin: dict[str, str] | None = None
+        self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
     ) -> KubernetesRun:
         self._check_store(store)
         run_id = plan.run_id
@@ -740,7 +728,9 @@ class KubernetesBackend:
         self._create_job(job, run_id)
         return KubernetesRun(self, run_id, name)
 
-    def train(self, plan: Any, store: ArtifactStore, origin: dict[str, str] | None = None) -> None:
+    def train(
+        self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
+    ) -> None:
         self.submit(plan, store, origin).wait()
 
     def _create_service(self, svc: dict[str, Any]) -> None:
@@ -796,7 +786,9 @@ class KubernetesBackend:
 
 
 def _finished(store: ArtifactStore, run_id: str, cfg: PipelineConfig) -> bool:
-    key = f"runs/{run_id}/run.json"
+    from visionline.runs import RunPaths
+
+    key = RunPaths(run_id).run_info
     if not store.exists(key):
         return False
     info = store.get_json(key)
