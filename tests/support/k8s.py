@@ -170,6 +170,13 @@ class ApiServer(KubernetesEmulator):
         key = self._key(request, meta.get("name"), ns)
         if self._current(key) is not None:
             return  # kmock answers 409
+        if obj.get("kind") == "Secret" and "stringData" in obj:
+            import base64
+
+            # the API server stores stringData as base64 data and never returns it
+            data = obj.setdefault("data", {})
+            for k, v in obj.pop("stringData").items():
+                data[k] = base64.b64encode(v.encode()).decode()
         meta.update(
             uid=str(uuid.uuid4()),
             resourceVersion=str(next(self._rv)),
@@ -186,6 +193,15 @@ class ApiServer(KubernetesEmulator):
         if old is None:
             return  # kmock answers 404
         patch = request.data
+        expected = (patch.get("metadata") or {}).get("resourceVersion")
+        if expected and expected != old["metadata"].get("resourceVersion"):
+            # optimistic concurrency, as the API server does it
+            self._refuse(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {request.resource.plural} "{request.name}": '
+                "the object has been modified; please apply your changes to the latest version",
+            )
         merged = dicts.patch_dict(copy.deepcopy(old), copy.deepcopy(patch))
         meta = patch.setdefault("metadata", {})
         meta["resourceVersion"] = str(next(self._rv))
@@ -854,6 +870,170 @@ class JobController(threading.Thread):
         self.join(timeout=10)
         for t in self._threads:
             t.join(timeout=10)
+
+
+class DeploymentController(threading.Thread):
+    """The Deployment controller and its pods, over the API: a template ``healthy``
+    accepts becomes available on every replica (``on_template`` may first bring it up
+    for real); any other gets one new pod whose init container keeps failing, and the
+    old replicas stay available (``maxUnavailable: 0``)."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        healthy: Callable[[dict[str, Any]], bool],
+        tick: float = 0.1,
+    ) -> None:
+        super().__init__(name="deployment-controller", daemon=True)
+        from kubernetes import client
+
+        self.api = cluster.api_client()
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.namespace = namespace
+        self.healthy = healthy
+        self.tick = tick
+        self.stop_event = threading.Event()
+        self.errors: list[BaseException] = []
+        self.templates: list[dict[str, Any]] = []  # every template rolled out, in order
+
+    def run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        while not self.stop_event.is_set():
+            try:
+                items = (
+                    self.api.sanitize_for_serialization(
+                        self.apps.list_namespaced_deployment(self.namespace)
+                    ).get("items")
+                    or []
+                )
+                for d in items:
+                    self._sync(d)
+            except ApiException as e:
+                if e.status != 404:
+                    self.errors.append(e)
+            except Exception as e:  # surfaced through .errors
+                self.errors.append(e)
+            self.stop_event.wait(self.tick)
+
+    def _sync(self, d: dict[str, Any]) -> None:
+        gen = d["metadata"].get("generation", 1)
+        status = d.get("status") or {}
+        if status.get("observedGeneration") == gen:
+            return
+        name, want = d["metadata"]["name"], d["spec"].get("replicas", 1)
+        template = d["spec"]["template"]
+        self.templates.append(copy.deepcopy(template))
+        labels = template["metadata"]["labels"]
+        selector = ",".join(f"{k}={v}" for k, v in d["spec"]["selector"]["matchLabels"].items())
+        for pod in (
+            self.api.sanitize_for_serialization(
+                self.core.list_namespaced_pod(self.namespace, label_selector=selector)
+            ).get("items")
+            or []
+        ):
+            self.core.delete_namespaced_pod(pod["metadata"]["name"], self.namespace)
+        ts = now_rfc3339()
+        if self.healthy(template):
+            new = {
+                "observedGeneration": gen,
+                "replicas": want,
+                "updatedReplicas": want,
+                "readyReplicas": want,
+                "availableReplicas": want,
+                "unavailableReplicas": None,
+                "conditions": [
+                    {
+                        "type": "Available",
+                        "status": "True",
+                        "reason": "MinimumReplicasAvailable",
+                        "lastUpdateTime": ts,
+                        "lastTransitionTime": ts,
+                    },
+                    {
+                        "type": "Progressing",
+                        "status": "True",
+                        "reason": "NewReplicaSetAvailable",
+                        "lastUpdateTime": ts,
+                        "lastTransitionTime": ts,
+                    },
+                ],
+            }
+        else:
+            pod_name = f"{name}-{uuid.uuid4().hex[:10]}"
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod_name, "namespace": self.namespace, "labels": labels},
+                "spec": copy.deepcopy(template["spec"]),
+            }
+            self.core.create_namespaced_pod(self.namespace, pod)
+            init = template["spec"]["initContainers"][0]
+            self.core.patch_namespaced_pod_status(
+                pod_name,
+                self.namespace,
+                {
+                    "status": {
+                        "phase": "Pending",
+                        "initContainerStatuses": [
+                            {
+                                "name": init["name"],
+                                "image": init["image"],
+                                "imageID": "",
+                                "ready": False,
+                                "restartCount": 4,
+                                "state": {
+                                    "waiting": {
+                                        "reason": "CrashLoopBackOff",
+                                        "message": "back-off 1m20s restarting failed container",
+                                    }
+                                },
+                                "lastState": {
+                                    "terminated": {
+                                        "exitCode": 1,
+                                        "reason": "Error",
+                                        "message": "error: the archive does not match its registered sha256\n",
+                                    }
+                                },
+                            }
+                        ],
+                    }
+                },
+                _content_type="application/merge-patch+json",
+            )
+            new = {
+                "observedGeneration": gen,
+                "replicas": want + 1,
+                "updatedReplicas": 1,
+                "readyReplicas": want,
+                "availableReplicas": want,
+                "unavailableReplicas": 1,
+                "conditions": [
+                    {
+                        "type": "Available",
+                        "status": "True",
+                        "reason": "MinimumReplicasAvailable",
+                        "lastUpdateTime": ts,
+                        "lastTransitionTime": ts,
+                    },
+                    {
+                        "type": "Progressing",
+                        "status": "True",
+                        "reason": "ReplicaSetUpdated",
+                        "lastUpdateTime": ts,
+                        "lastTransitionTime": ts,
+                    },
+                ],
+            }
+        self.apps.patch_namespaced_deployment_status(
+            name, self.namespace, {"status": new}, _content_type="application/merge-patch+json"
+        )
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=10)
 
 
 def job_from_requests(cluster: Cluster) -> dict[str, Any]:
