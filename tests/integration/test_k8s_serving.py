@@ -174,3 +174,69 @@ def test_rbac_refusal_names_verb_resource_and_role(cluster, controller, registry
     for words in ("patch", "deployments", f"namespace {NS}", "visionline-pipeline"):
         assert words in str(e.value)
     assert json.dumps(_deployment(cluster)).count("digits:2") == 0  # nothing changed
+
+
+def test_the_documented_credential_secret_is_what_the_deployer_reads(cluster, registry):
+    """The README's way to create the credential (kubectl, a client-side dry run here:
+    no cluster) gives a Secret whose key is the token the deploy checks then send."""
+    import subprocess
+
+    from kubernetes import client
+
+    token = new_token()
+    made = subprocess.run(
+        [
+            "kubectl",
+            "-n",
+            NS,
+            "create",
+            "secret",
+            "generic",
+            "visionline-inference-credentials",
+            f"--from-literal={token}=client-app",
+            "--dry-run=client",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    client.CoreV1Api(cluster.api_client()).create_namespaced_secret(NS, json.loads(made.stdout))
+    store, _ = registry
+    assert KubernetesDeployer(_cfg(), store, api_client=cluster.api_client()).token() == token
+
+
+def test_deploy_retargets_an_applied_deployment_and_keeps_its_settings(
+    cluster, controller, registry, token
+):
+    """The Deployment an operator applied (kustomize: the champion alias, their own
+    resources and replicas): deploy changes only what names the model."""
+    from kubernetes import client
+
+    from visionline.serving.kubernetes import build_objects
+
+    store, _ = registry
+    cfg = _cfg()
+    _, dep, _ = build_objects(cfg, "s3://elsewhere/vl", ModelRef("digits", "1"), "1" * 64)
+    fetch = dep["spec"]["template"]["spec"]["initContainers"][0]
+    i = fetch["command"].index("--sha256")
+    del fetch["command"][i : i + 2]
+    fetch["command"][fetch["command"].index("--model") + 1] = "digits:champion"
+    ts = dep["spec"]["template"]["spec"]["containers"][0]
+    ts["resources"] = {"requests": {"cpu": "3", "memory": "6Gi"}, "limits": {"memory": "6Gi"}}
+    dep["spec"]["replicas"] = 4
+    client.AppsV1Api(cluster.api_client()).create_namespaced_deployment(NS, dep)
+    controller(lambda t: True)
+
+    KubernetesDeployer(cfg, store, api_client=cluster.api_client()).deploy(ModelRef("digits", "2"))
+    after = _deployment(cluster)
+    tpl = after["spec"]["template"]
+    cmd = tpl["spec"]["initContainers"][0]["command"]
+    assert cmd[cmd.index("--model") + 1] == "digits:2"
+    assert cmd[cmd.index("--sha256") + 1] == "2" * 64
+    assert cmd[cmd.index("--store") + 1] == store.uri  # where the deployer read the registry
+    assert tpl["spec"]["containers"][0]["resources"] == ts["resources"]
+    assert after["spec"]["replicas"] == 4
+    assert _version(tpl) == "digits:2"

@@ -136,6 +136,32 @@ def test_succeeding_job_completes_the_run(cluster, controller, s3_digits, moto_s
     assert not any(" step " in m for m in streamed)  # per-batch lines stay out of the flow log
 
 
+@pytest.mark.slow
+def test_evicted_pods_replacement_resumes_from_the_checkpoint(
+    cluster, controller, s3_digits, moto_server, caplog
+):
+    _secret(cluster)
+    # backoffLimit 0: the eviction must not count as a failure (the DisruptionTarget rule)
+    plan = _plan(s3_digits, moto_server, backoff_limit=0, termination_grace_period_seconds=30)
+    plan = plan_run(
+        plan.cfg.with_overrides(**{"train.batch_size": 4, "train.epochs": 3}), s3_digits
+    )
+    kubelet = controller([Fate("evict", evict_after="epoch 1 step 3/"), Fate("run")])
+    backend = KubernetesBackend(plan.cfg, api_client=cluster.api_client())
+    with caplog.at_level(logging.INFO, logger="visionline"):
+        handle = backend.submit(plan, s3_digits)
+        handle.wait(timeout=600)
+    first, second = kubelet.pod_fates
+    assert kubelet.grace_exits[first] < 30  # SIGTERM -> checkpoint -> exit, within the grace
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"pod {first} was evicted" in m for m in messages)
+    stopped = [m for m in messages if m.startswith(f"[{first}]") and "stopped on SIGTERM" in m]
+    resumed = [m for m in messages if m.startswith(f"[{second}]") and "resuming run" in m]
+    assert stopped and resumed, messages[-30:]
+    info = s3_digits.get_json(f"runs/{plan.run_id}/run.json")
+    assert info["epochs_run"] == 3 and info["resumed_from"] in (1, 2, 3)
+
+
 def test_failing_pod_is_reported_with_its_reason(cluster, controller, s3_store, moto_server):
     plan = _plan(s3_store, moto_server, backoff_limit=1)
     lines = ["epoch 1 step 1/9 loss 2.3", "allocating activations"]

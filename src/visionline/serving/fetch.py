@@ -39,16 +39,19 @@ POD_BACKEND_PORTS = {
 
 def fetch(store_uri: str, model: str, dest: Path, sha256: str | None = None) -> Path:
     from visionline.errors import IntegrityError
-    from visionline.registry import ModelRef
+    from visionline.registry import Registry
     from visionline.serving.local import fetch_mar
     from visionline.storage import open_store, sha256_file
 
     name, sep, version = model.partition(":")
     if not sep or not version:
         raise VisionlineError(f"--model {model!r}: expected NAME:VERSION")
-    ref = ModelRef(name, version)
+    store = open_store(store_uri)
+    # an alias (champion, previous) is resolved when the pod starts: what a freshly
+    # applied base serves before the first deploy pins a version
+    ref = Registry(store, name).resolve(version)
     dest.mkdir(parents=True, exist_ok=True)
-    path = fetch_mar(open_store(store_uri), ref, dest)
+    path = fetch_mar(store, ref, dest)
     if sha256 and sha256_file(path) != sha256:
         path.unlink(missing_ok=True)
         raise IntegrityError(
@@ -81,7 +84,7 @@ def pod_torchserve_config(serve_json: Path, model: str, mar: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m visionline.serving.fetch", description=__doc__)
     ap.add_argument("--store", required=True, help="the artifact store: s3://bucket/prefix")
-    ap.add_argument("--model", required=True, help="NAME:VERSION")
+    ap.add_argument("--model", required=True, help="NAME:VERSION (or NAME:champion)")
     ap.add_argument("--sha256", help="the archive's sha256 pinned by the Deployment")
     ap.add_argument("--dest", required=True, type=Path, help="TorchServe's model store")
     ap.add_argument("--serve-config", type=Path, help="serve settings (JSON, a ConfigMap)")

@@ -305,6 +305,51 @@ def pod_template(
     }
 
 
+def _set_flag(command: list[str], flag: str, value: str) -> list[str]:
+    """``command`` with ``flag``'s value set (appended when the flag is absent)."""
+    out = list(command)
+    if flag in out and out.index(flag) + 1 < len(out):
+        out[out.index(flag) + 1] = value
+    else:
+        out += [flag, value]
+    return out
+
+
+def retarget(
+    template: dict[str, Any], store_uri: str, ref: ModelRef, sha256: str
+) -> dict[str, Any]:
+    """The pod template ``template`` serving ``ref`` instead: only what names the model
+    changes (the init container's ``--store/--model/--sha256``, the probes' ``--model``,
+    the model labels and annotations); everything an operator applied (resources,
+    settings, affinity, images) stays as it is."""
+    import copy
+
+    new = copy.deepcopy(template)
+    spec = new.get("spec", {})
+    inits = spec.get("initContainers") or []
+    fetch = next((c for c in inits if c.get("name") == "fetch-model"), None)
+    if fetch is None:
+        raise DeploymentError(
+            "the Deployment's pod template has no fetch-model init container, so it was not "
+            "made for visionline: apply k8s/base (kubectl apply -k k8s/overlays/<env>) or "
+            "delete it and deploy again"
+        )
+    cmd = _set_flag(fetch["command"], "--store", store_uri)
+    cmd = _set_flag(cmd, "--model", str(ref))
+    fetch["command"] = _set_flag(cmd, "--sha256", sha256)
+    for c in spec.get("containers") or []:
+        for probe in ("startupProbe", "readinessProbe"):
+            command = ((c.get(probe) or {}).get("exec") or {}).get("command")
+            if command and "--model" in command:
+                c[probe]["exec"]["command"] = _set_flag(command, "--model", ref.name)
+    meta = new.setdefault("metadata", {})
+    meta.setdefault("labels", {}).update(
+        {f"{DOMAIN}/model": ref.name, f"{DOMAIN}/model-version": ref.version}
+    )
+    meta.setdefault("annotations", {}).update({MODEL: str(ref), SHA256: sha256})
+    return new
+
+
 def deployment(cfg: PipelineConfig, template: dict[str, Any]) -> dict[str, Any]:
     k = cfg.deploy.kubernetes
     return {
@@ -491,6 +536,27 @@ class KubernetesDeployer:
         except KubernetesConflictError:
             pass  # content-addressed (ConfigMap) or already there (Service)
 
+    def _patch_current(self, change: Any, attempts: int = 10) -> dict[str, Any]:
+        """Patch what ``change(current Deployment)`` computes, guarded by the
+        resourceVersion it was computed from; when someone else wrote in between (the
+        controller updating the status, another deploy), read again and recompute."""
+        for _ in range(attempts):
+            current = self._read()
+            if current is None:
+                raise DeploymentError(f"Deployment {self.k.namespace}/{self.k.deployment} is gone")
+            patch = change(current)
+            patch.setdefault("metadata", {})["resourceVersion"] = current["metadata"][
+                "resourceVersion"
+            ]
+            try:
+                return {"old": current["spec"]["template"], "new": self._patch(patch)}
+            except KubernetesConflictError:
+                time.sleep(self.k.poll_seconds / 2)
+        raise DeploymentError(
+            f"Deployment {self.k.deployment} kept changing under us ({attempts} conflicts); "
+            "try again"
+        )
+
     def _patch(self, patch: dict[str, Any]) -> dict[str, Any]:
         with self._call("patch", "deployments"):
             return as_dict(
@@ -542,28 +608,35 @@ class KubernetesDeployer:
     # -- Deployer -------------------------------------------------------------------------
     def deploy(self, ref: ModelRef) -> RestClient:
         """Roll the Deployment to ``ref`` and wait until it is available. On failure the
-        new template stays in place (``rollback()`` restores the previous one)."""
-        cm, dep, svc = self.manifests(ref)
-        self._ensure(cm)
+        new template stays in place (``rollback()`` restores the previous one).
+
+        An existing Deployment (as ``kubectl apply -k`` left it) is retargeted: only what
+        names the model changes, which needs ``patch`` on that one Deployment. Without
+        one, the ConfigMap, Deployment and Service are created from ``manifests``."""
+        sha256 = Registry(self.store, ref.name).info(ref.version)["sha256"]
         current = self._read()
         if current is None:
+            cm, dep, svc = self.manifests(ref)
+            self._ensure(cm)
             dep["metadata"]["annotations"] = {PREVIOUS: "null"}
             with self._call("create", "deployments"):
                 self.apps.create_namespaced_deployment(self.k.namespace, dep)
             log.info(
                 "created Deployment %s/%s serving %s", self.k.namespace, self.k.deployment, ref
             )
+            self._ensure(svc)
         else:
-            old = current["spec"]["template"]
-            new = dep["spec"]["template"]
-            patch = {
-                "metadata": {
-                    "resourceVersion": current["metadata"]["resourceVersion"],
-                    "annotations": {PREVIOUS: json.dumps(old, sort_keys=True)},
-                },
-                "spec": {"template": merge_patch(old, new)},
-            }
-            self._patch(patch)
+
+            def to_new(d: dict[str, Any]) -> dict[str, Any]:
+                old = d["spec"]["template"]
+                return {
+                    "metadata": {"annotations": {PREVIOUS: json.dumps(old, sort_keys=True)}},
+                    "spec": {
+                        "template": merge_patch(old, retarget(old, self.store.uri, ref, sha256))
+                    },
+                }
+
+            old = self._patch_current(to_new)["old"]
             log.info(
                 "patched Deployment %s/%s: %s -> %s",
                 self.k.namespace,
@@ -571,7 +644,6 @@ class KubernetesDeployer:
                 _ref(old),
                 ref,
             )
-        self._ensure(svc)
         self.wait_rollout()
         return RestClient(self.endpoint(), ref.name, self.token())
 
@@ -598,13 +670,10 @@ class KubernetesDeployer:
             )
             return None
         previous = json.loads(saved)
-        self._patch(
-            {
-                "metadata": {
-                    "resourceVersion": current["metadata"]["resourceVersion"],
-                    "annotations": {PREVIOUS: None},
-                },
-                "spec": {"template": merge_patch(current["spec"]["template"], previous)},
+        self._patch_current(
+            lambda d: {
+                "metadata": {"annotations": {PREVIOUS: None}},
+                "spec": {"template": merge_patch(d["spec"]["template"], previous)},
             }
         )
         ref = _ref(previous)
