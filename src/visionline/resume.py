@@ -105,13 +105,13 @@ class Preemption:
     """SIGTERM -> ``requested``; the training loop stops at the next batch boundary.
 
     Installed only in the main thread (where Python delivers signals); elsewhere it stays
-    inert and SIGTERM keeps its default meaning. ``step`` is kept current by the loop so
-    the stop can say which batch was in flight.
+    inert and SIGTERM keeps its default meaning. ``epoch``/``step`` (steps done) are
+    kept current by the loop so the stop can say how far past the signal it went.
     """
 
     def __init__(self) -> None:
         self.requested = False
-        self.during: tuple[int, int] | None = None  # (epoch, step) in flight at the signal
+        self.during: tuple[int, int] | None = None  # (epoch, steps done) at the signal
         self.epoch = 0
         self.step = 0
         self._previous: Any = None

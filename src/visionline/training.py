@@ -318,8 +318,6 @@ def train_one_epoch(
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     interrupted, step = False, start_step
     for step, (x, y) in enumerate(loader, start=start_step + 1):
-        if preemption is not None:
-            preemption.epoch, preemption.step = epoch, step
         if seed is not None:
             torch.manual_seed(step_seed(seed, epoch, ddp.rank, step))
         x = x.to(device, non_blocking=True)
@@ -342,6 +340,8 @@ def train_one_epoch(
         loss_sum += loss.detach().double() * y.size(0)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.size(0)
+        if preemption is not None:
+            preemption.epoch, preemption.step = epoch, step  # steps done, for the stop's log
         if ddp.is_main and (step % log_every == 0 or step == steps):
             log.info("epoch %d step %d/%d loss %.4f", epoch, step, steps, loss.item())
         if preemption is not None and step < steps and preemption.should_stop(ddp, device):
@@ -796,7 +796,7 @@ def _stop_if_asked(tr: Trainer) -> None:
     at = f"epoch {tr.partial['epoch']} step {tr.partial['step']}" if tr.partial else "an epoch end"
     during = tr.preemption.during or ("?", "?")
     log.info(
-        "run %s: stopped on SIGTERM at %s (signalled during epoch %s step %s); checkpointed, "
+        "run %s: stopped on SIGTERM at %s (signalled after epoch %s step %s); checkpointed, "
         "running it again resumes there",
         tr.paths.run_id,
         at,

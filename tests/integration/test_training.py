@@ -164,11 +164,12 @@ def test_sigterm_stops_at_the_batch_boundary_and_the_resumed_run_is_exact(digits
     assert proc.returncode == EXIT_PREEMPTED, "".join(seen[-10:]) + rest
     assert took < grace_s
     stop = re.search(
-        r"stopped on SIGTERM at epoch 2 step (\d+) \(signalled during epoch 2 step (\d+)\)", rest
+        r"stopped on SIGTERM at epoch 2 step (\d+) \(signalled after epoch 2 step (\d+)\)", rest
     )
     assert stop, rest
-    stopped, during = int(stop[1]), int(stop[2])
-    assert stopped == during >= 5  # the batch in flight was finished, nothing more
+    stopped, done = int(stop[1]), int(stop[2])
+    # the batch in flight (if any) was finished, nothing more: at most one batch to redo
+    assert 5 <= done <= stopped <= done + 1
     p = RunPaths("run")
     assert not store.exists(p.run_info)
     newest = list(store.list(p.checkpoints))[-1]

@@ -253,6 +253,8 @@ def pod_template(
         ],
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": container_security_context(),
+        # a terminating pod keeps answering while Services and ingresses stop sending to it
+        "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
         "readinessProbe": {
             "httpGet": {"path": HEALTH_PATH, "port": "http"},
             "periodSeconds": 10,
