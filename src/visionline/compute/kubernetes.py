@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -73,7 +74,7 @@ RENDEZVOUS_PORT = 29500
 WORKDIR = "/work"
 LOG_TAIL = 40
 # Per-batch lines stay out of the flow's log (the trainer logs one every log_every steps).
-_NOISY = " step "
+_STEP_LINE = re.compile(r"\bepoch \d+ step \d+/\d+ loss ")
 
 
 # --------------------------------------------------------------------------- objects
@@ -429,7 +430,7 @@ class _LogFollower(threading.Thread):
             return  # already seen before a reconnect
         self.last_ts = ts
         self.tail.append(text)
-        if _NOISY in text:
+        if _STEP_LINE.search(text):
             log.debug("[%s] %s", self.pod, text)
         else:
             log.info("[%s] %s", self.pod, text)
