@@ -74,6 +74,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def _print_objects(objects: list[dict], output: str) -> None:
+    """Kubernetes objects as kubectl prints them (``-o yaml`` / ``-o json``)."""
+    import json
+
+    from visionline.kube import dump_yaml
+
+    if output == "json":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2))
+    else:
+        print(dump_yaml(objects), end="")
+
+
+def _with_target(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
+    target = getattr(args, "target", None)
+    return cfg.with_overrides(**{"deploy.target": target}) if target else cfg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from visionline.plan import plan_run
     from visionline.runs import RunPaths
@@ -83,8 +100,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.epochs:
         cfg = cfg.with_overrides(**{"train.epochs": args.epochs})
+    if args.backend:
+        cfg = cfg.with_overrides(**{"compute.backend": args.backend})
     store = open_store(cfg.store)
     plan = plan_run(cfg, store, run_id=args.run_id)
+    if args.dry_run:
+        if cfg.compute.backend != "kubernetes":
+            raise VisionlineError("--dry-run prints the Kubernetes Job: add --backend kubernetes")
+        from visionline.compute.kubernetes import KubernetesBackend
+
+        if not store.uri.startswith("s3://"):
+            print(
+                f"warning: the store {store.uri} is a directory on this machine; a pod cannot "
+                "read it (use an s3:// store)",
+                file=sys.stderr,
+            )
+        _print_objects(KubernetesBackend(cfg).manifests(plan, store), args.output)
+        return 0
+    if cfg.compute.backend == "kubernetes":
+        from visionline.backends import compute_backend
+
+        compute_backend(cfg).train(plan, store)  # the pod's log streams into ours
+        print(f"run {plan.run_id}: trained on Kubernetes")
+        print(f"outputs: {store.url(RunPaths(plan.run_id).prefix)}")
+        return 0
     res = fit(plan.cfg, store, plan.run_id)
     state = "already complete" if res.already_complete else f"trained {res.epochs_run} epochs"
     print(f"run {plan.run_id}: {state}; best epoch {res.best_epoch} ({res.best_metric:.4f})")
@@ -224,9 +263,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from visionline.serving.deploy import deploy_checked
     from visionline.storage import open_store
 
-    cfg = _config(args)
+    cfg = _with_target(_config(args), args)
     store = open_store(cfg.store)
     ref = _model_ref(args.model, cfg)
+    if args.dry_run:
+        if cfg.deploy.target != "kubernetes":
+            raise VisionlineError("--dry-run prints Kubernetes objects: add --target kubernetes")
+        from visionline.serving.kubernetes import KubernetesDeployer
+
+        _print_objects(KubernetesDeployer(cfg, store).manifests(ref), args.output)
+        return 0
     result = deploy_checked(deployer(cfg, store), store, ref)
     print(f"deployed {result.ref} at {result.endpoint}: {result.parity.summary()}")
     print(f"{result.ref} is now the champion")
@@ -238,7 +284,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from visionline.serving.deploy import rollback_champion
     from visionline.storage import open_store
 
-    cfg = _config(args)
+    cfg = _with_target(_config(args), args)
     store = open_store(cfg.store)
     name = args.model or cfg.serve.model_name
     result = rollback_champion(deployer(cfg, store), store, name, args.reason or "")
@@ -250,7 +296,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from visionline.backends import deployer
     from visionline.storage import open_store
 
-    cfg = _config(args)
+    cfg = _with_target(_config(args), args)
     st = deployer(cfg, open_store(cfg.store)).status()
     print(f"{cfg.deploy.target}: {st.model or 'nothing served'} at {st.endpoint}")
     print(f"ready: {'yes' if st.ready else 'no'} ({st.detail})")
@@ -302,6 +348,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(c.ok or not c.required for c in checks) else 1
 
 
+def _target_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--target", choices=["local", "kubernetes"], help="override deploy.target")
+
+
+def _dry_run_flags(s: argparse.ArgumentParser, what: str) -> None:
+    s.add_argument("--dry-run", action="store_true", help=what)
+    s.add_argument(
+        "-o", "--output", choices=["yaml", "json"], default="yaml", help="with --dry-run"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visionline", description=__doc__)
     p.add_argument("--config", "-c", help=f"pipeline config YAML (default {DEFAULT_CONFIG})")
@@ -335,9 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset", help="NAME or NAME:VERSION")
     s.set_defaults(func=cmd_validate)
 
-    s = sub.add_parser("train", help="train (or resume) a run in this process")
+    s = sub.add_parser(
+        "train", help="train (or resume) a run in this process, or as a Kubernetes Job"
+    )
     s.add_argument("--run-id", help="default: <name>-<dataset version>-<config hash>")
     s.add_argument("--epochs", type=int, help="override train.epochs")
+    s.add_argument(
+        "--backend",
+        choices=["local", "kubernetes"],
+        help="override compute.backend (kubernetes: a Job, its pod's log streamed here)",
+    )
+    _dry_run_flags(s, "print the Job it would create (kubectl style) and create nothing")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="evaluate a finished run on its test split")
@@ -379,14 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
         "deploy", help="put a model in service on deploy.target, check it, make it champion"
     )
     s.add_argument("model", nargs="?", help="NAME[:VERSION]; default: the champion")
+    _target_flag(s)
+    _dry_run_flags(s, "print the objects it would apply (kubectl style) and change nothing")
     s.set_defaults(func=cmd_deploy)
 
     s = sub.add_parser("rollback", help="serve the previous champion again and make it champion")
     s.add_argument("model", nargs="?", help="NAME (default: serve.model_name)")
     s.add_argument("--reason", help="recorded in the promotion log")
+    _target_flag(s)
     s.set_defaults(func=cmd_rollback)
 
     s = sub.add_parser("status", help="what deploy.target is serving, and whether it is ready")
+    _target_flag(s)
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("predict", help="send images to a served model (REST or gRPC)")

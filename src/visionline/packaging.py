@@ -172,7 +172,7 @@ def package_run(store: ArtifactStore, run_id: str, name: str | None = None) -> M
         return ModelRef(name, existing)
     run = load_run_info(store, run_id)
     metrics = store.get_json(paths.evaluation_metrics)
-    version = reg.next_version()
+    version = reg.allocate_version(run_id)  # unique even with packagers running at once
     ref = ModelRef(name, version)
     with tempfile.TemporaryDirectory(prefix="visionline-mar-") as tmp:
         mar = build_mar(store, run_id, name, version, cfg, Path(tmp))

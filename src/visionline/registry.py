@@ -4,15 +4,21 @@
     models/<name>/aliases.json        {"champion": v, "previous": v, "history": [...]}
     models/<name>/log/<time>-<action>.json   append-only promotion log (one object each)
 
-Versions are 1, 2, 3... ``model.json`` is written last and marks a version complete.
-Aliases are the one mutable object; the champion history is a stack, so a rollback
-restores the version before and ``previous`` always means "what a rollback would serve".
+Versions are 1, 2, 3... A packager claims its version by creating
+``models/<name>/<version>/claim.json`` with a conditional write (``put_if_absent``), so two
+packagers running at once never get the same number; ``model.json`` is written last and
+marks a version complete. Aliases are the one mutable object, changed only through a
+compare-and-swap loop (``update_json``), so concurrent promotions and rollbacks never
+lose one another; the champion history is a stack, so a rollback restores the version
+before and ``previous`` always means "what a rollback would serve".
 """
 
 from __future__ import annotations
 
 import getpass
 import re
+import socket
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -79,6 +85,24 @@ class Registry:
         ]
         return str(max(existing + partial, default=0) + 1)
 
+    def allocate_version(self, run_id: str, attempts: int = 1000) -> str:
+        """Claim the next free version number for ``run_id``'s archive. Concurrent callers
+        get distinct numbers: each claim is a create-if-absent, and a caller that loses a
+        number moves on to the next."""
+        version = int(self.next_version())
+        for _ in range(attempts):
+            claim = {
+                "run_id": run_id,
+                "claimed_at": datetime.now(UTC).isoformat(),
+                "actor": _actor(),
+                "host": socket.gethostname(),
+            }
+            key = f"models/{self.name}/{version}/claim.json"
+            if self.store.put_if_absent(key, _json_bytes(claim)):
+                return str(version)
+            version = max(version + 1, int(self.next_version()))
+        raise RegistryError(f"could not claim a version of {self.name} in {attempts} attempts")
+
     def find_by_run(self, run_id: str) -> str | None:
         for v in self.versions():
             if self.info(v).get("run_id") == run_id:
@@ -102,14 +126,27 @@ class Registry:
             return {"champion": None, "previous": None, "history": []}
         return self.store.get_json(self._aliases_key)
 
-    def _write_aliases(self, history: list[str]) -> dict[str, Any]:
-        a = {
+    @staticmethod
+    def _aliases_of(history: list[str]) -> dict[str, Any]:
+        return {
             "champion": history[-1] if history else None,
             "previous": history[-2] if len(history) > 1 else None,
             "history": history,
         }
-        self.store.put_json(self._aliases_key, a)
-        return a
+
+    def _update_history(self, change: Any) -> tuple[dict[str, Any], bool]:
+        """Apply ``change(history) -> new history`` atomically against concurrent
+        writers; (aliases now, whether this call changed them)."""
+        changed = False
+
+        def apply(current: dict[str, Any] | None) -> dict[str, Any]:
+            nonlocal changed
+            history = list((current or {}).get("history") or [])
+            new = change(list(history))
+            changed = new != history
+            return self._aliases_of(new) if changed else (current or self._aliases_of(history))
+
+        return self.store.update_json(self._aliases_key, apply), changed
 
     def resolve(self, spec: str | None = None) -> ModelRef:
         """``None``/``champion``/``previous``/a version number -> a ModelRef that exists."""
@@ -127,21 +164,27 @@ class Registry:
 
     def promote(self, version: str, reason: str = "") -> dict[str, Any]:
         self.info(version)
-        history = list(self.aliases()["history"])
-        if history and history[-1] == version:
-            return self.aliases()
-        history.append(version)
-        a = self._write_aliases(history)
-        self._log("promote", version, reason)
+        a, changed = self._update_history(lambda h: h if h and h[-1] == version else [*h, version])
+        if changed:
+            self._log("promote", version, reason)
         return a
 
     def rollback(self, reason: str = "") -> dict[str, Any]:
-        history = list(self.aliases()["history"])
-        if len(history) < 2:
-            raise RegistryError(f"model {self.name} has no previous champion to roll back to")
-        demoted = history.pop()
-        a = self._write_aliases(history)
-        self._log("rollback", history[-1], reason or f"rolled back from {demoted}", demoted=demoted)
+        demoted: list[str] = []
+
+        def pop(history: list[str]) -> list[str]:
+            if len(history) < 2:
+                raise RegistryError(f"model {self.name} has no previous champion to roll back to")
+            demoted[:] = [history[-1]]
+            return history[:-1]
+
+        a, _ = self._update_history(pop)
+        self._log(
+            "rollback",
+            a["champion"],
+            reason or f"rolled back from {demoted[0]}",
+            demoted=demoted[0],
+        )
         return a
 
     # -- log ------------------------------------------------------------------------------
@@ -155,12 +198,19 @@ class Registry:
             "actor": _actor(),
             **extra,
         }
-        self.store.put_json(
-            f"models/{self.name}/log/{now.strftime('%Y%m%dT%H%M%S%fZ')}-{action}.json", event
-        )
+        # time first (the log reads in order), then a random part: two writers in the same
+        # microsecond must not overwrite each other's event
+        key = f"models/{self.name}/log/{now.strftime('%Y%m%dT%H%M%S%fZ')}-{action}-{uuid.uuid4().hex[:8]}.json"
+        self.store.put_if_absent(key, _json_bytes(event))
 
     def log(self) -> list[dict[str, Any]]:
         return [self.store.get_json(k) for k in self.store.list(f"models/{self.name}/log/")]
+
+
+def _json_bytes(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj, indent=2, sort_keys=True).encode()
 
 
 def _actor() -> str:

@@ -9,15 +9,26 @@ part) and records the object's sha256, which reads can verify.
 - S3: single PUTs and completed multipart uploads are atomic by S3's semantics; the
   sha256 is stored as object metadata. Large files go through boto3's transfer
   manager; throttling and 5xx are retried by botocore's standard retry mode.
+
+Two writers racing on one key (two packagers allocating a model version, two promotions
+moving an alias) use the conditional writes: ``put_if_absent`` (of concurrent callers
+exactly one creates the object) and ``put_if_match`` (replace only the version read
+before), with ``update_json`` as the optimistic read-modify-write loop on top. S3
+implements them with ``If-None-Match: *`` and ``If-Match: <ETag>``; the local directory
+with ``os.link`` (which refuses an existing name) and a compare-and-rename made atomic
+by a short ``flock`` on the key (POSIX has no compare-and-rename of its own).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +118,20 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create ``key`` with ``data`` unless an object is already there: True when this
+        call created it. Of concurrent callers on one key, exactly one gets True."""
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and a token naming this version of it, for ``put_if_match``."""
+
+    @abstractmethod
+    def put_if_match(self, key: str, data: bytes, token: str | None) -> bool:
+        """Replace ``key`` only if it is still the version ``token`` names (None: only if
+        there is no object): True when written, False when another writer came first."""
+
     # -- conveniences shared by both backends -----------------------------------------
     def url(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{_check_key(key)}"
@@ -121,6 +146,27 @@ class ArtifactStore(ABC):
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get_bytes(key))
+
+    def update_json(self, key: str, change: Callable[[Any | None], Any], attempts: int = 50) -> Any:
+        """Read-modify-write of one JSON object that concurrent writers cannot interleave:
+        ``change(current or None)`` gives the new value, written only if nobody wrote in
+        between, else read again and retried. Returns the value written (or kept)."""
+        for attempt in range(attempts):
+            try:
+                data, token = self.get_versioned(key)
+                current: Any | None = json.loads(data)
+            except KeyNotFoundError:
+                current, token = None, None
+            new = change(current)
+            if new == current:
+                return current
+            if self.put_if_match(key, json.dumps(new, indent=2, sort_keys=True).encode(), token):
+                return new
+            # another writer won this round: back off a little, with jitter, and retry
+            time.sleep(min(0.5, 0.005 * 2**attempt) * random.random())
+        raise StoreError(
+            f"{self.url(key)}: {attempts} concurrent updates in a row won over ours; try again"
+        )
 
     def put_many(
         self,
@@ -258,7 +304,7 @@ class LocalStore(ArtifactStore):
                 if not p.is_file():
                     continue
                 rel = p.relative_to(base).as_posix()
-                if rel.startswith(".sha256/") or p.name.endswith(".tmp"):
+                if rel.startswith((".sha256/", ".locks/")) or p.name.endswith(".tmp"):
                     continue
                 if rel.startswith(prefix):
                     keys.append(rel)
@@ -272,6 +318,53 @@ class LocalStore(ArtifactStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
         self._sidecar(key).unlink(missing_ok=True)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                # link() fails if the name exists: the filesystem picks exactly one winner,
+                # and the winner's file appears complete.
+                os.link(tmp, dest)
+            except FileExistsError:
+                return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        # Only the winner records the hash (a loser must not overwrite it).
+        self._atomic_write(self._sidecar(key), lambda f: f.write(sha256_bytes(data).encode()))
+        return True
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self._require(key).read_bytes()
+        return data, sha256_bytes(data)
+
+    @contextlib.contextmanager
+    def _key_lock(self, key: str) -> Iterator[None]:
+        import fcntl
+
+        lock = self.root / ".locks" / f"{_check_key(key)}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def put_if_match(self, key: str, data: bytes, token: str | None) -> bool:
+        with self._key_lock(key):
+            path = self._path(key)
+            current = sha256_bytes(path.read_bytes()) if path.is_file() else None
+            if current != token:
+                return False
+            self.put_bytes(key, data)
+            return True
 
 
 class S3Store(ArtifactStore):
@@ -467,6 +560,53 @@ class S3Store(ArtifactStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
         except Exception as e:
             raise self._translate(e, key) from e
+
+    def _conditional_put(self, key: str, data: bytes, **condition: str) -> bool:
+        """PUT with an HTTP precondition; False when S3 says another writer won."""
+        from botocore.exceptions import ClientError
+
+        for _ in range(5):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._k(key),
+                    Body=data,
+                    Metadata={"sha256": sha256_bytes(data)},
+                    **condition,
+                )
+                return True
+            except ClientError as e:
+                err = e.response.get("Error", {})
+                code = str(err.get("Code", ""))
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code == "PreconditionFailed" or status == 412:
+                    return False
+                if code == "NoSuchKey" and "IfMatch" in condition:
+                    return False  # deleted since it was read: the caller reads again
+                if code == "ConditionalRequestConflict" or status == 409:
+                    # a concurrent conditional write to this key is in flight: S3 asks us
+                    # to retry, and the retry then sees its outcome
+                    time.sleep(0.05 * random.random())
+                    continue
+                raise self._translate(e, key) from e
+            except Exception as e:
+                raise self._translate(e, key) from e
+        return False
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self._conditional_put(key, data, IfNoneMatch="*")
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
+            return resp["Body"].read(), resp["ETag"]
+        except Exception as e:
+            raise self._translate(e, key) from e
+
+    def put_if_match(self, key: str, data: bytes, token: str | None) -> bool:
+        if token is None:
+            return self._conditional_put(key, data, IfNoneMatch="*")
+        return self._conditional_put(key, data, IfMatch=token)
 
 
 def make_s3_client(max_pool: int = 32, endpoint_url: str | None = None) -> Any:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from visionline.config import PipelineConfig, TrainConfig, load_config
 from visionline.data.datasets import LocalCache, ManifestDataset
@@ -50,6 +50,14 @@ from visionline.data.transforms import (
 from visionline.errors import ConfigError, TrainingError
 from visionline.models import build_model, set_backbone_trainable
 from visionline.plan import dataset_spec
+from visionline.resume import (
+    EXIT_PREEMPTED,
+    EpochOrder,
+    Preempted,
+    Preemption,
+    SeededSamples,
+    step_seed,
+)
 from visionline.runs import RunPaths, check_run_id, load_torch, save_torch
 from visionline.storage import ArtifactStore, open_store
 from visionline.version import code_version
@@ -174,16 +182,22 @@ def make_loader(
     epoch: int,
     ddp: Dist,
     device: torch.device,
+    start: int = 0,
 ) -> DataLoader:
+    """Training data (``shuffle``) comes in the epoch's order from sample ``start`` on, each
+    sample under its own seed (``visionline.resume``): a run stopped at any batch resumes
+    with exactly the batches it would have seen."""
     sampler = None
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    if shuffle and ddp.enabled:
-        sampler = DistributedSampler(ds, ddp.world_size, ddp.rank, shuffle=True, seed=cfg.seed)
-        sampler.set_epoch(epoch)
+    if shuffle:
+        sampler = EpochOrder(
+            len(ds), cfg.seed, epoch, rank=ddp.rank, world_size=ddp.world_size, start=start
+        )
+        ds = SeededSamples(ds)
     return DataLoader(
         ds,
         batch_size=cfg.batch_size,
-        shuffle=shuffle and sampler is None,
+        shuffle=False,
         sampler=sampler,
         generator=generator,
         num_workers=cfg.num_workers,
@@ -285,15 +299,27 @@ def train_one_epoch(
     channels_last: bool = False,
     log_every: int = 20,
     ddp: Dist = Dist(),
-) -> dict[str, float]:
+    start_step: int = 0,
+    totals: dict | None = None,
+    preemption: Preemption | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """One epoch (or its rest, from ``start_step`` with the running ``totals``). With
+    ``seed`` each step reseeds first (dropout depends on the step, not on history); with
+    ``preemption`` a stop request ends the epoch after the batch in flight
+    (``interrupted``, ``step``: the last step done)."""
     model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    steps = len(loader)
-    start = time.perf_counter()
+    totals = totals or {}
+    loss_sum = torch.tensor(totals.get("loss_sum", 0.0), dtype=torch.float64, device=device)
+    correct = torch.tensor(totals.get("correct", 0), dtype=torch.int64, device=device)
+    seen = int(totals.get("seen", 0))
+    steps = start_step + len(loader)
+    start = time.perf_counter() - float(totals.get("seconds", 0.0))
     amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    for step, (x, y) in enumerate(loader, start=1):
+    interrupted, step = False, start_step
+    for step, (x, y) in enumerate(loader, start=start_step + 1):
+        if seed is not None:
+            torch.manual_seed(step_seed(seed, epoch, ddp.rank, step))
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if channels_last:
@@ -314,8 +340,13 @@ def train_one_epoch(
         loss_sum += loss.detach().double() * y.size(0)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.size(0)
+        if preemption is not None:
+            preemption.epoch, preemption.step = epoch, step  # steps done, for the stop's log
         if ddp.is_main and (step % log_every == 0 or step == steps):
             log.info("epoch %d step %d/%d loss %.4f", epoch, step, steps, loss.item())
+        if preemption is not None and step < steps and preemption.should_stop(ddp, device):
+            interrupted = True
+            break
     seconds = time.perf_counter() - start
     total_loss, total_correct, total_seen = _all_reduce(
         [float(loss_sum), float(correct), float(seen)], ddp, device
@@ -326,6 +357,14 @@ def train_one_epoch(
         "images": int(total_seen),
         "seconds": seconds,
         "images_per_s": total_seen / seconds if seconds > 0 else 0.0,
+        "interrupted": interrupted,
+        "step": step,
+        "totals": {
+            "loss_sum": total_loss,
+            "correct": int(total_correct),
+            "seen": int(total_seen),
+            "seconds": seconds,
+        },
     }
 
 
@@ -436,6 +475,9 @@ class Trainer:
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 1
     resumed_from: int | None = None
+    # a stop mid-epoch: {"epoch", "step", running totals}; checkpointed and resumed
+    partial: dict | None = None
+    preemption: Preemption = field(default_factory=Preemption)
 
     @property
     def early_stopped(self) -> bool:
@@ -525,6 +567,7 @@ def resume(tr: Trainer) -> None:
     tr.stopper.load_state_dict(ckpt["early_stopping"])
     tr.history = list(ckpt["history"])
     tr.start_epoch = tr.resumed_from = ckpt["epoch"] + 1
+    tr.partial = ckpt.get("partial")
     if tr.ddp.is_main:
         log.info("resuming run %s from %s", tr.paths.run_id, key)
 
@@ -549,8 +592,9 @@ def announce(tr: Trainer) -> None:
         )
 
 
-def run_epoch(tr: Trainer, epoch: int) -> dict:
-    """Train one epoch, validate, update the schedule and early stopping; the history row."""
+def run_epoch(tr: Trainer, epoch: int) -> dict | None:
+    """Train one epoch, validate, update the schedule and early stopping; the history row
+    (None when a stop request ended the epoch early: ``tr.partial`` says where)."""
     t, ddp, device = tr.cfg.train, tr.ddp, tr.device
     # Reseed per epoch: augmentation, dropout and shuffling depend only on
     # (seed, epoch), which is what makes a resumed run match an uninterrupted one.
@@ -558,7 +602,17 @@ def run_epoch(tr: Trainer, epoch: int) -> dict:
     set_backbone_trainable(
         _unwrap(tr.model), tr.cfg.model.arch, trainable=epoch > tr.cfg.model.freeze_backbone_epochs
     )
-    train_loader = make_loader(tr.data.train, t, shuffle=True, epoch=epoch, ddp=ddp, device=device)
+    partial = tr.partial if tr.partial and tr.partial["epoch"] == epoch else None
+    done = partial["step"] if partial else 0
+    train_loader = make_loader(
+        tr.data.train,
+        t,
+        shuffle=True,
+        epoch=epoch,
+        ddp=ddp,
+        device=device,
+        start=done * t.batch_size,
+    )
     val_loader = make_loader(tr.data.val, t, shuffle=False, epoch=epoch, ddp=Dist(), device=device)
     trained = train_one_epoch(
         tr.model,
@@ -573,7 +627,16 @@ def run_epoch(tr: Trainer, epoch: int) -> dict:
         channels_last=tr.channels_last,
         log_every=t.log_every,
         ddp=ddp,
+        start_step=done,
+        # the running totals live on rank 0 only: the epoch's all-reduce adds them once
+        totals=partial["totals"] if partial and ddp.is_main else None,
+        preemption=tr.preemption,
+        seed=t.seed,
     )
+    tr.partial = None
+    if trained["interrupted"]:
+        tr.partial = {"epoch": epoch, "step": trained["step"], "totals": trained["totals"]}
+        return None
     va = evaluate(tr.model, val_loader, tr.criterion, device, tr.amp_dtype)
     tr.schedule.step_epoch(va["loss"])
     monitored = va["accuracy"] if tr.stopper.mode_max else va["loss"]
@@ -608,13 +671,20 @@ def run_epoch(tr: Trainer, epoch: int) -> dict:
 
 
 def checkpoint(tr: Trainer, epoch: int) -> None:
-    """Atomic checkpoint + metrics.jsonl for ``epoch``; older checkpoints are pruned."""
+    """Atomic checkpoint + metrics.jsonl for ``epoch`` (or for the step of it where a stop
+    request ended it: ``epoch-NNNN-step-SSSSSS.pt``, which sorts between the epoch before
+    and this epoch's own); older checkpoints are pruned."""
+    key, done = tr.paths.checkpoint(epoch), epoch
+    if tr.partial is not None:
+        key = key.removesuffix(".pt") + f"-step-{tr.partial['step']:06d}.pt"
+        done = epoch - 1
     if tr.ddp.is_main:
         save_torch(
             tr.store,
-            tr.paths.checkpoint(epoch),
+            key,
             {
-                "epoch": epoch,
+                "epoch": done,
+                "partial": tr.partial,
                 "model": _unwrap(tr.model).state_dict(),
                 "optimizer": tr.optimizer.state_dict(),
                 "scheduler": tr.schedule.state_dict(),
@@ -701,19 +771,40 @@ def fit(
     tr = setup(cfg, store, paths)
     resume(tr)
     announce(tr)
-    for epoch in range(tr.start_epoch, cfg.train.epochs + 1):
-        if tr.early_stopped:
-            break
-        run_epoch(tr, epoch)
-        checkpoint(tr, epoch)
-        if tr.early_stopped:
-            log.info(
-                "early stopping at epoch %d: %s did not improve for %d epochs",
-                epoch,
-                tr.stopper.metric,
-                tr.stopper.bad_epochs,
-            )
+    with tr.preemption:  # SIGTERM: checkpoint at the next batch boundary, then exit
+        for epoch in range(tr.start_epoch, cfg.train.epochs + 1):
+            if tr.early_stopped:
+                break
+            _stop_if_asked(tr)
+            run_epoch(tr, epoch)
+            checkpoint(tr, epoch)
+            _stop_if_asked(tr)
+            if tr.early_stopped:
+                log.info(
+                    "early stopping at epoch %d: %s did not improve for %d epochs",
+                    epoch,
+                    tr.stopper.metric,
+                    tr.stopper.bad_epochs,
+                )
     return finish(tr, origin)
+
+
+def _stop_if_asked(tr: Trainer) -> None:
+    """Between epochs or after a checkpoint: end the run if SIGTERM asked (on any rank)."""
+    if not tr.preemption.should_stop(tr.ddp, tr.device):
+        return
+    at = f"epoch {tr.partial['epoch']} step {tr.partial['step']}" if tr.partial else "an epoch end"
+    during = tr.preemption.during or ("?", "?")
+    log.info(
+        "run %s: stopped on SIGTERM at %s (signalled after epoch %s step %s); checkpointed, "
+        "running it again resumes there",
+        tr.paths.run_id,
+        at,
+        *during,
+    )
+    if tr.ddp.enabled:
+        dist.destroy_process_group()
+    raise Preempted(f"run {tr.paths.run_id} stopped on SIGTERM at {at}")
 
 
 def _origin(pairs: list[str]) -> dict[str, str]:
@@ -754,7 +845,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainingError) as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    result = fit(cfg, open_store(cfg.store), args.run_id, origin)
+    try:
+        result = fit(cfg, open_store(cfg.store), args.run_id, origin)
+    except Preempted:
+        return EXIT_PREEMPTED
     print(
         json.dumps(
             {

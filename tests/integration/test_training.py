@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,6 +113,80 @@ def test_resume_after_sigkill_matches_uninterrupted_run(small_digits_dir, tmp_pa
     got = [{k: h[k] for k in COMPARED} for h in info["history"]]
     want = [{k: h[k] for k in COMPARED} for h in reference.history]
     assert got == want
+    a = torch.load(store.url(p.model), weights_only=True)
+    b = torch.load(ref_store.url(p.model), weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_stops_at_the_batch_boundary_and_the_resumed_run_is_exact(digits_dir, tmp_path):
+    """A preempted pod: SIGTERM mid-epoch, the trainer finishes the batch in flight,
+    checkpoints that step and exits within the grace period; started again it resumes
+    at that step and ends with the uninterrupted run's weights, bit for bit."""
+    from visionline.resume import EXIT_PREEMPTED
+
+    grace_s = 30  # what a pod would get (terminationGracePeriodSeconds)
+    overrides = {
+        "train.epochs": 2,
+        "train.batch_size": 16,
+        "train.log_every": 1,
+        "train.early_stopping": None,
+    }
+    ref_store = LocalStore(tmp_path / "ref")
+    ingest(ref_store, str(digits_dir), "digits", progress=False)
+    reference = fit(digits_config(ref_store.uri, **overrides), ref_store, "run")
+
+    store = LocalStore(tmp_path / "preempted")
+    ingest(store, str(digits_dir), "digits", progress=False)
+    cfg_file = _write_cfg(tmp_path / "cfg.yaml", digits_config(store.uri, **overrides))
+    cmd = [
+        sys.executable,
+        "-m",
+        "visionline.training",
+        "--config",
+        str(cfg_file),
+        "--run-id",
+        "run",
+    ]
+    proc = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:
+        seen.append(line)
+        if "epoch 2 step 5/" in line:  # early in epoch 2 (of about 80 steps)
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            break
+        assert time.monotonic() < deadline, "".join(seen[-20:])
+    rest = proc.communicate(timeout=grace_s)[1]
+    took = time.monotonic() - signalled
+    assert proc.returncode == EXIT_PREEMPTED, "".join(seen[-10:]) + rest
+    assert took < grace_s
+    stop = re.search(
+        r"stopped on SIGTERM at epoch 2 step (\d+) \(signalled after epoch 2 step (\d+)\)", rest
+    )
+    assert stop, rest
+    stopped, done = int(stop[1]), int(stop[2])
+    # the batch in flight (if any) was finished, nothing more: at most one batch to redo
+    assert 5 <= done <= stopped <= done + 1
+    p = RunPaths("run")
+    assert not store.exists(p.run_info)
+    newest = list(store.list(p.checkpoints))[-1]
+    assert newest.endswith(f"epoch-0002-step-{stopped:06d}.pt")
+    ckpt = torch.load(store.url(newest), weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["partial"]["step"] == stopped
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming run run from {newest}" in rerun.stderr
+    assert f"epoch 2 step {stopped + 1}/" in rerun.stderr
+    assert f"epoch 2 step {stopped}/" not in rerun.stderr  # no batch trained twice
+    info = store.get_json(p.run_info)
+    keys = (*COMPARED, "train_images")
+    assert [{k: h[k] for k in keys} for h in info["history"]] == [
+        {k: h[k] for k in keys} for h in reference.history
+    ]
     a = torch.load(store.url(p.model), weights_only=True)
     b = torch.load(ref_store.url(p.model), weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
@@ -35,8 +36,13 @@ class FaultProxy:
         fail_after: int | None = None,
         methods: tuple[str, ...] | None = None,
         code: str = "SlowDown",
+        serialize: bool = False,
     ) -> None:
         self.upstream = urlsplit(upstream)
+        # moto checks a conditional write's precondition and stores the object in two
+        # steps; S3 does both atomically. Serialising requests restores S3's guarantee, so
+        # a concurrency test exercises our code and not a gap in the emulator.
+        self._serial = threading.Lock() if serialize else None
         self.delay_s = delay_s  # added to every request: a network round trip
         self.remaining = fail_first
         self.fail_after = fail_after
@@ -87,9 +93,10 @@ class FaultProxy:
                 )
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 headers["Host"] = proxy.upstream.netloc
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
+                with proxy._serial or contextlib.nullcontext():
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):

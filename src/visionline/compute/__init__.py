@@ -49,16 +49,20 @@ class ComputeBackend(Protocol):
         """Run ``plan`` to completion, or raise TrainingError."""
 
 
-def publish_config(cfg: PipelineConfig, store: ArtifactStore) -> str:
-    """Write the resolved config where any worker can read it; return its URI.
-    Content-addressed (the whole config, execution settings included), so the same config
-    is written once."""
+def config_key(cfg: PipelineConfig) -> str:
+    """Where ``publish_config`` puts ``cfg``: content-addressed (the whole config,
+    execution settings included), so a dry run can name it without writing it."""
     import hashlib
 
-    blob = cfg.to_yaml().encode()
-    key = f"configs/{hashlib.sha256(blob).hexdigest()[:16]}.yaml"
+    return f"configs/{hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:16]}.yaml"
+
+
+def publish_config(cfg: PipelineConfig, store: ArtifactStore) -> str:
+    """Write the resolved config where any worker can read it; return its URI.
+    The same config is written once."""
+    key = config_key(cfg)
     if not store.exists(key):
-        store.put_bytes(key, blob)
+        store.put_bytes(key, cfg.to_yaml().encode())
     return store.url(key)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from visionline.plan import RunPlan
 from visionline.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
+_STEP_LINE = re.compile(r"\bepoch \d+ step \d+/\d+ loss ")
 
 
 class LocalRun:
@@ -42,7 +44,7 @@ class LocalRun:
         for line in self.proc.stdout:
             line = line.rstrip()
             self._tail.append(line)
-            if " step " not in line:  # per-batch lines stay in the child's own log level
+            if not _STEP_LINE.search(line):  # per-batch lines stay in the child's log level
                 log.info("[train %s] %s", self.run_id, line)
 
     def poll(self) -> str | None:

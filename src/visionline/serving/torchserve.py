@@ -82,9 +82,20 @@ def render_config(
     models: list[ServedModel],
     inference_host: str = LOOPBACK,
     token_expiration_min: int = 24 * 60,
+    token_auth: bool = True,
 ) -> str:
     """config.properties for TorchServe. Only inference may bind beyond loopback (in a
-    pod, behind a Service); management and metrics never do."""
+    pod, behind a Service); management and metrics never do.
+
+    ``token_auth=False`` is only for TorchServe behind the authenticating front
+    (``serving.nginx``) in the same pod: every listener must then be on loopback, so
+    nothing reaches TorchServe without passing the front's credential check.
+    """
+    if not token_auth and not ipaddress.ip_address(inference_host).is_loopback:
+        raise ServingError(
+            f"TorchServe's token auth may be off only when it listens on loopback behind "
+            f"the authenticating front, not on {inference_host}"
+        )
     store = Path(model_store).resolve()
     model_cfg = {
         m.name: {
@@ -109,7 +120,7 @@ def render_config(
         "grpc_management_address": LOOPBACK,
         "grpc_management_port": cfg.grpc_management_port,
         "enable_grpc_ssl": "false",
-        "disable_token_authorization": "false",
+        "disable_token_authorization": "false" if token_auth else "true",
         "token_expiration_min": token_expiration_min,
         "enable_model_api": "false",
         "enable_envvars_config": "false",
@@ -151,11 +162,17 @@ class TorchServe:
     """One TorchServe instance rooted at ``workdir``."""
 
     def __init__(
-        self, workdir: str | Path, cfg: ServeConfig, inference_host: str = LOOPBACK
+        self,
+        workdir: str | Path,
+        cfg: ServeConfig,
+        inference_host: str = LOOPBACK,
+        token_auth: bool = True,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.cfg = cfg
         self.inference_host = inference_host
+        # False only behind the authenticating front, on loopback (see render_config)
+        self.token_auth = token_auth
         self.model_store = self.workdir / "model-store"
         self.config_path = self.workdir / "config.properties"
         self.state_path = self.workdir / "state.json"
@@ -225,7 +242,13 @@ class TorchServe:
             missing_ok=True
         )  # a fresh count of crashes
         self.config_path.write_text(
-            render_config(self.cfg, self.model_store, models, self.inference_host)
+            render_config(
+                self.cfg,
+                self.model_store,
+                models,
+                self.inference_host,
+                token_auth=self.token_auth,
+            )
         )
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         launcher_log = self.workdir / "logs" / "launcher.log"
@@ -287,11 +310,13 @@ class TorchServe:
     def workers(self, model: str) -> list[dict]:
         """The model's workers as the management API describes them (status, pid, ...)."""
         try:
-            token = self.tokens(timeout=1)["management"]
+            headers = (
+                {"Authorization": f"Bearer {self.tokens(timeout=1)['management']}"}
+                if self.token_auth
+                else {}
+            )
             r = requests.get(
-                f"{self.endpoints.management}/models/{model}",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=5,
+                f"{self.endpoints.management}/models/{model}", headers=headers, timeout=5
             )
         except requests.RequestException as e:
             raise ServingError(f"TorchServe management API unreachable: {e}") from e
