@@ -33,7 +33,7 @@ def served_model_report(config: str) -> dict:
     return {"model": cfg.serve.model_name, "aliases": aliases, "lineage": chain}
 
 
-@task(**IO)
+@task(**{**IO, "persist_result": False})  # a check is never reused: it looks at "now"
 def check_and_decide(config: str, window_hours: float | None) -> dict:
     from visionline.monitoring.scheduled import scheduled_check
 

@@ -307,12 +307,13 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     if args.action == "log":
         from visionline.monitoring.policy import decision_log
 
-        entries = decision_log(store, args.model or cfg.serve.model_name)
+        name = (args.model or cfg.serve.model_name).partition(":")[0]
+        entries = decision_log(store, name)
         for d in entries:
             head = "RETRAIN" if d["retrain"] else "hold   "
             print(f"{d['time']}  {d['model']}:{d['version']}  {head}  {'; '.join(d['reasons'])}")
         if not entries:
-            print(f"no decisions yet for {args.model or cfg.serve.model_name}")
+            print(f"no decisions yet for {name}")
         return 0
 
     from visionline.monitoring.check import check_images, check_window
@@ -515,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["check", "log"])
     s.add_argument("model", nargs="?", help="NAME[:VERSION]; default version: the champion")
     s.add_argument("--images", help="check a folder of images (run through the model here)")
-    s.add_argument("--window", help="check captures in START..END (ISO times, now, -6h, -7d)")
+    s.add_argument("--window", help="check captures in START..END (ISO times, now, now-6h, now-7d)")
     s.set_defaults(func=cmd_monitor)
 
     s = sub.add_parser("labels", help="late labels: feedback on captures, or import to a dataset")

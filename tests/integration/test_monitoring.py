@@ -182,7 +182,7 @@ def test_false_alarms_over_20_unshifted_windows_stay_within_the_rate(env):
 
 
 def test_monitor_check_of_a_window_of_captures(env, captured):
-    out = _cli(env["cfg_path"], "monitor", "check", "digits", "--window", "-1h..now")
+    out = _cli(env["cfg_path"], "monitor", "check", "digits", "--window", "now-1h..now")
     assert out.returncode == 3, out.stdout + out.stderr  # half the traffic is brightened
     assert f"{len(captured['truth'])} records" in out.stdout
     empty = _cli(

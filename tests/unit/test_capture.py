@@ -117,7 +117,8 @@ def test_a_failing_store_drops_and_logs_and_writing_resumes_when_it_is_back(tmp_
 
 def test_windows():
     now = datetime(2024, 5, 2, 12, tzinfo=UTC)
-    assert parse_window("-6h..now", now) == (now - timedelta(hours=6), now)
+    assert parse_window("now-6h..now", now) == (now - timedelta(hours=6), now)
+    assert parse_window("-6h..now", now) == parse_window("now-6h..now", now)
     assert parse_window("2024-05-01..2024-05-02T06:00", now) == (
         datetime(2024, 5, 1, tzinfo=UTC),
         datetime(2024, 5, 2, 6, tzinfo=UTC),

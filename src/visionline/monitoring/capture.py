@@ -434,11 +434,11 @@ class RequestCapture:
             self._failed(e)
 
     def finish(self, probs: torch.Tensor) -> None:
-        feats = self.tap.take() if self.tap is not None else None
         pending, self._pending = self._pending, None
-        if pending is None or self.sink is None:
-            return
         try:
+            feats = self.tap.take() if self.tap is not None else None  # always: frees it
+            if pending is None or self.sink is None:
+                return
             context, rows, batch, chosen = pending
             idx = torch.tensor(chosen)
             if feats is not None and feats.shape[0] != batch.shape[0]:
@@ -497,12 +497,12 @@ def _request_id(context: Any, idx: int) -> str:
 
 
 # --------------------------------------------------------------------------- windows
-_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([mhd])$")
+_RELATIVE = re.compile(r"^(?:now)?-(\d+(?:\.\d+)?)([mhd])$")
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """``now``, ``-30m``/``-6h``/``-7d`` (relative to now), or an ISO date or time (UTC
-    unless it names a zone)."""
+    """``now``, ``now-30m``/``now-6h``/``now-7d`` (or ``-6h``) relative to now, or an ISO
+    date or time (UTC unless it names a zone)."""
     now = now or datetime.now(UTC)
     text = text.strip()
     if text == "now":
@@ -515,7 +515,8 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         t = datetime.fromisoformat(text)
     except ValueError as e:
         raise MonitoringError(
-            f"bad time {text!r}: use an ISO time (2024-05-01T12:00), a date, 'now', or -6h/-7d"
+            f"bad time {text!r}: use an ISO time (2024-05-01T12:00), a date, 'now', "
+            "or now-6h / now-7d"
         ) from e
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
@@ -523,7 +524,7 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
 def parse_window(text: str, now: datetime | None = None) -> tuple[datetime, datetime]:
     """``START..END`` -> (start, end), end exclusive."""
     if ".." not in text:
-        raise MonitoringError(f"bad window {text!r}: write START..END, e.g. -24h..now")
+        raise MonitoringError(f"bad window {text!r}: write START..END, e.g. now-24h..now")
     a, _, b = text.partition("..")
     start, end = parse_time(a, now), parse_time(b or "now", now)
     if end <= start:
