@@ -21,7 +21,13 @@ import pandas as pd
 
 from visionline.config import PipelineConfig, SplitConfig
 from visionline.data.images import inspect_image
-from visionline.data.manifest import DatasetRef, latest_key, manifest_to_bytes, read_manifest
+from visionline.data.manifest import (
+    MANIFEST_COLUMNS,
+    DatasetRef,
+    latest_key,
+    manifest_to_bytes,
+    read_manifest,
+)
 from visionline.monitoring.capture import read_captures
 from visionline.monitoring.check import resolve_model
 from visionline.monitoring.reference import MonitoringError
@@ -371,6 +377,16 @@ def _image_bytes(store: ArtifactStore, item: LabelledImage, base: Path) -> bytes
     raise MonitoringError(f"{item.where}: image {src!r} is neither in {store.uri} nor a file")
 
 
+class _Bytes:
+    """An ingestion origin holding one file's bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def get_bytes(self, loc: str) -> bytes:
+        return self.data
+
+
 @dataclass
 class ImportResult:
     ref: DatasetRef | None
@@ -389,7 +405,7 @@ def import_labels(
     """Merge labelled images into a new version of the dataset (the newest version is
     the parent, recorded in dataset.json), validate it with the Great Expectations gate,
     and make it the newest version only if it passes."""
-    from visionline.data.ingest import SourceFile, _row, dataset_version
+    from visionline.data.ingest import SourceFile, _inspect, dataset_version
     from visionline.data.manifest import resolve_dataset
     from visionline.validation import validate_dataset
 
@@ -421,8 +437,17 @@ def import_labels(
             continue
         seen[digest] = (item.label, item.where)
         name = f"labels/{item.request_id or digest[:20]}{Path(item.source).suffix.lower()}"
-        row, _ = _row(
-            SourceFile(name, item.label, None, lambda d=data: d), ratios, cfg.data.max_image_pixels
+        # the row ingestion would write for this file (key layout, split by hash)
+        row = dict(
+            zip(
+                MANIFEST_COLUMNS,
+                _inspect(
+                    SourceFile(name, item.label, None, _Bytes(data), name),
+                    ratios,
+                    cfg.data.max_image_pixels,
+                ),
+                strict=True,
+            )
         )
         if not row["decodable"]:
             raise MonitoringError(f"{item.where}: not a usable image ({row['error']})")
