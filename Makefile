@@ -73,7 +73,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The CPU benchmarks, about 18 minutes on 2 cores; each writes benchmarks/results/NAME.json
+# The CPU benchmarks, about 26 minutes on 2 cores (capture: about 8); each writes benchmarks/results/NAME.json
 # and the report tabulates them in benchmarks/README.md. serve measures photo-sized inputs
 # at the default serving batch size (8) with 1, 8 and 32 clients here, about 6 minutes;
 # its default grid (photo and small inputs, batch 1 and 8) takes about 25 on its own.
@@ -83,6 +83,7 @@ bench: install
 	$(PY) benchmarks/train_overhead.py
 	$(PY) benchmarks/serve.py --inputs photo --batch-sizes 8
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/capture.py --rounds 6
 	$(PY) -m benchmarks.report
 
 bench-gpu: install  # on a machine with a GPU (the lent device machine)

@@ -30,6 +30,12 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "src/visionline/models.py",
         "src/visionline/training.py",
     ),
+    "capture": (
+        "handlers",
+        "src/visionline/monitoring",
+        "src/visionline/predictor.py",
+        "src/visionline/packaging.py",
+    ),
     "ingest": ("src/visionline/data/ingest.py", "src/visionline/storage.py"),
     "pipeline": ("flows",),
     "serve": (

@@ -1,5 +1,6 @@
 """`make demo`: the whole pipeline on the embedded default (local store, local Prefect,
-local training, local TorchServe) with the bundled digits set, then a few predictions.
+local training, local TorchServe) with the bundled digits set, then a few predictions and
+one monitoring check of the served model's captured traffic.
 
     python -m flows.demo [--config configs/digits.yaml]
 """
@@ -9,12 +10,15 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flows.training_pipeline import training_pipeline
 from visionline.config import load_config
 from visionline.data.manifest import read_manifest, resolve_dataset
 from visionline.data.samples import write_digits
+from visionline.monitoring.capture import wait_for_captures
+from visionline.monitoring.check import check_window
 from visionline.serving.client import RestClient
 from visionline.serving.local import LocalDeployer
 from visionline.storage import open_store
@@ -69,6 +73,15 @@ def main() -> int:
                 f"predict          {row.source}: true {row.label}, predicted {top} ({pred[top]:.3f})"
             )
         print(f"examples right   {right}/{len(test)}")
+        # monitoring: the whole test split through the served model, then one drift check
+        since, ref = datetime.now(UTC), served.model
+        checked = m[(m["split"] == "test") & m["decodable"]]
+        for key in checked["key"]:
+            client.predict(store.get_bytes(key))
+        expected = int(len(checked) * cfg.monitor.sample_rate)
+        wait_for_captures(store, ref.name, ref.version, since, expected, timeout=60)
+        outcome = check_window(store, cfg, str(ref), since, datetime.now(UTC))
+        print(f"\n{outcome.report.summary()}\nreport           {store.url(outcome.report_key)}")
         print(f"wall time        {time.perf_counter() - start:.0f}s")
     finally:
         if not args.keep_serving:

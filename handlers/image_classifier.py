@@ -19,6 +19,10 @@ saliency for the predicted class: TorchServe decides "explain" for a whole batch
 its first request, so both paths end in ``postprocess``, which answers each request as
 it asked.
 
+A sample of requests (``monitor.sample_rate``) is described for monitoring and written
+to the store in the background (``visionline.monitoring.capture``); a request never
+waits for that and never fails because of it.
+
 TorchServe loads the single class defined in this module, so bad requests are plain
 ValueErrors rather than a class of our own.
 """
@@ -34,6 +38,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from visionline.data.images import decode_image
 from visionline.data.transforms import Preprocessing
+from visionline.monitoring.capture import RequestCapture
 from visionline.predictor import Predictor
 from visionline.serving.explain import explanation, gradient_saliency
 from visionline.serving.inference import plan_cpu_inference
@@ -73,20 +78,24 @@ class ImageClassifier(BaseHandler):
         # BaseHandler.inference runs self.model; the predictor supplies the preprocessing
         # and the probabilities, exactly as evaluation and the parity check compute them.
         self.predictor = Predictor(self.model, self._pre, classes, self.device)
+        # a sample of requests, described and written to the store in the background
+        self.capture = RequestCapture.for_worker(model_dir, context, self.model, self._pre)
 
     def preprocess(self, data: list[dict]) -> torch.Tensor:
         self._errors: dict[int, tuple[int, str]] = {}
         self._explain: set[int] = set()
         self._count = len(data)
-        tensors = []
+        tensors, captured = [], []
         for idx, row in enumerate(data):
             headers = self.context.get_all_request_header(idx) or {}
             try:
                 payload = image_bytes(row, headers, self._serving["max_request_bytes"])
-                tensors.append(self.predictor.transform(decode_image(payload, **self._limits)))
+                image = decode_image(payload, **self._limits)
+                tensors.append(self.predictor.transform(image))
             except ValueError as e:  # RequestError and ImageDecodeError are ones too
                 self._errors[idx] = (getattr(e, "status", 400), str(e))
                 continue
+            captured.append((idx, image.size, payload))
             if wants_explanation(headers):
                 self._explain.add(idx)
         if not tensors:
@@ -94,6 +103,7 @@ class ImageClassifier(BaseHandler):
             self._batch = torch.empty((0, self._pre.channels, s, s), device=self.device)
         else:
             self._batch = torch.stack(tensors).to(self.device)
+            self.capture.start(self.context, captured, self._batch)
         return self._batch
 
     def explain_handle(self, data_preprocess: torch.Tensor, raw_data: list) -> list[dict]:
@@ -103,6 +113,7 @@ class ImageClassifier(BaseHandler):
 
     def postprocess(self, data: torch.Tensor) -> list[dict]:
         probs = self.predictor.probabilities(data)
+        self.capture.finish(probs)
         k = min(int(self._serving["top_k"]), probs.shape[1]) if probs.numel() else 0
         top_p, top_i = probs.topk(k, dim=1) if k else (probs, probs)
         answers = iter(zip(top_p.tolist(), top_i.tolist(), strict=True))

@@ -12,6 +12,7 @@ from visionline.config import DataConfig, PipelineConfig, load_config
 from visionline.errors import VisionlineError
 
 DEFAULT_CONFIG = "configs/digits.yaml"
+EXIT_DRIFT = 3  # `monitor check`: the window drifted
 
 
 def _config(args: argparse.Namespace, dataset: str | None = None) -> PipelineConfig:
@@ -338,6 +339,113 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _window(text: str | None):
+    from visionline.monitoring.capture import parse_window
+
+    return parse_window(text) if text else (None, None)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from visionline.storage import open_store
+
+    cfg = _config(args)
+    store = open_store(cfg.store)
+    if args.action == "log":
+        from visionline.monitoring.policy import decision_log
+
+        name = (args.model or cfg.serve.model_name).partition(":")[0]
+        entries = decision_log(store, name)
+        for d in entries:
+            head = "RETRAIN" if d["retrain"] else "hold   "
+            print(f"{d['time']}  {d['model']}:{d['version']}  {head}  {'; '.join(d['reasons'])}")
+        if not entries:
+            print(f"no decisions yet for {name}")
+        return 0
+
+    from visionline.monitoring.check import check_images, check_window
+
+    if not args.model or bool(args.images) == bool(args.window):
+        raise VisionlineError(
+            "monitor check needs MODEL and one of --images DIR or --window START..END"
+        )
+    if args.images:
+        outcome = check_images(store, cfg, args.model, args.images)
+    else:
+        start, end = _window(args.window)
+        outcome = check_window(store, cfg, args.model, start, end)
+    for name, why in outcome.skipped:
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    print(outcome.report.summary())
+    if outcome.report_key:
+        print(f"report: {store.url(outcome.report_key)}")
+    if outcome.report.drifted is None:
+        raise VisionlineError(outcome.report.result.note)
+    return EXIT_DRIFT if outcome.report.drifted else 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from visionline.storage import open_store
+
+    cfg = _config(args)
+    store = open_store(cfg.store)
+    if args.action == "import":
+        from visionline.monitoring.labels import import_labels
+
+        res = import_labels(store, cfg, args.file, args.dataset)
+        print(
+            f"{res.added} labelled images new, {res.already_present} already in {res.parent}, "
+            f"{res.unlabelled} without a label"
+        )
+        if res.ref is None:
+            print(f"nothing to import: {res.parent} stays the newest version")
+            return 0
+        state = "created" if res.created else "already present:"
+        print(f"{state} {res.ref} (parent {res.parent.version})")
+        print(res.validation.summary())
+        return 0 if res.validation.success else 1
+
+    from visionline.monitoring.check import resolve_model
+    from visionline.monitoring.labels import labelled_quality, read_feedback_file, record_feedback
+
+    ref, info = resolve_model(store, args.model or cfg.serve.model_name)
+    frame = read_feedback_file(args.file, info["classes"])
+    key, created = record_feedback(store, ref.name, frame)
+    print(f"{len(frame)} labels {'stored' if created else 'already stored'}: {store.url(key)}")
+    start, end = _window(args.window)
+    q = labelled_quality(store, ref.name, None, start, end)
+    print(f"joined to captures: {q['n']} ({q['unmatched']} labels match no capture in the window)")
+    if q["n"]:
+        print(f"accuracy {q['accuracy']:.4f}")
+        for version, v in q["by_version"].items():
+            print(f"  {ref.name}:{version}  accuracy {v['accuracy']:.4f} on {v['n']}")
+        print("per-class recall:")
+        for c in info["classes"]:
+            if c in q["per_class"]:
+                r = q["per_class"][c]
+                print(f"  {c:<12} {r['recall']:.4f}  ({r['support']} labels)")
+    return 0
+
+
+def cmd_label_queue(args: argparse.Namespace) -> int:
+    from visionline.monitoring.labels import build_label_queue
+    from visionline.storage import open_store
+
+    store = open_store(_config(args).store)
+    start, end = _window(args.window)
+    q = build_label_queue(store, args.model, args.k, args.strategy, start, end, args.dedup)
+    print(
+        f"{len(q.rows)} images queued by {args.strategy} from {q.candidates} unlabelled captures "
+        f"({q.near_duplicates} near-duplicates skipped)"
+    )
+    for r in q.rows.itertuples():
+        print(
+            f"  {r.request_id}: predicted {r.predicted} ({r.confidence:.3f}), score {r.score:.4f}"
+        )
+    print(f"queue:        {store.url(q.prefix + '/queue.csv')}")
+    print(f"Label Studio: {store.url(q.prefix + '/tasks.json')} (config label_config.xml)")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from visionline.doctor import run_doctor
 
@@ -472,6 +580,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--workdir", default=".visionline/serve")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("monitor", help="drift checks and the retraining decision log")
+    s.add_argument("action", choices=["check", "log"])
+    s.add_argument("model", nargs="?", help="NAME[:VERSION]; default version: the champion")
+    s.add_argument("--images", help="check a folder of images (run through the model here)")
+    s.add_argument("--window", help="check captures in START..END (ISO times, now, now-6h, now-7d)")
+    s.set_defaults(func=cmd_monitor)
+
+    s = sub.add_parser("labels", help="late labels: feedback on captures, or import to a dataset")
+    s.add_argument("action", choices=["feedback", "import"])
+    s.add_argument(
+        "file", help="feedback: CSV request_id,label; import: queue CSV or Label Studio JSON"
+    )
+    s.add_argument("--model", help="feedback: NAME[:VERSION] (default: serve.model_name)")
+    s.add_argument("--window", help="feedback: join captures in START..END only")
+    s.add_argument("--dataset", help="import: the dataset to extend (default: data.dataset)")
+    s.set_defaults(func=cmd_labels)
+
+    s = sub.add_parser("label-queue", help="queue the most informative captured images")
+    s.add_argument("model", help="NAME[:VERSION]; default version: the champion")
+    s.add_argument("--k", type=int, default=50, help="how many images (default 50)")
+    s.add_argument(
+        "--strategy", choices=["least-confidence", "margin", "entropy"], default="least-confidence"
+    )
+    s.add_argument("--window", help="captures in START..END only")
+    s.add_argument(
+        "--dedup",
+        type=float,
+        default=0.1,
+        help="near-duplicate distance, as a fraction of the median embedding distance",
+    )
+    s.set_defaults(func=cmd_label_queue)
 
     s = sub.add_parser("doctor", help="check the environment")
     s.set_defaults(func=cmd_doctor)

@@ -369,7 +369,58 @@ EXECUTION_KEYS = (
     "data.ingest_workers",
     "train.num_workers",
     "train.log_every",
+    # how the served model is watched: tuning a drift threshold must not retrain it
+    "monitor",
 )
+
+
+class PolicyConfig(_Section):
+    """When monitoring asks for retraining (see visionline.monitoring.policy)."""
+
+    # retrain when this many consecutive checked windows drifted...
+    drift_windows: int = Field(3, ge=1)
+    # ...or when labelled accuracy falls under min_accuracy, judged on at least min_labels
+    min_accuracy: float = Field(0.9, ge=0, le=1)
+    min_labels: int = Field(50, ge=1)
+    # and never sooner than cooldown_hours after the last retrain, nor more than this a week
+    cooldown_hours: float = Field(24.0, ge=0)
+    max_retrains_per_week: int = Field(2, ge=0)
+
+
+class MonitorConfig(_Section):
+    """Request capture in the served model, and the drift checks over what it captured."""
+
+    sample_rate: float = Field(0.1, ge=0, le=1)  # fraction of requests captured
+    capture_images: bool = False  # keep the image bytes too (for the labelling queue)
+    embedding_dims: int = Field(32, ge=2, le=512)  # penultimate features, randomly projected
+    projection_seed: int = 0
+    # where captures are written; None: the pipeline's store. The serving environment
+    # may override it with VISIONLINE_CAPTURE_STORE.
+    store: str | None = None
+    queue_size: int = Field(4096, ge=1)  # records held in memory at most, per worker
+    flush_records: int = Field(512, ge=1)  # a Parquet file per this many records...
+    flush_interval_s: float = Field(10.0, gt=0)  # ...or this often, whichever comes first
+    window_hours: float = Field(1.0, gt=0)  # the window the scheduled check looks at
+    min_window: int = Field(50, ge=2)  # fewer captures than this: no verdict
+    reference_size: int = Field(2000, ge=10)  # validation images in the reference, at most
+    # false discovery rate across one report's tests (Benjamini-Hochberg)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # a significant test flags drift only when the shift is also this large: with big
+    # windows every test is significant and only the effect size tells what matters
+    psi_threshold: float = Field(0.2, gt=0)
+    mmd_threshold: float = Field(0.01, gt=0)
+    permutations: int = Field(200, ge=19, le=10_000)
+    max_mmd_samples: int = Field(1000, ge=10)  # per side; MMD is quadratic in the sample
+    policy: PolicyConfig = PolicyConfig()
+
+    @model_validator(mode="after")
+    def _flush_fits_queue(self) -> MonitorConfig:
+        if self.flush_records > self.queue_size:
+            raise ValueError(
+                f"flush_records ({self.flush_records}) must not exceed queue_size "
+                f"({self.queue_size})"
+            )
+        return self
 
 
 class PipelineConfig(_Section):
@@ -384,6 +435,7 @@ class PipelineConfig(_Section):
     serve: ServeConfig = ServeConfig()
     compute: ComputeConfig = ComputeConfig()
     deploy: DeployConfig = DeployConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _resize_fits_the_limits(self) -> PipelineConfig:

@@ -259,6 +259,9 @@ def evaluate_run(store: ArtifactStore, run_id: str) -> dict[str, Any]:
     store.put_bytes(f"{out}/pr.png", plot_curves(preds.y_true, preds.probs, info["classes"], "pr"))
     store.put_bytes(f"{out}/training_curves.png", plot_training_curves(info["history"]))
     store.put_bytes(f"{out}/report.md", render_report(run_id, info, m).encode())
+    from visionline.monitoring.reference import build_reference
+
+    build_reference(store, run_id, predictor, info, cfg)  # what monitoring compares windows with
     store.put_json(
         paths.evaluation_metrics, m
     )  # last: its presence means the evaluation is complete

@@ -121,8 +121,11 @@ def build_mar(
             }
         )
     )
+    from visionline.monitoring.capture import write_archive_files
+
     extra = ",".join(
-        str(work / f) for f in ("model_spec.json", "index_to_name.json", "serving.json")
+        [str(work / f) for f in ("model_spec.json", "index_to_name.json", "serving.json")]
+        + [str(p) for p in write_archive_files(store, run_id, cfg, work)]  # request capture
     )
     proc = subprocess.run(
         [

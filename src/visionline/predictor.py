@@ -18,6 +18,49 @@ from visionline.data.transforms import Preprocessing, eval_transform
 from visionline.storage import ArtifactStore
 
 
+def _is_linear(module: nn.Module) -> bool:
+    # oneDNN-planned models (visionline.serving.inference) swap Linear for MkldnnLinear
+    return isinstance(module, nn.Linear) or type(module).__name__ == "MkldnnLinear"
+
+
+def penultimate_layer(model: nn.Module) -> nn.Module:
+    """The model's last linear layer (the classification head), whose input is the
+    penultimate representation: ``fc`` of ResNets, ``classifier[-1]`` of EfficientNet
+    and MobileNet, ``head`` of the small CNN; the same after a conv-bn fusion."""
+    last = None
+    for module in model.modules():
+        if _is_linear(module):
+            last = module
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no linear layer to take features from")
+    return last
+
+
+class FeatureTap:
+    """Keeps the input of the model's last linear layer from the latest forward pass:
+    the penultimate features of every row of the batch, at no extra forward cost."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._last: torch.Tensor | None = None
+        self._handle = penultimate_layer(model).register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._last = inputs[0]
+
+    def take(self) -> torch.Tensor | None:
+        """The (N, D) float32 features of the latest forward pass; None when the model
+        has not run since the last take."""
+        x, self._last = self._last, None
+        if x is None:
+            return None
+        if x.is_mkldnn:
+            x = x.to_dense()
+        return x.detach().float().reshape(x.shape[0], -1)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
 class Predictor:
     def __init__(
         self,
@@ -51,6 +94,22 @@ class Predictor:
         """(N, C, H, W) preprocessed batch -> (N, K) class probabilities on the CPU."""
         with torch.inference_mode():
             return self.probabilities(self.model(x.to(self.device))).cpu()
+
+    def predict_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, H, W) preprocessed batch -> (N, K) probabilities and the (N, D)
+        penultimate features (the input of the last linear layer), from one forward pass."""
+        tap = FeatureTap(self.model)
+        try:
+            probs = self.predict_tensor(x)
+            feats = tap.take()
+        finally:
+            tap.remove()
+        assert feats is not None
+        return probs, feats.cpu()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The (N, D) penultimate features of a preprocessed batch (monitoring's embedding)."""
+        return self.predict_with_features(x)[1]
 
     def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:

@@ -110,6 +110,18 @@ def test_serve_smoke(tmp_path):
     assert all(p["p99_ms"] is None and p["n"] < 1000 for p in served)  # too few for a p99
 
 
+@pytest.mark.slow
+@pytest.mark.torchserve
+def test_capture_smoke(tmp_path):
+    r = bench("capture", tmp_path)
+    assert r["settings"]["sample_rate"] == 0.1 and r["settings"]["embedding_dims"] == 32
+    assert r["ratio_capture_on_vs_off"] == r["ratio_paired"]["median"]
+    assert len(r["ratio_paired"]["rounds"]) == 2 == len(r["requests_per_s"]["on"])
+    # 10% of 2 x 64 requests were captured and written (none at all: 1.4e-6)
+    assert 0 < r["captured_records"] <= r["requests_sent_per_arm"]
+    assert r["capture_drop_warnings"] == 0
+
+
 def test_make_bench_runs_every_cpu_benchmark_then_the_report():
     proc = subprocess.run(
         ["make", "-n", "bench"], cwd=REPO, capture_output=True, text=True, timeout=60
@@ -117,6 +129,6 @@ def test_make_bench_runs_every_cpu_benchmark_then_the_report():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     ran = [ln.split("benchmarks/")[1].split(".py")[0] for ln in lines if "benchmarks/" in ln]
-    assert set(ran) >= {"ingest", "accuracy", "train_overhead", "serve", "pipeline"}
+    assert set(ran) >= {"ingest", "accuracy", "train_overhead", "serve", "pipeline", "capture"}
     assert "train_gpu" not in ran  # its own target: make bench-gpu
     assert lines[-1].endswith("-m benchmarks.report")

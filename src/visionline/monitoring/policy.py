@@ -1,0 +1,158 @@
+"""The retraining policy, and the decision log every check appends to.
+
+A retrain is asked for when either trigger holds:
+
+- drift in ``policy.drift_windows`` consecutive checked windows of the served version
+  (a window without a verdict neither extends nor breaks the run; a retrain starts the
+  count again);
+- labelled accuracy of the served version under ``policy.min_accuracy``, judged only on
+  at least ``policy.min_labels`` labels;
+
+and neither brake does:
+
+- the last retrain (of any version) was less than ``policy.cooldown_hours`` ago;
+- ``policy.max_retrains_per_week`` retrains were already asked for in the last 7 days.
+
+Every decision, retrain or hold, is stored with all its reasons:
+
+    monitoring/<model>/decisions/<time>-<retrain|hold>.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from visionline.config import PolicyConfig
+from visionline.storage import ArtifactStore
+
+
+@dataclass
+class Decision:
+    time: str
+    model: str
+    version: str
+    retrain: bool
+    reasons: list[str]
+    drifted: bool | None
+    drift_streak: int
+    labelled: dict[str, Any] | None = None
+    report: str | None = None
+    window: list[str | None] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        head = "RETRAIN" if self.retrain else "hold"
+        return "\n".join(
+            [
+                f"{self.time}  {self.model}:{self.version}  {head}",
+                *(f"  - {r}" for r in self.reasons),
+            ]
+        )
+
+
+def _t(d: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(d["time"])
+
+
+def drift_streak(history: list[dict[str, Any]], version: str, drifted: bool | None) -> int:
+    """Consecutive drifted windows of ``version`` up to now, this one included."""
+    if drifted is False:
+        return 0
+    streak = 1 if drifted else 0
+    for d in sorted(history, key=_t, reverse=True):
+        if d["retrain"]:
+            break
+        if d["version"] != version or d["drifted"] is None:
+            continue
+        if not d["drifted"]:
+            break
+        streak += 1
+    return streak
+
+
+def decide(
+    policy: PolicyConfig,
+    now: datetime,
+    model: str,
+    version: str,
+    drifted: bool | None,
+    labelled: dict[str, Any] | None,
+    history: list[dict[str, Any]],
+    report: str | None = None,
+    window: tuple[datetime, datetime] | None = None,
+) -> Decision:
+    """Apply the policy to this check (``drifted``: the window's verdict, None when it
+    had too few records; ``labelled``: ``{"n", "accuracy"}`` of the served version) and
+    the earlier decisions for this model."""
+    triggers: list[str] = []
+    notes: list[str] = []
+    streak = drift_streak(history, version, drifted)
+    verdict = {True: "drift", False: "no drift", None: "no verdict"}[drifted]
+    if streak >= policy.drift_windows:
+        triggers.append(f"drift in {streak} consecutive windows (policy: {policy.drift_windows})")
+    else:
+        notes.append(
+            f"this window: {verdict}; {streak} consecutive drifted window(s), "
+            f"retrain at {policy.drift_windows}"
+        )
+    n = int(labelled["n"]) if labelled else 0
+    if n >= policy.min_labels:
+        acc = float(labelled["accuracy"])  # type: ignore[index]
+        if acc < policy.min_accuracy:
+            triggers.append(
+                f"labelled accuracy {acc:.4f} on {n} labels is under {policy.min_accuracy:g}"
+            )
+        else:
+            notes.append(f"labelled accuracy {acc:.4f} on {n} labels (>= {policy.min_accuracy:g})")
+    else:
+        notes.append(f"{n} labels, fewer than {policy.min_labels}: accuracy not judged")
+
+    brakes: list[str] = []
+    if triggers:
+        retrains = sorted((d for d in history if d["retrain"]), key=_t)
+        if retrains:
+            last = _t(retrains[-1])
+            if now - last < timedelta(hours=policy.cooldown_hours):
+                hours = (now - last).total_seconds() / 3600
+                brakes.append(
+                    f"cooldown: the last retrain was {hours:.1f} h ago "
+                    f"(policy: {policy.cooldown_hours:g} h)"
+                )
+        week = [d for d in retrains if now - _t(d) < timedelta(days=7)]
+        if len(week) >= policy.max_retrains_per_week:
+            brakes.append(
+                f"{len(week)} retrains in the last 7 days "
+                f"(policy: at most {policy.max_retrains_per_week})"
+            )
+    return Decision(
+        time=now.astimezone(UTC).isoformat(),
+        model=model,
+        version=version,
+        retrain=bool(triggers) and not brakes,
+        reasons=triggers + brakes + notes,
+        drifted=drifted,
+        drift_streak=streak,
+        labelled=labelled,
+        report=report,
+        window=[w.isoformat() for w in window] if window else [],
+    )
+
+
+def decisions_prefix(model: str) -> str:
+    return f"monitoring/{model}/decisions/"
+
+
+def record_decision(store: ArtifactStore, decision: Decision) -> str:
+    stamp = datetime.fromisoformat(decision.time).strftime("%Y%m%dT%H%M%S%fZ")
+    key = f"{decisions_prefix(decision.model)}{stamp}-{'retrain' if decision.retrain else 'hold'}.json"
+    store.put_json(key, decision.to_dict())
+    return key
+
+
+def decision_log(store: ArtifactStore, model: str) -> list[dict[str, Any]]:
+    """Every decision for ``model``, oldest first."""
+    return [store.get_json(k) for k in store.list(decisions_prefix(model)) if k.endswith(".json")]

@@ -1,0 +1,144 @@
+"""The capture sink: bounded, never blocking the caller, writing Parquet in the background;
+and reading captures back by window."""
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from visionline.errors import StoreError
+from visionline.monitoring.capture import (
+    CaptureSettings,
+    CaptureSink,
+    parse_window,
+    read_captures,
+)
+from visionline.monitoring.reference import MonitoringError
+from visionline.storage import LocalStore
+
+
+def _record(i: int, t: datetime) -> dict:
+    return {
+        "request_id": f"r{i}",
+        "time": t,
+        "model": "m",
+        "model_version": "1",
+        "width": 8,
+        "height": 8,
+        "label": "a",
+        "label_index": 0,
+        "confidence": 0.9,
+        "margin": 0.8,
+        "entropy": 0.1,
+        "mean_0": 0.3,
+        "std_0": 0.2,
+        "embedding": [0.0, 1.0],
+        "image": None,
+    }
+
+
+class BlockedStore(LocalStore):
+    """A store whose writes hang until released: a store that is slow or unreachable."""
+
+    def __init__(self, root, fail: bool = False) -> None:
+        super().__init__(root)
+        self.release = threading.Event()
+        self.fail = fail
+        self.attempts = 0
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        self.attempts += 1
+        self.release.wait()
+        if self.fail:
+            raise StoreError("store unreachable")
+        return super().put_bytes(key, data)
+
+
+def test_records_land_as_parquet_by_day_and_read_back_by_window(tmp_path):
+    store = LocalStore(tmp_path)
+    sink = CaptureSink(store, "captures/m/1", queue_size=100, flush_records=10, flush_interval_s=60)
+    t0 = datetime(2024, 5, 1, 23, 59, 0, tzinfo=UTC)
+    for i in range(25):
+        assert sink.offer(_record(i, t0 + timedelta(seconds=5 * i)))
+    assert sink.flush(timeout=30)
+    sink.close()
+    keys = list(store.list("captures/m/1/"))
+    assert {k.split("/")[3] for k in keys} == {"2024-05-01", "2024-05-02"}
+    assert sink.written == 25 and sink.dropped == 0
+    everything = read_captures(store, "m", "1")
+    assert everything["request_id"].tolist() == [f"r{i}" for i in range(25)]
+    window = read_captures(store, "m", None, t0 + timedelta(seconds=60), t0 + timedelta(seconds=90))
+    assert window["request_id"].tolist() == ["r12", "r13", "r14", "r15", "r16", "r17"]
+    assert window["embedding"].iloc[0].tolist() == [0.0, 1.0]
+
+
+def test_a_hung_store_never_blocks_the_caller_and_memory_stays_bounded(tmp_path):
+    store = BlockedStore(tmp_path)
+    # a write per 2 records, never by time: the first write surely holds both
+    sink = CaptureSink(store, "captures/m/1", queue_size=5, flush_records=2, flush_interval_s=600)
+    now = datetime.now(UTC)
+    accepted = [sink.offer(_record(i, now)) for i in range(2)]
+    for _ in range(600):  # until the flusher is stuck in its first write
+        if store.attempts:
+            break
+        threading.Event().wait(0.05)
+    assert store.attempts == 1
+    # the flusher hangs in the store; every offer still returns at once
+    accepted += [sink.offer(_record(i, now)) for i in range(2, 200)]
+    assert not store.release.is_set() and store.attempts == 1
+    assert sink.stats()["queued"] == 5 and sum(accepted) == 2 + 5  # the batch in hand + queue
+    assert sink.dropped_full == 200 - 7
+    store.release.set()
+    assert sink.flush(timeout=30)
+    sink.close()
+    assert sink.written == sum(accepted) and sink.written + sink.dropped == 200
+
+
+def test_a_failing_store_drops_and_logs_and_writing_resumes_when_it_is_back(tmp_path, caplog):
+    store = BlockedStore(tmp_path, fail=True)
+    store.release.set()
+    sink = CaptureSink(store, "captures/m/1", queue_size=50, flush_records=5, flush_interval_s=0.05)
+    now = datetime.now(UTC)
+    with caplog.at_level(logging.WARNING, logger="visionline.monitoring.capture"):
+        for i in range(5):
+            sink.offer(_record(i, now))
+        assert sink.flush(timeout=30)
+    assert sink.dropped_store == 5 and sink.written == 0
+    assert "5 records dropped so far" in caplog.text and "store unreachable" in caplog.text
+    store.fail = False
+    for i in range(5, 8):
+        sink.offer(_record(i, now))
+    assert sink.flush(timeout=30)  # after its back-off the flusher writes again
+    sink.close()
+    assert sink.written == 3
+    assert read_captures(store, "m", "1")["request_id"].tolist() == ["r5", "r6", "r7"]
+
+
+def test_windows():
+    now = datetime(2024, 5, 2, 12, tzinfo=UTC)
+    assert parse_window("now-6h..now", now) == (now - timedelta(hours=6), now)
+    assert parse_window("-6h..now", now) == parse_window("now-6h..now", now)
+    assert parse_window("2024-05-01..2024-05-02T06:00", now) == (
+        datetime(2024, 5, 1, tzinfo=UTC),
+        datetime(2024, 5, 2, 6, tzinfo=UTC),
+    )
+    assert parse_window("-7d..", now)[0] == now - timedelta(days=7)
+    for bad, msg in (
+        ("yesterday", "START..END"),
+        ("now..-1h", "not after"),
+        ("x..now", "bad time"),
+    ):
+        with pytest.raises(MonitoringError, match=msg):
+            parse_window(bad, now)
+
+
+def test_the_serving_environment_overrides_store_and_rate():
+    s = CaptureSettings(0.1, False, "/data/store", 10, 5, 1.0)
+    assert s.enabled
+    env = {"VISIONLINE_CAPTURE_STORE": "s3://b/p", "VISIONLINE_CAPTURE_SAMPLE_RATE": "0.5"}
+    assert (s.with_environment(env).store, s.with_environment(env).sample_rate) == ("s3://b/p", 0.5)
+    assert not s.with_environment({"VISIONLINE_CAPTURE_STORE": "off"}).enabled
+    assert not s.with_environment({"VISIONLINE_CAPTURE_SAMPLE_RATE": "0"}).enabled
+    with pytest.raises(ValueError, match="VISIONLINE_CAPTURE_SAMPLE_RATE=2"):
+        s.with_environment({"VISIONLINE_CAPTURE_SAMPLE_RATE": "2"})
