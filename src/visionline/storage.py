@@ -407,8 +407,7 @@ class S3Store(ArtifactStore):
                     status = str(be.response.get("Error", {}).get("Code", ""))
                     if status in ("404", "NoSuchBucket", "NotFound"):
                         raise BucketNotFoundError(
-                            f"bucket {self.bucket!r} does not exist: create it or fix the "
-                            "store URI"
+                            f"bucket {self.bucket!r} does not exist: create it or fix the store URI"
                         ) from be
                     if status in ("403", "AccessDenied", "Forbidden"):
                         raise CredentialsError(
