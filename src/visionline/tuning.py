@@ -753,11 +753,9 @@ def open_study(
     """The search's study in the store: created (with the config as written as its
     first trial) or loaded to be continued."""
     name = study_name(cfg, dataset)
-    paths = StudyPaths(name)
-    study = optuna.create_study(
-        study_name=name,
-        storage=JournalStorage(StoreJournal(store, paths.journal)),
-        load_if_exists=True,
+    study = study_in_store(
+        store,
+        name,
         direction="maximize" if cfg.tune.metric == "val_accuracy" else "minimize",
         sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed),
         pruner=_pruner(cfg.tune, cfg.tune.epochs or cfg.train.epochs),
@@ -774,7 +772,7 @@ def open_study(
                     ", ".join(outside),
                 )
             study.enqueue_trial(params, user_attrs={"base": not outside})
-    return study, paths
+    return study, StudyPaths(name)
 
 
 def tune(
@@ -856,11 +854,27 @@ def write_outputs(
     return result
 
 
-def load_study(store: ArtifactStore, name: str) -> optuna.Study:
-    """A stored study, read-only use (reports, notebooks)."""
-    paths = StudyPaths(name)
-    if not store.exists(paths.journal):
-        raise TuningError(f"no study {name!r} in {store.uri}")
-    return optuna.load_study(
-        study_name=name, storage=JournalStorage(StoreJournal(store, paths.journal))
+def study_in_store(
+    store: ArtifactStore,
+    name: str,
+    *,
+    direction: str = "maximize",
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """The study ``name`` in the store's journal, created if it is not there yet.
+    (Loading writes nothing: create_study(load_if_exists=True) would log a second
+    create-study entry on every resume.)"""
+    storage = JournalStorage(StoreJournal(store, StudyPaths(name).journal))
+    if any(s.study_name == name for s in storage.get_all_studies()):
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    return optuna.create_study(
+        study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner
     )
+
+
+def load_study(store: ArtifactStore, name: str) -> optuna.Study:
+    """A stored study, to read (reports, notebooks)."""
+    if not store.exists(StudyPaths(name).journal):
+        raise TuningError(f"no study {name!r} in {store.uri}")
+    return study_in_store(store, name)
