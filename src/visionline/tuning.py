@@ -116,9 +116,9 @@ class StoreJournal(BaseJournalBackend):
 
     This process is the study's only writer, so the log in memory is the truth and each
     append rewrites the object (atomically: a reader, or a restarted tuner, sees the old
-    journal or the new one, never half a line). Before writing, the stored object's
-    sha256 is compared with what this process last wrote: a second tuner on the same
-    study is refused instead of silently overwriting the first one's trials.
+    journal or the new one, never half a line). Before writing, the stored journal is
+    compared with what this process last wrote: a second tuner on the same study is
+    refused instead of silently overwriting the first one's trials.
     """
 
     def __init__(self, store: ArtifactStore, key: str) -> None:
@@ -126,10 +126,12 @@ class StoreJournal(BaseJournalBackend):
         self.key = key
         self._logs: list[dict[str, Any]] = []
         self._blob = b""
-        self._sha: str | None = None
         if store.exists(key):
-            self._blob = store.get_bytes(key, verify=True)
-            self._sha = store.sha256(key)
+            # Not verify=True: the journal is rewritten while a search runs, and a local
+            # store's hash sidecar and data are two renames, so a reader (or a tuner
+            # killed between them) can see one new and one old. Each line is checked
+            # instead: an atomic rewrite never leaves half of one.
+            self._blob = store.get_bytes(key)
             for n, line in enumerate(self._blob.decode().splitlines(), start=1):
                 if not line.strip():
                     continue
@@ -140,19 +142,28 @@ class StoreJournal(BaseJournalBackend):
                         f"study journal {store.url(key)} line {n} is not JSON ({e}): "
                         "restore it or delete the study's folder to start the search afresh"
                     ) from e
+        self._digest = hashlib.sha256(self._blob).hexdigest() if self._blob else None
 
     def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
         return self._logs[log_number_from:]
 
+    def _unchanged(self) -> bool:
+        if not self.store.exists(self.key):
+            return self._digest is None
+        if self.store.sha256(self.key) == self._digest:
+            return True
+        # A recorded hash that disagrees may be a sidecar left by an interrupted write:
+        # the content decides.
+        return self.store.get_bytes(self.key) == self._blob
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        current = self.store.sha256(self.key) if self.store.exists(self.key) else None
-        if current != self._sha:
+        if not self._unchanged():
             raise TuningError(
                 f"study journal {self.store.url(self.key)} was changed by another process: "
                 "run one search per study at a time"
             )
         blob = self._blob + "".join(json.dumps(entry) + "\n" for entry in logs).encode()
-        self._sha = self.store.put_bytes(self.key, blob)
+        self._digest = self.store.put_bytes(self.key, blob)
         self._blob = blob
         self._logs.extend(logs)
 

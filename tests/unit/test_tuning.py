@@ -255,3 +255,19 @@ def test_trials_table_marks_best_base_and_interrupted():
     assert "0 (base) | complete (best) | simple_cnn | 0.003 | 0.9700 | 30 | 61 | `r0`" in md
     assert "| 1 | interrupted | resnet18 |" in md
     assert json.dumps(rows)  # the table is plain data (also the flow's artifact)
+
+
+def test_a_write_interrupted_between_hash_and_data_is_not_corruption(tmp_path):
+    """A local store writes an object's hash sidecar, then the object: a tuner killed
+    between the two leaves the old journal under a new hash. The journal still loads
+    and the next search goes on writing it."""
+    from visionline.storage import LocalStore
+
+    store = LocalStore(tmp_path)
+    study = _study(store)
+    study.ask()
+    key = StudyPaths("s").journal
+    (tmp_path / ".sha256" / key).write_text("0" * 64)  # the hash of a write that never landed
+    again = _study(store)
+    again.ask()
+    assert len(load_study(store, "s").trials) == 2
