@@ -45,7 +45,9 @@ from visionline.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
 
-POLL_S = 1.0
+# How often the tuner reads each running trial's metrics.jsonl: a pruned run is stopped
+# within about this long of the epoch that condemned it.
+POLL_S = 0.5
 # The columns of the trials table, in order (parameters go between "state" and "value").
 PARAMS = (
     "model",

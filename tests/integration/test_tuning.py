@@ -75,7 +75,7 @@ def searched(small_digits_dir, tmp_path_factory):
     cfg = digits_config(store.uri, **SEARCH)
     backend = CountingBackend(compute_backend(cfg))
     events: list[str] = []
-    result = tune(cfg, store, backend=backend, on_event=events.append)
+    result = tune(cfg, store, backend=backend, poll_s=0.2, on_event=events.append)
     return SimpleNamespace(
         root=root, store=store, cfg=cfg, result=result, backend=backend, events=events
     )
@@ -91,7 +91,10 @@ def test_search_over_two_architectures_prunes_hopeless_trials(searched):
     assert {t.params["model"] for t in trials} == {"simple_cnn", "resnet18"}
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, f"nothing pruned: {[(t.params, t.intermediate_values) for t in trials]}"
-    assert any(len(t.intermediate_values) < EPOCHS for t in pruned)
+    assert any(max(t.intermediate_values) < EPOCHS for t in pruned)
+    # really stopped, not just marked: the run went no further than it had to
+    stopped = [t for t in pruned if not is_complete(store, t.user_attrs["run_id"])]
+    assert stopped, "every pruned run finished anyway: pruning stopped nothing"
     assert sorted(searched.backend.submitted) == sorted(t.user_attrs["run_id"] for t in trials)
 
     for t in trials:
@@ -105,9 +108,12 @@ def test_search_over_two_architectures_prunes_hopeless_trials(searched):
             info = load_run_info(store, run_id)
             assert t.value == history[info["best_epoch"]]["val_accuracy"]
             assert t.user_attrs["epochs"] == info["epochs_run"] == EPOCHS
-        else:  # stopped, not finished, and resumable like any run
-            assert not is_complete(store, run_id)
-            assert list(store.list(RunPaths(run_id).checkpoints))
+        else:  # judged on the last epoch it reported
+            assert t.value == t.intermediate_values[max(t.intermediate_values)]
+    for t in stopped:  # resumable like any run
+        assert list(store.list(RunPaths(t.user_attrs["run_id"]).checkpoints))
+    # and the point of it: epochs that were never trained
+    assert any(len(read_history(store, t.user_attrs["run_id"])) < EPOCHS for t in stopped)
 
     # The first trial is the config as written: the run `visionline train` would make.
     assert result.trials[0]["base"]
