@@ -78,7 +78,8 @@ def test_quickstart_notebook_executes(kernel, tmp_path):
         nb,
         kernel_name=kernel,
         timeout=900,
-        resources={"metadata": {"path": str(tmp_path)}},
+        # where Jupyter starts it: the notebook's folder (everything it writes goes to WORKDIR)
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     )
     try:
         client.execute()
