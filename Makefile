@@ -43,7 +43,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install  # CPU benchmarks; results land in benchmarks/results/
-	@for b in ingest accuracy train_overhead serve pipeline; do echo "== $$b"; $(PY) benchmarks/$$b.py || exit 1; done
+	@for b in ingest accuracy train_overhead serve pipeline tune; do echo "== $$b"; $(PY) benchmarks/$$b.py || exit 1; done
 
 bench-gpu: install  # on a machine with a GPU (the lent device machine)
 	$(PY) benchmarks/train_gpu.py

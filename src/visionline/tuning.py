@@ -395,7 +395,8 @@ def render_report(result: TuneResult, cfg: PipelineConfig) -> str:
         "",
         f"- dataset: `{result.dataset}`",
         f"- metric: {result.metric} on the validation split ({result.direction})",
-        f"- trials: {len(result.trials)} of {cfg.tune.n_trials}"
+        f"- trials: {sum(t['state'] != 'RUNNING' for t in result.trials)} of "
+        f"{cfg.tune.n_trials} finished"
         + ("" if result.finished else " (not finished: start the search again to continue)"),
         f"- pruner: {cfg.tune.pruner.kind}",
     ]
@@ -443,6 +444,8 @@ def plot_history(study: optuna.Study, metric: str) -> bytes:
     # Optuna's plots switch pyplot's global style: keep that inside this figure.
     with matplotlib.rc_context(), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # (before any trial finished there is nothing to label: an empty plot is right)
+        warnings.filterwarnings("ignore", "No artists with labels", UserWarning)
         ax = plot_optimization_history(study, target_name=metric)
         fig = ax.figure if ax.figure is not None else plt.gcf()
         fig.set_size_inches(7, 4.5)

@@ -57,10 +57,12 @@ class CountingBackend:
     def __init__(self, inner) -> None:
         self.inner = inner
         self.submitted: list[str] = []
+        self.handles: list = []
 
     def submit(self, plan, store, origin=None):
         self.submitted.append(plan.run_id)
-        return self.inner.submit(plan, store, origin)
+        self.handles.append(self.inner.submit(plan, store, origin))
+        return self.handles[-1]
 
 
 def _finished_runs(store) -> dict[str, bytes]:
@@ -147,6 +149,30 @@ def test_rerun_of_the_same_search_reuses_finished_trials(searched):
     assert again.trials == searched.result.trials
     assert _finished_runs(searched.store) == before
 
+    # a bigger budget continues the same study: one more trial, not seven
+    more = searched.cfg.with_overrides(**{"tune.n_trials": 7})
+    extended = tune(more, searched.store, backend=backend, on_event=lambda _: None)
+    assert extended.study == searched.result.study and len(extended.trials) == 7
+    assert len(backend.submitted) <= 1  # (none if its parameters matched a finished run)
+    assert extended.trials[:6] == searched.result.trials
+
+
+def test_time_budget_stops_running_trials_for_later(searched):
+    """Out of time: the running trials' processes are stopped and the trials stay
+    running in the study (the next search resumes them); the report says so."""
+    cfg = searched.cfg.with_overrides(
+        **{"tune.seed": 1, "tune.n_trials": 2, "tune.timeout_s": 3, "tune.include_base": False}
+    )
+    backend = CountingBackend(compute_backend(cfg))
+    result = tune(cfg, searched.store, backend=backend, on_event=lambda _: None)
+    assert result.study != searched.result.study
+    assert not result.finished and result.best is None
+    assert [t["state"] for t in result.trials] == ["RUNNING", "RUNNING"]
+    assert len(backend.handles) == 2
+    assert all(h.poll() is not None for h in backend.handles)  # no process left behind
+    report = searched.store.get_bytes(result.paths.report).decode()
+    assert report.count("| interrupted |") == 2 and "not finished" in report
+
 
 def test_tune_flow_gates_and_packages_the_best_run(searched, prefect_api):
     from prefect.client.orchestration import get_client
@@ -161,7 +187,9 @@ def test_tune_flow_gates_and_packages_the_best_run(searched, prefect_api):
     out = state.result()
     assert out["best_run_id"] == searched.result.best_run_id
     assert out["gate"] == "pass" and out["model"] == "digits:1"
-    assert (out["trials"], out["pruned"]) == (6, searched.result.count("PRUNED"))
+    stored = load_study(searched.store, searched.result.study).trials
+    assert out["trials"] == len(stored) >= 6
+    assert out["pruned"] == sum(t.state == TrialState.PRUNED for t in stored)
     assert _finished_runs(searched.store) == before  # the stored study, not a new search
     registry = Registry(searched.store, "digits")
     assert registry.info("1")["run_id"] == searched.result.best_run_id
@@ -242,3 +270,17 @@ def test_killed_search_resumes_where_it_stopped(small_digits_dir, tmp_path):
         key = RunPaths(t.user_attrs["run_id"]).run_info
         assert _finished_runs(store)[key] == finished_before[key]
     assert "packaged run" in second.stdout and "PASS" in second.stdout
+
+    # the best config it printed trains into the very run the search picked
+    best_config = store.url(StudyPaths(name).best_config)
+    assert f"best config: {best_config}" in second.stdout
+    again = subprocess.run(
+        [*VISIONLINE, "--config", best_config, "train"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    best_run = load_study(store, name).best_trial.user_attrs["run_id"]
+    assert f"run {best_run}: already complete" in again.stdout
