@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="train.epochs (default: the config's)")
     ap.add_argument("--per-class", type=int, help="a smaller digits set, for a smoke run")
     ap.add_argument("--seed", type=int, default=0, help="order of the two search arms")
+    ap.add_argument("--note", help="recorded with the figures (e.g. what else ran on the machine)")
     args = ap.parse_args()
     overrides = {"tune.n_trials": args.trials, "tune.timeout_s": args.timeout}
     if args.epochs:
@@ -169,7 +170,8 @@ def main() -> None:
             "pruned": pruned.count("PRUNED"),
             "wall_s": round(arms["pruned"]["wall_s"], 1),
             "command_s": round(arms["pruned"]["command_s"], 1),
-            "budget_s": args.timeout,
+            "timeout_s": args.timeout,
+            # the search, then what `visionline tune` does next (evaluate, gate, package)
             "within_budget": arms["pruned"]["command_s"] <= args.timeout and pruned.finished,
             "best_val_accuracy": pruned.best["value"],
             "best_params": pruned.best["params"],
@@ -185,6 +187,9 @@ def main() -> None:
             "digits_per_class": args.per_class or "all",
             "epochs": args.epochs or "config",
             "parallel_trials": pruned_cfg.tune.parallel or "auto",
+            # anything but the configured search on all the digits is a smoke run
+            "smoke": bool(args.per_class or args.epochs or args.trials != 8),
+            "note": args.note,
         },
     )
 

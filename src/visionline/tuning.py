@@ -201,7 +201,10 @@ def base_params(cfg: PipelineConfig) -> tuple[dict[str, Any], list[str]]:
     outside: list[str] = []
 
     def pick(name: str, value: Any, allowed: bool) -> None:
-        (params.__setitem__(name, value) if allowed else outside.append(name))
+        if allowed:
+            params[name] = value
+        else:
+            outside.append(name)
 
     if space.architectures:
         match = [
@@ -559,6 +562,22 @@ def _trial_value(row: dict, metric: str) -> float:
     return float(v)
 
 
+def report_epochs(trial: optuna.Trial, rows: list[dict], metric: str, reported: set[int]) -> bool:
+    """Report the epochs the study has not seen yet; True when the pruner calls the
+    trial hopeless. The pruner is asked after every epoch, also when its answer will not
+    be acted on (a run that already finished, the base trial): Hyperband keeps its
+    rungs' standings from those answers."""
+    hopeless = False
+    for row in rows:
+        epoch = int(row["epoch"])
+        if epoch in reported:
+            continue
+        trial.report(_trial_value(row, metric), epoch)
+        reported.add(epoch)
+        hopeless = trial.should_prune() or hopeless
+    return hopeless
+
+
 def _final_value(store: ArtifactStore, run_id: str, metric: str) -> tuple[float, int]:
     """The metric of the weights the run kept (its best epoch), and the epochs it ran:
     the trial is judged by the model that would ship, not by its luckiest epoch."""
@@ -690,9 +709,7 @@ class _Search:
         status = a.handle.poll() if a.handle is not None else SUCCEEDED
         rows = read_history(self.store, a.run_id)
         new = [r for r in rows if int(r["epoch"]) not in a.reported]
-        for r in new:
-            a.trial.report(_trial_value(r, self.metric), int(r["epoch"]))
-            a.reported.add(int(r["epoch"]))
+        hopeless = report_epochs(a.trial, new, self.metric, a.reported)
         if new:
             a.trial.set_user_attr("wall_s", a.wall())
             a.trial.set_user_attr("epochs", len(rows))
@@ -709,7 +726,7 @@ class _Search:
             reason = (getattr(a.handle, "failure", None) or "training failed")[-2000:]
             self.finish(a, TrialState.FAIL, None, failure=reason, epochs=len(rows))
             self.say(f"trial {a.number} failed: {reason.strip().splitlines()[0]}")
-        elif new and not a.base and a.trial.should_prune():
+        elif hopeless and not a.base:
             # (the config as written always runs to the end: it is the yardstick)
             self.stop_run(a)
             self.finish(a, TrialState.PRUNED, None, epochs=len(rows))

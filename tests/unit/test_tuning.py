@@ -22,6 +22,7 @@ from visionline.tuning import (
     param_importances,
     plot_history,
     plot_importances,
+    report_epochs,
     study_in_store,
     study_name,
     suggest,
@@ -271,3 +272,34 @@ def test_a_write_interrupted_between_hash_and_data_is_not_corruption(tmp_path):
     again = _study(store)
     again.ask()
     assert len(load_study(store, "s").trials) == 2
+
+
+@pytest.mark.parametrize("kind", ["median", "hyperband"])
+def test_configured_pruners_stop_a_hopeless_trial(kind):
+    """What the tuner asks of a pruner, per epoch: good trials run on, a trial far
+    behind them at the same epoch is stopped."""
+    from visionline.tuning import _pruner
+
+    cfg = DIGITS.with_overrides(
+        **{"tune.pruner": {"kind": kind, "startup_trials": 1, "warmup_epochs": 1}}
+    )
+    study = optuna.create_study(
+        direction="maximize", pruner=_pruner(cfg.tune, epochs=9), study_name="p"
+    )
+    # finished trials that learned (enough for each of Hyperband's brackets to have some)
+    for _ in range(12):
+        t = study.ask()
+        rows = [{"epoch": e, "val_accuracy": 0.5 + e * 0.05} for e in range(1, 10)]
+        report_epochs(t, rows, "val_accuracy", set())
+        study.tell(t, 0.95)
+    hopeless = study.ask()
+    reported: set[int] = set()
+    pruned_at = None
+    for epoch in range(1, 10):
+        if report_epochs(
+            hopeless, [{"epoch": epoch, "val_accuracy": 0.1}], "val_accuracy", reported
+        ):
+            pruned_at = epoch
+            break
+    assert pruned_at is not None and pruned_at < 9
+    assert study.trials[-1].intermediate_values == {e: 0.1 for e in range(1, pruned_at + 1)}
