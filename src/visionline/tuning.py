@@ -417,6 +417,18 @@ def render_report(result: TuneResult, cfg: PipelineConfig) -> str:
         "Pruned trials were stopped early; their value is the last epoch they reported. "
         "Interrupted trials resume from their checkpoints when the search is started again.",
         "",
+    ]
+    failed = [r for r in result.trials if r["state"] == "FAIL"]
+    if failed:
+        lines += ["## Failed trials", ""]
+        for r in failed:
+            # a trainer's last words name what went wrong (the exception, the bad key)
+            reason = [x for x in (r.get("failure") or "").splitlines() if x.strip()]
+            lines.append(
+                f"- trial {r['number']} (`{r['run_id']}`): {reason[-1] if reason else 'unknown'}"
+            )
+        lines.append("")
+    lines += [
         "## Plots",
         "",
         "![optimization history](optimization_history.png)",

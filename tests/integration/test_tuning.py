@@ -174,6 +174,27 @@ def test_time_budget_stops_running_trials_for_later(searched):
     assert report.count("| interrupted |") == 2 and "not finished" in report
 
 
+def test_a_trial_that_cannot_train_is_recorded_failed_with_its_reason(small_digits_dir, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    ingest(store, str(small_digits_dir), "digits", progress=False)
+    missing = tmp_path / "no-such-weights.pt"
+    cfg = digits_config(
+        store.uri,
+        **{
+            **SEARCH,
+            "tune.n_trials": 1,
+            "tune.include_base": False,
+            "tune.space.architectures": [{"arch": "simple_cnn", "pretrained": str(missing)}],
+        },
+    )
+    result = tune(cfg, store, on_event=lambda _: None)
+    assert [t["state"] for t in result.trials] == ["FAIL"]
+    assert str(missing) in result.trials[0]["failure"]
+    assert result.best is None and result.best_config is None
+    report = store.get_bytes(result.paths.report).decode()
+    assert "| fail |" in report and "## Failed trials" in report and str(missing) in report
+
+
 def test_tune_flow_gates_and_packages_the_best_run(searched, prefect_api):
     from prefect.client.orchestration import get_client
 
