@@ -317,10 +317,10 @@ EXECUTION_KEYS = (
     "data.ingest_workers",
     "train.num_workers",
     "train.log_every",
-    # the search around a run is not one of its inputs: a trial's run id must not change
-    # when the search space, budget or trial count does
-    "tune",
 )
+# Nor is the search around a run one of its inputs: a trial's run id must not change
+# when the search space, budget or trial count does.
+SEARCH_KEYS = ("tune",)
 
 
 class PipelineConfig(_Section):
@@ -338,10 +338,11 @@ class PipelineConfig(_Section):
     tune: TuneConfig = TuneConfig()
 
     def fingerprint(self) -> str:
-        """Stable hash of what a run learns from (``EXECUTION_KEYS`` left out): what an
-        artifact records as its origin and what a run id is derived from."""
+        """Stable hash of what a run learns from (``EXECUTION_KEYS`` and ``SEARCH_KEYS``
+        left out): what an artifact records as its origin and what a run id is derived
+        from."""
         data = self.model_dump(mode="json")
-        for dotted in EXECUTION_KEYS:
+        for dotted in (*EXECUTION_KEYS, *SEARCH_KEYS):
             *parents, leaf = dotted.split(".")
             node = data
             for part in parents:
