@@ -616,14 +616,13 @@ class _Search:
         backend: Any,
         say: Callable[[str], None],
     ) -> None:
-        self.cfg, self.store, self.study, self.pinned, self.dataset = (
-            cfg,
-            store,
-            study,
-            pinned,
-            dataset,
-        )
-        self.backend, self.say = backend, say
+        self.cfg = cfg
+        self.store = store
+        self.study = study
+        self.pinned = pinned  # the config with the dataset version every trial trains on
+        self.dataset = dataset
+        self.backend = backend
+        self.say = say
         self.tune = cfg.tune
         self.metric = cfg.tune.metric
         self.epochs = cfg.tune.epochs or cfg.train.epochs
