@@ -180,6 +180,9 @@ def main() -> None:
             "base_trial_is_default_run": base["base"] and base["run_id"] == plan.run_id,
             "wall_s_no_pruning": round(arms["unpruned"]["wall_s"], 1),
             "best_val_accuracy_no_pruning": unpruned.best["value"],
+            "pruned_no_pruning": unpruned.count("PRUNED"),  # 0: the arm really ran them all
+            "epochs_run": sum(t["epochs"] for t in pruned.trials),
+            "epochs_run_no_pruning": sum(t["epochs"] for t in unpruned.trials),
             "pruning_speedup": round(arms["unpruned"]["wall_s"] / arms["pruned"]["wall_s"], 2),
             "same_trials": [t["params"] for t in pruned.trials] == planned,
             "arm_order": [arm.__name__.removesuffix("_arm") for arm in order],
