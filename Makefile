@@ -84,6 +84,7 @@ bench: install
 	$(PY) benchmarks/serve.py --inputs photo --batch-sizes 8
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/capture.py --rounds 6
+	$(PY) benchmarks/tune.py
 	$(PY) -m benchmarks.report
 
 bench-gpu: install  # on a machine with a GPU (the lent device machine)

@@ -73,3 +73,42 @@ def publish(
             for c, m in metrics["per_class"].items()
         ],
     )
+
+
+@task
+def publish_search(search: dict, metrics: dict, decision: dict, model: ModelRef | None) -> None:
+    """The trials table and a summary of the search's outcome."""
+    from visionline.tuning import trials_markdown
+
+    best = search["best"]
+    create_table_artifact(
+        key="tuning-trials",
+        description=f"every trial of study {search['study']} ({search['metric']})",
+        table=[
+            {
+                "trial": t["number"],
+                "state": t["state"].lower(),
+                **t["params"],
+                search["metric"]: None if t["value"] is None else round(t["value"], 4),
+                "epochs": t["epochs"],
+                "wall_s": t["wall_s"],
+                "run_id": t["run_id"],
+            }
+            for t in search["trials"]
+        ],
+    )
+    plots = "\n".join(f"- [{url.rsplit('/', 1)[-1]}]({url})" for url in search["plots"])
+    create_markdown_artifact(
+        key="tuning-summary",
+        description=f"study {search['study']}",
+        markdown=(
+            f"# Model selection: {search['study']}\n\n"
+            f"Best: trial {best['number']}, {search['metric']} {best['value']:.4f}, run "
+            f"`{best['run_id']}`"
+            + ("" if search["finished"] else " (search not finished: run the flow again)")
+            + f"\n\n{trials_markdown(search['trials'], search['metric'], best['number'])}\n"
+            f"{metrics_markdown(metrics)}\n{decision_markdown(decision)}\n## Links\n\n"
+            f"- [report.md]({search['report']})\n- [best config]({search['best_config']})\n"
+            f"{plots}\n- model: {model or 'not packaged'}\n"
+        ),
+    )

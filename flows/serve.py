@@ -13,11 +13,13 @@ from prefect import serve
 
 from flows.monitoring import monitoring
 from flows.training_pipeline import training_pipeline
+from flows.tune import tune
 
 PREFECT_YAML = Path(__file__).resolve().parents[1] / "prefect.yaml"
 FLOWS = {
     "flows/training_pipeline.py:training_pipeline": training_pipeline,
     "flows/monitoring.py:monitoring": monitoring,
+    "flows/tune.py:tune": tune,
 }
 
 

@@ -130,3 +130,33 @@ def deploy(cfg: PipelineConfig, model: ModelRef) -> dict:
         "parity_images": result.parity.checked,
         "example": result.smoke,
     }
+
+
+@task(persist_result=True)
+def search(cfg: PipelineConfig, dataset: DatasetRef) -> tuple[RunPlan, dict]:
+    """The search of ``cfg.tune`` (continued if an earlier flow run died); the best
+    trial's run plan and the search's summary. Not retried as a whole: a re-run of the
+    flow continues the stored study instead."""
+    from prefect import get_run_logger
+
+    from visionline.plan import plan_run
+    from visionline.tuning import tune
+
+    store = open_store(cfg.store)
+    result = tune(cfg, store, dataset, on_event=get_run_logger().info)
+    if result.best_config is None:
+        from visionline.errors import TuningError
+
+        raise TuningError(f"study {result.study}: no trial finished, nothing to evaluate")
+    best = plan_run(result.best_config, store, dataset)
+    summary = {
+        "study": result.study,
+        "metric": result.metric,
+        "best": result.best,
+        "trials": result.trials,
+        "finished": result.finished,
+        "report": store.url(result.paths.report),
+        "best_config": store.url(result.paths.best_config),
+        "plots": [store.url(result.paths.history_png), store.url(result.paths.importance_png)],
+    }
+    return best, summary

@@ -132,6 +132,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    import optuna
+
+    from visionline.evaluation import ensure_evaluated
+    from visionline.gate import champion_run_id, gate_run
+    from visionline.packaging import package_run
+    from visionline.storage import open_store
+    from visionline.tuning import budget_overrides, trials_markdown, tune
+
+    # Our own progress lines say what each trial does; Optuna's repeat them.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = _config(args)
+    overrides = budget_overrides(args.trials, args.timeout, args.parallel)
+    cfg = cfg.with_overrides(**overrides) if overrides else cfg
+    store = open_store(cfg.store)
+    result = tune(cfg, store)
+    best_number = result.best["number"] if result.best else None
+    print(trials_markdown(result.trials, result.metric, best_number))
+    print(result.summary())
+    print(f"report: {store.url(result.paths.report)}")
+    if not result.finished:
+        print("the search is not finished: run the same command again to continue it")
+    if result.best_config is None:
+        print("error: no trial finished: nothing to evaluate", file=sys.stderr)
+        return 1
+    print(f"best config: {store.url(result.paths.best_config)}")
+    print(result.best_config.to_yaml())
+    if args.no_package:
+        return 0
+    run_id = result.best_run_id
+    m = ensure_evaluated(store, run_id)
+    print(f"best run {run_id}: test accuracy {m['accuracy']:.4f}, macro F1 {m['macro']['f1']:.4f}")
+    decision = gate_run(store, run_id, champion_run=champion_run_id(store, cfg.serve.model_name))
+    print(decision.summary())
+    if not decision.passed:
+        return 1
+    ref = package_run(store, run_id, cfg.serve.model_name)
+    print(f"packaged run {run_id} as {ref}: {store.url(ref.mar_key)}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from visionline.evaluation import evaluate_run
     from visionline.runs import RunPaths
@@ -512,6 +553,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _dry_run_flags(s, "print the Job it would create (kubectl style) and create nothing")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser(
+        "tune",
+        help="search architectures and hyperparameters (the config's tune: section); the "
+        "best run is evaluated, gated and packaged",
+    )
+    s.add_argument("--trials", type=int, help="the study's total trials (default tune.n_trials)")
+    s.add_argument("--timeout", type=float, help="seconds for this search (tune.timeout_s)")
+    s.add_argument("--parallel", type=int, help="trials at once (default: what the machine allows)")
+    s.add_argument(
+        "--no-package", action="store_true", help="stop after the search: no evaluate/gate/package"
+    )
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("evaluate", help="evaluate a finished run on its test split")
     s.add_argument("run")

@@ -50,6 +50,10 @@ class TrainingError(VisionlineError):
     pass
 
 
+class TuningError(VisionlineError):
+    """A search could not run or finish (a broken study journal, no finished trial)."""
+
+
 class GateFailedError(VisionlineError):
     pass
 

@@ -845,6 +845,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrainingError) as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if cfg.compute.threads:
+        # Runs sharing one machine (a search's parallel trials) each use their share of it.
+        torch.set_num_threads(cfg.compute.threads)
     try:
         result = fit(cfg, open_store(cfg.store), args.run_id, origin)
     except Preempted:

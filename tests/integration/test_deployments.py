@@ -16,8 +16,9 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
 EXPECTED = {
-    "retrain": ("0 2 * * *", "flows/training_pipeline.py:training_pipeline"),
-    "monitor": ("0 * * * *", "flows/monitoring.py:monitoring"),
+    "retrain": (["0 2 * * *"], "flows/training_pipeline.py:training_pipeline"),
+    "monitor": (["0 * * * *"], "flows/monitoring.py:monitoring"),
+    "tune": ([], "flows/tune.py:tune"),  # on demand: a search is started, not scheduled
 }
 
 
@@ -63,9 +64,9 @@ def test_work_pool_and_deployments_load(prefect_api):
     assert wp.base_job_template["variables"]["properties"]["namespace"]["default"] == "visionline"
     for spec in SPEC["deployments"]:
         d = deps[spec["name"]]
-        cron, entrypoint = EXPECTED[spec["name"]]
+        crons, entrypoint = EXPECTED[spec["name"]]
         assert d.entrypoint == entrypoint
-        assert [s.schedule.cron for s in d.schedules] == [cron]
+        assert [s.schedule.cron for s in d.schedules] == crons
         assert d.parameters == spec["parameters"]
         assert d.work_pool_name == "visionline-kubernetes"
         assert d.job_variables["image"] == spec["work_pool"]["job_variables"]["image"]
@@ -76,8 +77,8 @@ def test_local_runner_serves_the_same_schedules():
 
     by_name = {d.name: d for d in deployments_from_yaml()}
     assert set(by_name) == set(EXPECTED)
-    for name, (cron, _) in EXPECTED.items():
-        assert [s.schedule.cron for s in by_name[name].schedules] == [cron]
+    for name, (crons, _) in EXPECTED.items():
+        assert [s.schedule.cron for s in by_name[name].schedules] == crons
         spec = next(s for s in SPEC["deployments"] if s["name"] == name)
         assert by_name[name].parameters == spec["parameters"]
 
