@@ -125,7 +125,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run {plan.run_id}: trained on Kubernetes")
         print(f"outputs: {store.url(RunPaths(plan.run_id).prefix)}")
         return 0
-    res = fit(plan.cfg, store, plan.run_id)
+    from visionline.resume import EXIT_PREEMPTED, Preempted
+
+    try:
+        res = fit(plan.cfg, store, plan.run_id)
+    except Preempted as e:
+        print(f"{e}: checkpointed; the same command resumes it", file=sys.stderr)
+        return EXIT_PREEMPTED
     state = "already complete" if res.already_complete else f"trained {res.epochs_run} epochs"
     print(f"run {plan.run_id}: {state}; best epoch {res.best_epoch} ({res.best_metric:.4f})")
     print(f"outputs: {store.url(RunPaths(plan.run_id).prefix)}")

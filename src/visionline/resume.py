@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from visionline.errors import TrainingError
+
 log = logging.getLogger("visionline.training")
 
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
@@ -97,7 +99,7 @@ class SeededSamples(Dataset):
         return self.dataset[index]
 
 
-class Preempted(Exception):
+class Preempted(TrainingError):
     """The run stopped on SIGTERM after checkpointing; running it again resumes it."""
 
 
