@@ -531,6 +531,7 @@ class MonitorConfig(_Section):
     # may override it with VISIONLINE_CAPTURE_STORE.
     store: str | None = None
     queue_size: int = Field(4096, ge=1)  # records held in memory at most, per worker
+    max_queue_mb: float = Field(64.0, gt=0)  # and megabytes (images count by their size)
     flush_records: int = Field(512, ge=1)  # a Parquet file per this many records...
     flush_interval_s: float = Field(10.0, gt=0)  # ...or this often, whichever comes first
     window_hours: float = Field(1.0, gt=0)  # the window the scheduled check looks at

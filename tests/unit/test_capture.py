@@ -95,6 +95,28 @@ def test_a_hung_store_never_blocks_the_caller_and_memory_stays_bounded(tmp_path)
     assert sink.written == sum(accepted) and sink.written + sink.dropped == 200
 
 
+def test_images_count_against_a_byte_budget(tmp_path):
+    store = BlockedStore(tmp_path)
+    sink = CaptureSink(
+        store,
+        "captures/m/1",
+        queue_size=100,
+        flush_records=50,
+        flush_interval_s=600,
+        max_bytes=12_000,
+    )
+    now = datetime.now(UTC)
+    big = {**_record(0, now), "image": b"x" * 4000}
+    assert sink.offer(big) and sink.offer({**big, "request_id": "r1"})
+    assert not sink.offer({**big, "request_id": "r2"})  # 3 x 5 kB > 12 kB
+    assert sink.offer(_record(3, now))  # a record without an image still fits
+    assert sink.dropped_full == 1 and sink.stats()["queued_bytes"] == 2 * 5024 + 1024
+    store.release.set()
+    assert sink.flush(timeout=30)
+    sink.close()
+    assert sink.stats()["queued_bytes"] == 0 and sink.written == 3
+
+
 def test_a_failing_store_drops_and_logs_and_writing_resumes_when_it_is_back(tmp_path, caplog):
     store = BlockedStore(tmp_path, fail=True)
     store.release.set()

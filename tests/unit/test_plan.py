@@ -36,10 +36,11 @@ def test_execution_settings_do_not_change_the_fingerprint(tmp_path):
             "train.num_workers": 2,
             "train.log_every": 7,
             "monitor.sample_rate": 0.5,
+            "monitor.policy.drift_windows": 9,
         },
     )
     assert elsewhere.fingerprint() == base.fingerprint()
-    assert len(EXECUTION_KEYS) == 9  # each of them overridden above
+    assert len(EXECUTION_KEYS) == 9
     # what a run learns from does change it
     assert base.with_overrides(**{"train.lr": 0.5}).fingerprint() != base.fingerprint()
     assert base.with_overrides(**{"data.version": "0" * 12}).fingerprint() != base.fingerprint()

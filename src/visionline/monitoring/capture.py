@@ -10,7 +10,8 @@ artifact store as Parquet,
 
 A request never waits for the store and never fails because of it: when the queue is
 full (the store is slow or down) the record is dropped, and dropped records are counted
-and logged. Memory is bounded by ``queue_size`` records plus one batch being written.
+and logged. Memory is bounded: at most ``queue_size`` records and ``max_queue_mb`` of
+them (images count by their size), the batch being written included.
 
 Settings travel in the archive (``monitor.json``); the serving environment may
 override two of them: ``VISIONLINE_CAPTURE_STORE`` (a store URI, or ``off``) and
@@ -65,6 +66,7 @@ class CaptureSettings:
     queue_size: int
     flush_records: int
     flush_interval_s: float
+    max_queue_mb: float = 64.0  # archives packaged before the setting get the default
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, store_uri: str) -> CaptureSettings:
@@ -76,6 +78,7 @@ class CaptureSettings:
             m.queue_size,
             m.flush_records,
             m.flush_interval_s,
+            m.max_queue_mb,
         )
 
     def with_environment(self, env: dict[str, str]) -> CaptureSettings:
@@ -140,7 +143,8 @@ class CaptureSink:
     """A bounded queue of records and one background thread writing them as Parquet.
 
     ``offer`` never blocks: it returns False (and counts the record as dropped) when the
-    queue is full. The thread writes a file per ``flush_records`` records or every
+    queue is full, in records or in bytes (an image counts by its size, a record without
+    one as ``RECORD_BYTES``; the batch being written still counts until it is written). The thread writes a file per ``flush_records`` records or every
     ``flush_interval_s``; a failed write drops its batch (counted, logged) and the next
     attempt waits a growing back-off, so a store that is down is not hammered.
     """
@@ -152,6 +156,7 @@ class CaptureSink:
         queue_size: int = 4096,
         flush_records: int = 512,
         flush_interval_s: float = 10.0,
+        max_bytes: int = 64 * 1024 * 1024,
         log_every_s: float = 60.0,
     ) -> None:
         self._store_factory = store if callable(store) else (lambda: store)
@@ -161,6 +166,9 @@ class CaptureSink:
         self.flush_interval_s = flush_interval_s
         self.log_every_s = log_every_s
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.max_bytes = max_bytes
+        self._bytes = 0  # of the records queued or being written
+        self._bytes_lock = threading.Lock()
         self._stop = threading.Event()
         self._flush_requested = threading.Event()
         self._flushed = threading.Condition()
@@ -180,10 +188,18 @@ class CaptureSink:
     # -- the request path: never blocks ------------------------------------------------
     def offer(self, record: dict[str, Any]) -> bool:
         self.offered += 1
+        size = _size(record)
+        with self._bytes_lock:
+            if self._bytes + size > self.max_bytes:
+                self.dropped_full += 1
+                return False
+            self._bytes += size
         try:
             self._queue.put_nowait(record)
             return True
         except queue.Full:
+            with self._bytes_lock:
+                self._bytes -= size
             self.dropped_full += 1
             return False
 
@@ -198,6 +214,7 @@ class CaptureSink:
             "dropped_queue_full": self.dropped_full,
             "dropped_store_error": self.dropped_store,
             "queued": self._queue.qsize(),
+            "queued_bytes": self._bytes,
             "files": len(self.files),
             "last_error": self.last_error,
         }
@@ -246,6 +263,8 @@ class CaptureSink:
                     self._stop.wait(backoff)
                 ok = self._write(pending)
                 backoff = 0.0 if ok else min(30.0, max(1.0, backoff * 2))
+                with self._bytes_lock:
+                    self._bytes -= sum(_size(r) for r in pending)
                 pending = []
             if due:
                 self._report()
@@ -302,6 +321,13 @@ class CaptureSink:
             self.last_error,
         )
         self._reported = now
+
+
+RECORD_BYTES = 1024  # a record without its image: a few dozen numbers and strings
+
+
+def _size(record: dict[str, Any]) -> int:
+    return RECORD_BYTES + len(record.get("image") or b"")
 
 
 def records_to_parquet(records: list[dict]) -> bytes:
@@ -402,6 +428,7 @@ class RequestCapture:
                 settings.queue_size,
                 settings.flush_records,
                 settings.flush_interval_s,
+                int(settings.max_queue_mb * 1024 * 1024),
             )
             log.info(
                 "capture on: %.1f%% of requests to %s/%s (images %s)",
