@@ -166,6 +166,8 @@ def test_evicted_pods_replacement_resumes_from_the_checkpoint(
 
 
 def test_failing_pod_is_reported_with_its_reason(cluster, controller, s3_store, moto_server):
+    # what k8s/base's Role grants: jobs, pods, pods/log; not jobs/status
+    cluster.deny("get", "jobs/status")
     plan = _plan(s3_store, moto_server, backoff_limit=1)
     lines = ["epoch 1 step 1/9 loss 2.3", "allocating activations"]
     controller([Fate("oom", lines=lines), Fate("oom", lines=lines)])

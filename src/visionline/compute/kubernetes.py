@@ -486,7 +486,7 @@ class KubernetesRun:
             with self._call("get", "jobs"):
                 return as_dict(
                     self.backend.client,
-                    self.backend.batch.read_namespaced_job_status(self.name, self.namespace),
+                    self.backend.batch.read_namespaced_job(self.name, self.namespace),
                 )
         except KubernetesNotFoundError:
             return None
