@@ -134,6 +134,14 @@ def main() -> None:
             )
             log = servers["on"].workdir / "logs" / "model_log.log"
             dropped_warnings = log.read_text(errors="replace").count("records dropped so far")
+        except Exception:
+            for arm, server in servers.items():  # what the servers said, before they go
+                for name in ("model_log.log", "ts_log.log"):
+                    f = server.workdir / "logs" / name
+                    if f.is_file():
+                        tail = f.read_text(errors="replace").splitlines()[-15:]
+                        print(f"--- {arm}: {name}\n" + "\n".join(tail), file=sys.stderr)
+            raise
         finally:
             for server in servers.values():
                 server.stop()
