@@ -128,10 +128,12 @@ def main() -> None:
                     flush=True,
                 )
             sent = args.rounds * per_client * args.concurrency
-            # the worker writes every monitor.flush_interval_s: wait for what it holds
-            captured = wait_for_captures(
-                captures, "bench", "1", started, int(0.5 * sent * args.sample_rate), 30
-            )
+            # the worker writes every monitor.flush_interval_s (10 s): wait until the
+            # count stops growing, so the figure is every record the worker wrote
+            captured, previous = 0, -1
+            while captured != previous:
+                previous = captured
+                captured = wait_for_captures(captures, "bench", "1", started, sent, 12)
             log = servers["on"].workdir / "logs" / "model_log.log"
             dropped_warnings = log.read_text(errors="replace").count("records dropped so far")
         except Exception:
