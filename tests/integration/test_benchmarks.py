@@ -5,6 +5,7 @@ figures of a smoke run mean nothing and nothing here asserts a timing."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,8 +124,15 @@ def test_capture_smoke(tmp_path):
 
 
 def test_make_bench_runs_every_cpu_benchmark_then_the_report():
+    # under `make test` the parent make's MAKELEVEL/MAKEFLAGS would add "Entering directory"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     proc = subprocess.run(
-        ["make", "-n", "bench"], cwd=REPO, capture_output=True, text=True, timeout=60
+        ["make", "--no-print-directory", "-n", "bench"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
