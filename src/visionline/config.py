@@ -177,6 +177,9 @@ class ServeConfig(_Section):
     max_aspect_ratio: AspectRatio = 32.0
     max_resized_pixels: PixelCount = 16_000_000
     cpu_inference: CpuInference = "auto"  # measured at load (auto) or forced
+    # On one machine, REST goes through the same nginx front as in the pod (it keeps
+    # curl --data-binary working): auto = when nginx is installed, else TorchServe direct.
+    local_front: Literal["auto", "nginx", "none"] = "auto"
 
 
 # --------------------------------------------------------------------------- Kubernetes

@@ -123,6 +123,27 @@ def check_torchserve() -> Check:
     )
 
 
+def check_nginx(mode: str = "auto") -> Check:
+    """nginx for the local serving front (``serve.local_front``): required only when the
+    config asks for it; without it REST is served by TorchServe directly."""
+    from visionline.serving.nginx import nginx_binary
+
+    exe = nginx_binary()
+    if mode == "none":
+        return Check("nginx", True, "serve.local_front is none: REST from TorchServe directly")
+    if exe is None:
+        return Check(
+            "nginx",
+            False,
+            "not installed: REST is served by TorchServe directly and a body sent without a "
+            "content type (curl --data-binary) gets a 415; apt-get install -y nginx-light",
+            required=mode == "nginx",
+        )
+    proc = subprocess.run([exe, "-v"], capture_output=True, text=True, timeout=30)
+    version = (proc.stderr or proc.stdout).strip().split("/")[-1]
+    return Check("nginx", True, f"nginx {version} at {exe}: REST through the local front")
+
+
 def check_kubernetes(required: bool = False, timeout: float = 5) -> Check:
     """A usable Kubernetes context: one that exists and whose API server answers.
     A problem either way; it only fails the doctor when the config uses the cluster."""
@@ -169,6 +190,7 @@ def run_doctor(cfg: PipelineConfig | None, store_uri: str) -> list[Check]:
         *check_torch(),
         check_java(),
         check_torchserve(),
+        check_nginx(cfg.serve.local_front if cfg is not None else "auto"),
         check_store(store_uri),
         check_prefect(),
         check_kubernetes(required=cluster),

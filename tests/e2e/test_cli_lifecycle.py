@@ -139,6 +139,7 @@ def test_every_help(tmp_path):
 
 def test_doctor_reports_each_check(tmp_path):
     d = run(*VISIONLINE, "--store", str(tmp_path / "s"), "doctor", cwd=tmp_path)
-    for name in ("torch", "java", "store", "prefect", "kubernetes", "torchserve"):
+    for name in ("torch", "java", "store", "prefect", "kubernetes", "torchserve", "nginx"):
         assert f"] {name}:" in d.stdout, d.stdout
     assert "[ok  ] store:" in d.stdout
+    assert "[ok  ] nginx:" in d.stdout  # .ci/run installs it: REST through the local front

@@ -63,3 +63,59 @@ def test_failed_parity_keeps_the_previous_champion_serving(small_digits_dir, tmp
         assert status.model == v1 and status.ready, status
     finally:
         deployer.stop()
+
+
+def test_the_local_front_carries_rest_and_status_watches_it(packaged_digits, tmp_path):
+    """Locally REST goes through the nginx front on serve.inference_port; TorchServe's
+    own REST listener moves to another loopback port. A front that died makes the
+    deployment not ready; stop() stops both; local_front: none serves TorchServe direct."""
+    import requests
+
+    from visionline.errors import ServingError
+    from visionline.serving import local
+
+    store, ref, cfg0 = packaged_digits
+    cfg = cfg0.with_overrides(**serve_ports())
+    image = store.get_bytes(Registry(store, ref.name).info(ref.version)["parity_keys"][0])
+    deployer = LocalDeployer(store, cfg.serve, tmp_path / "serve")
+    try:
+        client = deployer.deploy(ref)
+        assert deployer.endpoint() == f"http://127.0.0.1:{cfg.serve.inference_port}"
+        assert deployer.front.is_running() and deployer.status().ready
+        backend = deployer.server.endpoints.inference
+        assert backend != deployer.endpoint() and backend.startswith("http://127.0.0.1:")
+        form = {
+            "Authorization": f"Bearer {deployer.token()}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        url = f"{deployer.endpoint()}/predictions/{ref.name}"
+        r = requests.post(url, data=image, headers=form, timeout=30)
+        assert r.status_code == 200 and r.json() == client.predict(image), r.text
+        # TorchServe's token is still checked, by TorchServe, behind the front
+        r = requests.post(
+            url, data=image, headers={**form, "Authorization": "Bearer x"}, timeout=30
+        )
+        assert r.status_code == 400 and "Token Authorization failed" in r.text
+
+        # the front is part of the deployment: without it nothing answers on the endpoint
+        deployer.front.stop()
+        status = LocalDeployer(store, cfg.serve, tmp_path / "serve").status()  # any process
+        assert not status.ready and "front" in status.detail, status
+    finally:
+        deployer.stop()
+    assert not deployer.front.is_running() and not deployer.server.is_running()
+
+    direct = cfg.serve.model_copy(update={"local_front": "none"})
+    deployer = LocalDeployer(store, direct, tmp_path / "direct")
+    try:
+        deployer.deploy(ref)
+        assert deployer.server.endpoints.inference == deployer.endpoint()
+        assert not deployer.front.is_running() and deployer.status().ready
+    finally:
+        deployer.stop()
+
+    with pytest.MonkeyPatch.context() as mp:  # a machine without nginx
+        mp.setattr(local, "nginx_binary", lambda: None)
+        required = cfg.serve.model_copy(update={"local_front": "nginx"})
+        with pytest.raises(ServingError, match="nginx is not installed"):
+            LocalDeployer(store, required, tmp_path / "required").deploy(ref)

@@ -190,8 +190,14 @@ def _corpus(good: bytes) -> dict[str, tuple[bytes, str | None, int, str]]:
         "form field with a non-ascii name": (
             b"%C3%A9t%C3%A9%0D%0A=1",
             "application/x-www-form-urlencoded",
-            415,
-            "did not survive",
+            400,
+            "neither an image nor a form",
+        ),
+        "form the frontend's decoder would choke on": (
+            b"a=%zz&b=c\rd",
+            "application/x-www-form-urlencoded",
+            400,
+            "neither an image nor a form",
         ),
     }
 
@@ -237,11 +243,12 @@ def test_bodies_over_the_limit(server):
         timeout=(5, 30),
     )
     assert r.status_code == 200, r.text[:300]
-    # ...and refuses anything beyond that itself, with an empty body (documented)
+    # ...and the front refuses anything beyond that itself, saying what the limit is
     r = requests.post(
         server["url"], data=b"\0" * (2 * limit), headers=server["auth"], timeout=(5, 30)
     )
-    assert r.status_code == 413 and r.content == b""
+    assert r.status_code == 413, r.text[:300]
+    assert r.json()["code"] == 413 and f"at most {limit} bytes" in r.json()["message"]
 
 
 def _curl(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
@@ -270,6 +277,8 @@ def test_curl_as_users_type_it(server):
         ["-F", f"file=@{img}"],
         ["-F", f"image=@{img}"],
         ["-T", img],  # PUT, no content type
+        ["--data-binary", f"@{img}"],  # curl's default: application/x-www-form-urlencoded
+        ["-d", f"@{img}"],  # the same, and what a careless user types
         ["-d", "data=" + base64.b64encode(server["good"]).decode()],
         [
             "-H",
@@ -281,32 +290,29 @@ def test_curl_as_users_type_it(server):
         code, body = _curl(*auth, *args, url)
         assert code == 200, (args, body)
         assert json.loads(body).keys() == expected.keys(), args
-    # curl's default for --data-binary is application/x-www-form-urlencoded: TorchServe's
-    # frontend parses the body as a form before any handler runs, and the image's bytes
-    # do not survive it. Where Netty's form decoder gets through the bytes, our handler
-    # says so and how to send the image instead (415); where it throws (a CR not
-    # followed by LF, a bad % escape in the image's bytes), the frontend answers 500
-    # itself. Which one depends on the image's bytes; neither is a prediction.
-    code, body = _curl(*auth, "--data-binary", f"@{img}", url)
-    if code == 415:
-        assert "application/x-www-form-urlencoded" in body
-        assert "curl -H 'Content-Type: application/octet-stream' --data-binary @image.png" in body
-    else:
-        assert code == 500 and "ErrorDataDecoderException" in body, (code, body)
-    no_cr = server["good"].replace(b"\r", b"").replace(b"%", b"")  # what Netty gets through
-    code, body = _curl(*auth, "--data-binary", "@-", url, stdin=no_cr)
-    assert code == 415 and "curl -F file=@image.png URL" in body, body
+    # text that is no image, sent the same way: the handler says what it expected
+    code, body = _curl(*auth, "--data-binary", "hello=world", url)
+    assert code == 400 and "curl -F file=@image.png URL" in body, body
 
 
-def test_form_bodies_the_frontend_cannot_parse_get_its_own_500(server):
-    """TorchServe's form decoder (Netty) throws on some form-encoded bodies (a bad %
-    escape, a CR not followed by LF) before any handler runs; the frontend answers 500.
-    The README lists this among what we cannot change; the worker is not involved."""
+def test_form_bodies_reach_the_handler_through_the_front_not_torchservess_form_decoder(server):
+    """Without the front, TorchServe's form decoder (Netty) takes a form-encoded body
+    apart before any handler runs: image bytes are lost (415) or the decoder throws (a
+    bad % escape, a CR not followed by LF: 500). The front forwards such a body as
+    sent; the handler answers it, and the worker lives."""
     pid, _ = _worker(server)
     form = {**server["auth"], "Content-Type": "application/x-www-form-urlencoded"}
-    for body in (b"a=%zz", b"a=b\rc"):
+    for body in (b"a=%zz", b"a=b\rc", server["good"] + b"\r%zz"):
         r = requests.post(server["url"], data=body, headers=form, timeout=10)
-        assert r.status_code == 500 and "ErrorDataDecoderException" in r.text, (body, r.text)
+        assert r.status_code in (200, 400) and "Exception" not in r.text, (body, r.text)
+    r = requests.post(server["url"], data=server["good"], headers=form, timeout=10)
+    assert r.status_code == 200 and len(r.json()) == 3, r.text
+    # urllib's default for a bytes body is the same content type
+    import urllib.request
+
+    req = urllib.request.Request(server["url"], data=server["good"], headers=server["auth"])
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        assert len(json.loads(answer.read())) == 3
     assert _worker(server)[0] == pid
 
 
@@ -398,9 +404,13 @@ def test_what_torchserve_does_that_the_readme_says_we_cannot_change(server):
         assert r.status_code == 400
     # the metrics port answers without a token
     assert requests.get(f"{server['metrics']}/metrics", timeout=10).status_code == 200
-    # OPTIONS / returns the API description without a token
-    r = requests.options(server["root"] + "/", timeout=10)
+    # OPTIONS / returns the API description without a token: TorchServe's port does,
+    # and it is loopback only; the front forwards inference and /ping, nothing else
+    backend = json.loads((server["tsdir"] / "state.json").read_text())["endpoints"]
+    r = requests.options(backend["inference"] + "/", timeout=10)
     assert r.status_code == 200 and r.json()["openapi"].startswith("3.")
+    assert backend["inference"].startswith("http://127.0.0.1:")
+    assert requests.options(server["root"] + "/", timeout=10).status_code == 404
     # a request header over Netty's limit is refused before any handler runs
     r = requests.post(
         server["url"],

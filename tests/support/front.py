@@ -15,13 +15,7 @@ from pathlib import Path
 
 import requests
 
-from visionline.serving.nginx import Backend, render_nginx_conf
-
-
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
-    )
+from visionline.serving.nginx import Backend, nginx_binary, render_nginx_conf
 
 
 def write_secret_volume(root: Path, data: dict[str, str]) -> None:

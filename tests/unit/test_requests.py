@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.faults import png_bytes
 from visionline.serving.requests import (
+    SENT_AS_HEADER,
     RequestError,
     image_bytes,
     looks_like_image,
@@ -131,6 +132,45 @@ def test_form_encoded_base64_is_recovered():
     for text in (json.dumps({"data": B64}), B64):
         name, _, value = text.replace("+", " ").partition("=")
         assert image_bytes({name: value.encode()}, _headers(FORM), LIMIT) == PNG
+
+
+def _forwarded(sent_as: str = FORM) -> dict:
+    # What our front (serving.nginx) hands TorchServe for a form-encoded body
+    return {**_headers("application/octet-stream"), SENT_AS_HEADER: sent_as}
+
+
+def test_a_form_body_our_front_forwarded_is_read_as_sent():
+    # curl --data-binary @digit.png through the front: the image, byte for byte
+    assert image_bytes({"body": PNG}, _forwarded(), LIMIT) == PNG
+    assert image_bytes({"body": PNG}, _forwarded(FORM + "; charset=utf-8"), LIMIT) == PNG
+    # curl -d "data=$(base64 -w0 digit.png)": '+' left unescaped, as curl sends it
+    assert image_bytes({"body": ("data=" + B64).encode()}, _forwarded(), LIMIT) == PNG
+    # curl --data-urlencode "data@digit.b64": escaped properly
+    escaped = "data=" + B64.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+    assert image_bytes({"body": escaped.encode()}, _forwarded(), LIMIT) == PNG
+    # JSON or bare base64 sent as a form
+    for text in (json.dumps({"data": B64}), B64):
+        assert image_bytes({"body": text.encode()}, _forwarded(), LIMIT) == PNG
+
+
+def test_a_forwarded_form_that_holds_no_image_gets_a_400_that_says_so():
+    for body in (b"name=value&other=thing", b"data=bm90IGFuIGltYWdl", b"\x00\x01binary"):
+        with pytest.raises(RequestError) as e:
+            image_bytes({"body": body}, _forwarded(), LIMIT)
+        assert e.value.status == 400 and "neither an image nor a form" in str(e.value)
+    with pytest.raises(RequestError, match="0 bytes"):
+        image_bytes({"body": b""}, _forwarded(), LIMIT)
+    many = "&".join(f"f{i}=x" for i in range(40)).encode()
+    with pytest.raises(RequestError, match="as a form"):
+        image_bytes({"body": many}, _forwarded(), LIMIT)
+    big = PNG[:8] + b"\0" * 2000
+    with pytest.raises(RequestError) as e:
+        image_bytes({"body": big}, _forwarded(), 1024)
+    assert e.value.status == 413
+    # the header alone changes nothing for a body TorchServe parsed itself
+    with pytest.raises(RequestError) as e:
+        image_bytes({}, {**_headers(FORM), SENT_AS_HEADER: FORM}, LIMIT)
+    assert e.value.status == 415
 
 
 def test_size_limits_answer_413():

@@ -54,6 +54,7 @@ from visionline.serving.client import RestClient
 from visionline.serving.deploy import DeploymentError, DeploymentStatus
 from visionline.serving.fetch import POD_BACKEND_PORTS
 from visionline.serving.nginx import Backend, is_token, render_nginx_conf
+from visionline.serving.torchserve import max_body_bytes
 
 if TYPE_CHECKING:
     from visionline.config import KubernetesDeployConfig, PipelineConfig
@@ -106,7 +107,8 @@ def config_map(cfg: PipelineConfig) -> dict[str, Any]:
         grpc_port=serve.grpc_inference_port,
         metrics_port=serve.metrics_port,
         tmp_dir=NGINX_TMP,
-        max_body_bytes=serve.max_request_bytes,
+        max_body_bytes=max_body_bytes(serve),
+        max_image_bytes=serve.max_request_bytes,
         health_path=HEALTH_PATH,
     )
     data = {

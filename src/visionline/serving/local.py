@@ -3,13 +3,22 @@
 ``LocalDeployer`` is what ``visionline serve``, ``visionline deploy`` and the pipeline's
 deploy step use locally. What it serves, and what it served before, is recorded in
 ``<workdir>/served.json``, so ``status()`` and ``rollback()`` work from any process.
+
+REST goes through the pod's nginx front (``serving.nginx``, ``serve.local_front``) when
+nginx is installed: it listens on ``serve.inference_port`` and forwards to TorchServe on
+a free loopback port, passing TorchServe's own token through; gRPC, management and
+metrics are TorchServe's, on loopback. Without nginx, TorchServe answers REST itself
+and a body sent as ``application/x-www-form-urlencoded`` gets a 415 (README).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from visionline.config import ServeConfig
@@ -17,10 +26,24 @@ from visionline.errors import IntegrityError, ServingError
 from visionline.registry import ModelRef, Registry
 from visionline.serving.client import RestClient
 from visionline.serving.deploy import DeploymentStatus
-from visionline.serving.torchserve import Endpoints, ServedModel, TorchServe
+from visionline.serving.nginx import Backend, NginxProcess, nginx_binary, render_nginx_conf
+from visionline.serving.torchserve import (
+    LOOPBACK,
+    Endpoints,
+    ServedModel,
+    TorchServe,
+    max_body_bytes,
+)
 from visionline.storage import ArtifactStore, sha256_file
 
 DEFAULT_WORKDIR = ".visionline/serve"
+log = logging.getLogger(__name__)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
 
 
 def fetch_mar(store: ArtifactStore, ref: ModelRef, dest_dir: Path) -> Path:
@@ -51,6 +74,24 @@ class LocalDeployer:
         self.cfg = cfg
         self.workdir = Path(workdir)
         self.server = TorchServe(workdir, cfg)
+        self.front = NginxProcess(self.workdir / "front")
+
+    def _use_front(self) -> bool:
+        if self.cfg.local_front == "none":
+            return False
+        if nginx_binary() is not None:
+            return True
+        if self.cfg.local_front == "nginx":
+            raise ServingError(
+                "serve.local_front is nginx but nginx is not installed: "
+                "apt-get install -y nginx-light, or set serve.local_front: auto"
+            )
+        log.warning(
+            "nginx is not installed: TorchServe answers REST itself, and a body sent as "
+            "application/x-www-form-urlencoded (curl --data-binary without a content type) "
+            "gets a 415; apt-get install -y nginx-light to serve through the front"
+        )
+        return False
 
     # -- what is served -------------------------------------------------------------------
     @property
@@ -74,6 +115,12 @@ class LocalDeployer:
 
     # -- Deployer -------------------------------------------------------------------------
     def _start(self, ref: ModelRef) -> RestClient:
+        front = self._use_front()
+        self.front.stop()
+        self.front.conf.unlink(missing_ok=True)  # written again when the front starts
+        # behind the front TorchServe's REST moves to a free loopback port
+        backend_port = _free_loopback_port() if front else self.cfg.inference_port
+        self.server.cfg = self.cfg.model_copy(update={"inference_port": backend_port})
         with tempfile.TemporaryDirectory() as tmp:
             mar = fetch_mar(self.store, ref, Path(tmp))
             self.server.start(
@@ -88,7 +135,33 @@ class LocalDeployer:
                 ],
                 {ref.name: mar},
             )
+        if front:
+            try:
+                self._start_front(backend_port)
+            except ServingError:
+                self.server.stop(quiet=True)
+                raise
         return RestClient(self.endpoint(), ref.name, self.token())
+
+    def _start_front(self, backend_port: int) -> None:
+        conf = render_nginx_conf(
+            credentials_dir=None,  # TorchServe checks its own tokens
+            backend=Backend(
+                LOOPBACK, backend_port, self.cfg.grpc_inference_port, self.cfg.metrics_port
+            ),
+            rest_port=self.cfg.inference_port,
+            grpc_port=None,
+            metrics_port=None,
+            listen_host=LOOPBACK,
+            tmp_dir=self.front.tmp,
+            max_body_bytes=max_body_bytes(self.cfg),
+            max_image_bytes=self.cfg.max_request_bytes,
+            timeout_s=120,
+            # as root nginx would hand its workers to "nobody", who cannot write the
+            # request-body buffers under this working directory
+            run_as="root" if os.geteuid() == 0 else None,
+        )
+        self.front.start(conf, f"{self.endpoint()}/healthz")
 
     def deploy(self, ref: ModelRef) -> RestClient:
         state = self._state()
@@ -125,17 +198,24 @@ class LocalDeployer:
         except ServingError as e:
             return DeploymentStatus(ref, self.endpoint(), False, str(e))
         ready = [w for w in workers if w.get("status") == "READY"]
+        detail = f"{len(ready)}/{len(workers)} workers ready"
+        front_down = self.front.conf.is_file() and not self.front.is_running()
+        if front_down:
+            detail += f"; the nginx front is not running (see {self.front.log})"
         return DeploymentStatus(
             ref,
             self.endpoint(),
-            bool(workers) and len(ready) == len(workers),
-            f"{len(ready)}/{len(workers)} workers ready",
+            bool(workers) and len(ready) == len(workers) and not front_down,
+            detail,
         )
 
     def endpoint(self) -> str:
-        return self.server.endpoints.inference
+        """REST inference as clients reach it: the front's port, or TorchServe's."""
+        return f"http://{LOOPBACK}:{self.cfg.inference_port}"
 
     def stop(self) -> None:
+        self.front.stop()
+        self.front.conf.unlink(missing_ok=True)
         self.server.stop()
         if self._state_path.is_file():
             state = self._state()
@@ -146,7 +226,7 @@ class LocalDeployer:
     # -- local extras ---------------------------------------------------------------------
     @property
     def endpoints(self) -> Endpoints:
-        return self.server.endpoints
+        return replace(self.server.endpoints, inference=self.endpoint())
 
     @property
     def key_file(self) -> Path:

@@ -21,14 +21,33 @@ loopback only (its own token auth off, see ``torchserve.render_config``):
 
 A token is 16-256 characters of ``[A-Za-z0-9_-]`` (``secrets.token_urlsafe(32)``
 gives 43), which is also what keeps a file lookup inside the credential directory.
+
+The same front also serves on one machine (``serving.local``), without a credential
+directory: there TorchServe keeps its own token auth and the front passes
+``Authorization`` through. Either way the front fixes what TorchServe's frontend would
+otherwise destroy: a body sent as ``application/x-www-form-urlencoded`` (curl's default
+for ``--data-binary``, urllib's for bytes) is forwarded unparsed as
+``application/octet-stream``, with the client's content type in ``X-Visionline-Sent-As``,
+so the handler gets the bytes as sent (``serving.requests``); a body over the limit gets
+a JSON 413 that names the limit instead of an empty one.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import shutil
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import requests
+
+from visionline.errors import ServingError
+from visionline.serving.requests import FORM_URLENCODED, SENT_AS_HEADER
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,256}$")
 GRPC_SERVICE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
@@ -55,38 +74,64 @@ class Backend:
 
 def render_nginx_conf(
     *,
-    credentials_dir: str | Path,
+    credentials_dir: str | Path | None,
     backend: Backend,
     rest_port: int,
-    grpc_port: int,
+    grpc_port: int | None,
     metrics_port: int | None,
     listen_host: str = "0.0.0.0",
     tmp_dir: str | Path = "/tmp/nginx",
-    max_body_bytes: int = 10 * 1024 * 1024,
+    max_body_bytes: int = 14 * 1024 * 1024,
+    max_image_bytes: int = 10 * 1024 * 1024,
     timeout_s: int = 120,
     health_path: str = "/healthz",
     run_as: str | None = None,
 ) -> str:
     """nginx.conf for the front (complete: runs as ``nginx -c FILE``, unprivileged,
-    with a read-only root filesystem: every path nginx writes is under ``tmp_dir``)."""
-    cred = str(credentials_dir).rstrip("/")
+    with a read-only root filesystem: every path nginx writes is under ``tmp_dir``).
+
+    ``max_body_bytes`` is the largest body the front forwards: TorchServe's own
+    ``max_request_size`` (``torchserve.max_body_bytes``), so the two agree. Without
+    ``credentials_dir`` the front checks no credential and passes ``Authorization`` on to
+    a TorchServe with its own token auth (one machine); without ``grpc_port`` it has no
+    gRPC listener (clients reach TorchServe's gRPC port directly).
+    """
     tmp = str(tmp_dir).rstrip("/")
-    # The check nginx runs on every request (an internal subrequest): a bearer token of
-    # the accepted shape that names a file in the credential directory.
-    auth = f"""
+    if credentials_dir is None:
+        auth = unauthorized = ""
+        check = "            # the credential is TorchServe's own token: passed on as sent"
+        grpc_check = check
+    else:
+        cred = str(credentials_dir).rstrip("/")
+        # The check nginx runs on every request (an internal subrequest): a bearer token
+        # of the accepted shape that names a file in the credential directory.
+        auth = f"""
         location = /_visionline_auth {{
             internal;
             if ($visionline_token = "") {{ return 401; }}
             if (!-f {cred}/$visionline_token) {{ return 401; }}
             return 204;
         }}"""
-    unauthorized = """
+        unauthorized = """
         error_page 401 = @unauthorized;
         location @unauthorized {
             add_header WWW-Authenticate 'Bearer realm="visionline"' always;
             default_type application/json;
             return 401 '{"code": 401, "message": "a valid Authorization: Bearer <token> is required"}';
         }"""
+        check = '            auth_request /_visionline_auth;\n            proxy_set_header Authorization "";'
+        grpc_check = '            auth_request /_visionline_auth;\n            grpc_set_header Authorization "";'
+    too_large = f"""
+        error_page 413 = @too_large;
+        location @too_large {{
+            default_type application/json;
+            return 413 '{{"code": 413, "message": "the request body is over {max_body_bytes} bytes, the most this server accepts (an image of at most {max_image_bytes} bytes, raw or as base64)"}}';
+        }}"""
+    # An inference call: the credential check, then the body as the client sent it.
+    inference = f"""{check}
+            proxy_set_header Content-Type $visionline_content_type;
+            proxy_set_header {SENT_AS_HEADER} $visionline_sent_as;
+            proxy_pass http://{backend.host}:{backend.inference_port};"""
     ts_rest = f"http://{backend.host}:{backend.inference_port}"
     metrics = (
         f"""
@@ -100,11 +145,35 @@ def render_nginx_conf(
         if metrics_port
         else ""
     )
+    grpc = (
+        f"""
+    # gRPC inference (HTTP/2): TorchServe's own inference service.
+    server {{
+        listen {listen_host}:{grpc_port} http2;
+{auth}
+
+        location /{GRPC_SERVICE}/ {{
+{grpc_check}
+            grpc_pass grpc://{backend.host}:{backend.grpc_port};
+        }}
+        location / {{
+            return 404;
+        }}
+    }}
+"""
+        if grpc_port
+        else ""
+    )
     # In a pod nginx runs unprivileged and never switches user; started as root it would
     # hand its workers to a default user, who must be able to read the credentials.
     user = f"user {run_as};\n" if run_as else ""
-    return f"""# Generated by visionline.serving.nginx.render_nginx_conf: the authenticating front
-# of TorchServe (which listens on {backend.host} only, its own token auth off).
+    role = (
+        "the authenticating front\n# of TorchServe (which listens on "
+        f"{backend.host} only, its own token auth off)."
+        if credentials_dir is not None
+        else f"the front of TorchServe\n# (on {backend.host}, checking its own tokens)."
+    )
+    return f"""# Generated by visionline.serving.nginx.render_nginx_conf: {role}
 {user}worker_processes 1;
 pid {tmp}/nginx.pid;
 error_log stderr warn;
@@ -123,7 +192,7 @@ http {{
     log_format visionline '$remote_addr "$request" $status $body_bytes_sent $request_time';
     access_log /dev/stdout visionline;
     server_tokens off;
-    client_max_body_size {max_body_bytes + 64 * 1024};
+    client_max_body_size {max_body_bytes};
     proxy_read_timeout {timeout_s}s;
     grpc_read_timeout {timeout_s}s;
 
@@ -131,12 +200,21 @@ http {{
         default "";
         "~^Bearer (?<t>[A-Za-z0-9_-]{{16,256}})$" $t;
     }}
+    # TorchServe parses a form-encoded body into fields and image bytes do not survive:
+    # forward it unparsed, saying how it was sent (the handler parses real forms itself).
+    map $http_content_type $visionline_content_type {{
+        default $http_content_type;
+        "~*^application/x-www-form-urlencoded" "application/octet-stream";
+    }}
+    map $http_content_type $visionline_sent_as {{
+        default "";
+        "~*^application/x-www-form-urlencoded" "{FORM_URLENCODED}";
+    }}
 
-    # REST inference: /predictions/<model> and /ping, each with the credential.
+    # REST inference: /predictions/<model>, /explanations/<model> and /ping.
     server {{
         listen {listen_host}:{rest_port};
-{auth}
-{unauthorized}
+{auth}{unauthorized}{too_large}
 
         location = {health_path} {{
             access_log off;
@@ -144,33 +222,102 @@ http {{
             return 200 "ok\\n";
         }}
         location /predictions/ {{
-            auth_request /_visionline_auth;
-            proxy_set_header Authorization "";
-            proxy_pass {ts_rest};
+{inference}
+        }}
+        location /explanations/ {{
+{inference}
         }}
         location = /ping {{
-            auth_request /_visionline_auth;
-            proxy_set_header Authorization "";
+{check}
             proxy_pass {ts_rest};
         }}
         location / {{
             return 404;
         }}
     }}
-
-    # gRPC inference (HTTP/2): TorchServe's own inference service, with the credential.
-    server {{
-        listen {listen_host}:{grpc_port} http2;
-{auth}
-
-        location /{GRPC_SERVICE}/ {{
-            auth_request /_visionline_auth;
-            grpc_set_header Authorization "";
-            grpc_pass grpc://{backend.host}:{backend.grpc_port};
-        }}
-        location / {{
-            return 404;
-        }}
-    }}
-{metrics}}}
+{grpc}{metrics}}}
 """
+
+
+def nginx_binary() -> str | None:
+    """The nginx executable (Debian installs it in /usr/sbin, often not on a user's PATH)."""
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
+    )
+
+
+class NginxProcess:
+    """One daemonized nginx rooted at ``workdir`` (``nginx.conf``, ``tmp/``, ``nginx.log``);
+    found again, and stopped, from any process through its pid file."""
+
+    def __init__(self, workdir: str | Path) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.conf = self.workdir / "nginx.conf"
+        self.tmp = self.workdir / "tmp"
+        self.log = self.workdir / "nginx.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.tmp / "nginx.pid"  # where render_nginx_conf(tmp_dir=self.tmp) puts it
+
+    def _pid(self) -> int | None:
+        import psutil
+
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            return pid if "nginx" in psutil.Process(pid).name() else None
+        except (OSError, ValueError, psutil.Error):
+            return None
+
+    def is_running(self) -> bool:
+        return self._pid() is not None
+
+    def start(self, conf_text: str, health_url: str, timeout: float = 30) -> None:
+        """Write the config, check it (``nginx -t``), start nginx and wait until
+        ``health_url`` answers. Raises ServingError with nginx's own words."""
+        exe = nginx_binary()
+        if exe is None:
+            raise ServingError("nginx is not installed: apt-get install -y nginx-light")
+        self.stop()
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(conf_text)
+        base = [exe, "-e", str(self.log), "-c", str(self.conf)]
+        checked = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
+        if checked.returncode != 0:
+            raise ServingError(f"nginx refused {self.conf}: {checked.stderr.strip()}")
+        # The master forks into the background once it listens; its stderr (error_log
+        # stderr) and the access log (/dev/stdout) go to nginx.log.
+        with self.log.open("ab") as out:
+            started = subprocess.run(
+                base, stdout=out, stderr=out, stdin=subprocess.DEVNULL, timeout=30
+            )
+        if started.returncode != 0:
+            raise ServingError(f"nginx did not start: see {self.log}")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                requests.get(health_url, timeout=1)
+                return
+            except requests.RequestException as e:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ServingError(f"nginx does not answer {health_url}: {e}") from e
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15) -> None:
+        """Graceful (in-flight requests finish), then forceful after ``timeout``."""
+        import psutil
+
+        pid = self._pid()
+        if pid is None:
+            return
+        try:
+            master = psutil.Process(pid)
+            procs = [master, *master.children(recursive=True)]
+            master.send_signal(signal.SIGQUIT)
+        except psutil.Error:
+            return
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for p in alive:
+            p.kill()
+        psutil.wait_procs(alive, timeout=5)

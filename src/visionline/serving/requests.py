@@ -15,6 +15,10 @@ the worker sees it, and the content type decides how:
   is decoded, parsing stops at the first line break, and text without ``=`` or ``&``
   is dropped. Binary image bytes do not survive this, so such a request gets a 415
   that names the content type and the fix; base64 text sent that way is recovered.
+  Behind our front (``serving.nginx``, locally and in the pod) this never happens: the
+  front forwards such a body unparsed as ``application/octet-stream`` and names the
+  client's content type in ``X-Visionline-Sent-As``; the body is then an image as sent,
+  or a form parsed here, correctly.
 
 gRPC requests arrive as the ``input`` map's fields (``data``).
 
@@ -30,6 +34,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from visionline.data.images import (
     DEFAULT_MAX_ASPECT_RATIO,
@@ -38,6 +43,8 @@ from visionline.data.images import (
 
 FORM_URLENCODED = "application/x-www-form-urlencoded"
 MULTIPART = "multipart/form-data"
+# Set by our front when it forwarded a form-encoded body unparsed (serving.nginx).
+SENT_AS_HEADER = "X-Visionline-Sent-As"
 _HOW_TO_SEND = (
     "send the image as the raw body with its own content type "
     "(curl -H 'Content-Type: application/octet-stream' --data-binary @image.png URL), "
@@ -208,8 +215,9 @@ def _from_value(value: Any, what: str, ctype: str, max_bytes: int) -> bytes:
     return _from_json(value, what, max_bytes)  # parsed JSON (application/json)
 
 
-def _form_urlencoded(row: Mapping[str, Any], headers: Mapping[str, Any], max_bytes: int) -> bytes:
-    """Recover base64 or JSON text from a form-encoded body, or say why we cannot."""
+def _image_in_form(row: Mapping[str, Any], max_bytes: int) -> bytes | None:
+    """The image in a form's one field (``data=<base64>``), in base64 or JSON text that
+    form decoding split at its first '=', or None."""
     candidates: list[bytes] = []
     if len(row) == 1:
         ((name, value),) = row.items()
@@ -230,6 +238,14 @@ def _form_urlencoded(row: Mapping[str, Any], headers: Mapping[str, Any], max_byt
             continue
         if looks_like_image(data):
             return data
+    return None
+
+
+def _form_urlencoded(row: Mapping[str, Any], headers: Mapping[str, Any], max_bytes: int) -> bytes:
+    """Recover base64 or JSON text from a form TorchServe parsed, or say why we cannot."""
+    data = _image_in_form(row, max_bytes)
+    if data is not None:
+        return data
     length = header(headers, "content-length") or "unknown"
     fields = ", ".join(repr(str(k)[:20]) for k in list(row)[:5]) or "none"
     raise RequestError(
@@ -239,6 +255,32 @@ def _form_urlencoded(row: Mapping[str, Any], headers: Mapping[str, Any], max_byt
         f"{_HOW_TO_SEND}",
         415,
     )
+
+
+def _forwarded_form(row: Mapping[str, Any], max_bytes: int) -> bytes:
+    """A form-encoded body our front forwarded unparsed: an image as sent (``curl
+    --data-binary @image.png``), or a form whose one field is the image in base64."""
+    body = row.get("body")
+    data = body.encode() if isinstance(body, str) else bytes(body or b"")
+    what = f"the request body (sent as {FORM_URLENCODED})"
+    if looks_like_image(data):
+        if len(data) > max_bytes:
+            raise _too_large(len(data), max_bytes, what)
+        return data
+    if not data.strip():
+        raise RequestError(f"empty request ({what} has 0 bytes): {_HOW_TO_SEND}")
+    try:
+        text = data.decode("latin-1")  # any bytes; %XX escapes are decoded as UTF-8
+        fields = dict(parse_qsl(text, keep_blank_values=True, max_num_fields=16))
+    except ValueError as e:  # more fields than any request of ours has
+        raise RequestError(f"{what} is not an image, and as a form: {e}; {_HOW_TO_SEND}") from e
+    image = _image_in_form(fields, max_bytes)
+    if image is None:
+        raise RequestError(
+            f"{what} is neither an image nor a form whose one field is the image in "
+            f"base64 (data=<base64>): {_HOW_TO_SEND}"
+        )
+    return image
 
 
 def _multipart_part(row: Mapping[str, Any], headers: Mapping[str, Any]) -> str:
@@ -271,6 +313,9 @@ def image_bytes(row: Mapping[str, Any], headers: Mapping[str, Any], max_bytes: i
     """
     ctype = media_type(headers)
     fields = {k: v for k, v in row.items() if v is not None}
+    sent_as = header(headers, SENT_AS_HEADER).split(";", 1)[0].strip().lower()
+    if sent_as == FORM_URLENCODED and ctype == "application/octet-stream":
+        return _forwarded_form(fields, max_bytes)
     if ctype == FORM_URLENCODED:
         return _form_urlencoded(fields, headers, max_bytes)
     if not fields:
