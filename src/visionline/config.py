@@ -240,8 +240,9 @@ class KubernetesComputeConfig(_Section):
     namespace: str = Field("visionline", pattern=_DNS_LABEL)
     # None: the current kubeconfig context, or the pod's own service account in-cluster.
     context: str | None = None
-    image: str = "visionline-trainer:0.1.0"
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # the image k8s/ names (Dockerfile, target trainer)
+    image: str = "ghcr.io/visionline/visionline-trainer:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "Always"
     image_pull_secrets: list[str] = []
     service_account: str = Field("visionline-trainer", pattern=_DNS_LABEL)
     # GPUs per pod (per node); 0 trains on CPU. More than one runs torchrun, one process each.
@@ -307,8 +308,9 @@ class KubernetesDeployConfig(_Section):
     context: str | None = None
     deployment: str = Field("visionline-torchserve", pattern=_DNS_LABEL)
     service: str = Field("visionline-torchserve", pattern=_DNS_LABEL)
-    image: str = "visionline-server:0.1.0"
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # the image k8s/base/serving/deployment.yaml names (Dockerfile, target server)
+    image: str = "ghcr.io/visionline/visionline-server:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "Always"
     image_pull_secrets: list[str] = []
     service_account: str = Field("visionline-server", pattern=_DNS_LABEL)
     replicas: int = Field(2, ge=1, le=100)

@@ -282,11 +282,12 @@ def test_auth_front_refuses_without_the_credential_and_serves_with_it(pod):
         grpc_client.close()
     # The kubelet's probe of nginx and the scraper's port need no token.
     assert requests.get(pod["health"], timeout=10).status_code == 200
-    # The scraper's route reaches TorchServe's metrics listener (nginx would answer 502
-    # otherwise). What it returns depends on TorchServe's metrics_mode in the config the
-    # init container writes: only `prometheus` fills it.
+    # The scraper's route reaches TorchServe's metrics listener, in Prometheus' format,
+    # counting the prediction above (metrics_mode=prometheus in the init container's config)
     metrics = requests.get(pod["metrics"], timeout=10)
     assert metrics.status_code == 200, metrics.text
+    assert "# TYPE ts_inference_requests_total counter" in metrics.text, metrics.text[:500]
+    assert f'model_name="{name}"' in metrics.text, metrics.text[:500]
 
 
 def test_rotating_the_credential_needs_no_restart(pod):

@@ -23,9 +23,18 @@ IMAGE = "ghcr.io/visionline/visionline-server:0.1.0"
 def cfg():
     from visionline.config import load_config
 
-    return load_config(REPO / "configs" / "digits-k8s.yaml").with_overrides(
-        **{"deploy.kubernetes.image": IMAGE, "deploy.kubernetes.image_pull_policy": "Always"}
-    )
+    return load_config(REPO / "configs" / "digits-k8s.yaml")
+
+
+def test_the_configs_default_images_are_the_manifests(cfg):
+    """Out of the box the deployer and the Job backend use the images k8s/ names."""
+    from visionline.config import ComputeConfig, DeployConfig
+
+    job_default, serve_default = ComputeConfig().kubernetes, DeployConfig().kubernetes
+    assert cfg.deploy.kubernetes.image == serve_default.image == IMAGE
+    job = (REPO / "k8s" / "training" / "job.yaml").read_text()
+    assert f"image: {job_default.image}\n" in job and "imagePullPolicy: Always" in job
+    assert job_default.image_pull_policy == serve_default.image_pull_policy == "Always"
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,9 @@ def render_config(
         "max_request_size": max_body_bytes(cfg),
         "max_response_size": 6553500,
         "disable_system_metrics": "true",
+        # /metrics in Prometheus' format (the default, log, leaves it empty): request
+        # counts and latencies per model, for the scraper the pod's NetworkPolicy admits
+        "metrics_mode": "prometheus",
         "default_response_timeout": 120,
     }
     return "".join(f"{k}={v}\n" for k, v in lines.items())
