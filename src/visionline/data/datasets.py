@@ -35,12 +35,16 @@ class LocalCache:
             self.root = store.root
         else:
             self.root = Path(cache_dir).expanduser().resolve() / tag
+        self._found: set[str] = set()  # in place: keys already checked (objects are immutable)
 
     def path(self, key: str) -> Path:
         if self.in_place:
-            # exists() also refuses keys that would leave the store ('..', absolute)
-            if not self.store.exists(key):
-                raise KeyNotFoundError(f"no object {key!r} in store {self.store.uri}")
+            # exists() also refuses keys that would leave the store ('..', absolute); an
+            # epoch asks for every key again, so each is checked once
+            if key not in self._found:
+                if not self.store.exists(key):
+                    raise KeyNotFoundError(f"no object {key!r} in store {self.store.uri}")
+                self._found.add(key)
             return self.root / key
         p = self.root / key
         if not p.is_file():
