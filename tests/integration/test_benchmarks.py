@@ -123,11 +123,12 @@ def test_capture_smoke(tmp_path):
     assert r["capture_drop_warnings"] == 0
 
 
-def test_make_bench_runs_every_cpu_benchmark_then_the_report():
+def _make_n(target: str) -> list[str]:
+    """The commands ``make TARGET`` would run, as make prints them."""
     # under `make test` the parent make's MAKELEVEL/MAKEFLAGS would add "Entering directory"
     env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     proc = subprocess.run(
-        ["make", "--no-print-directory", "-n", "bench"],
+        ["make", "--no-print-directory", "-n", target],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -135,8 +136,19 @@ def test_make_bench_runs_every_cpu_benchmark_then_the_report():
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    ran = [ln.split("benchmarks/")[1].split(".py")[0] for ln in lines if "benchmarks/" in ln]
-    assert set(ran) >= {"ingest", "accuracy", "train_overhead", "serve", "pipeline", "capture"}
-    assert "train_gpu" not in ran  # its own target: make bench-gpu
+    return proc.stdout.splitlines()
+
+
+def _benchmarks(lines: list[str]) -> list[str]:
+    return [ln.split("benchmarks/")[1].split(".py")[0] for ln in lines if "benchmarks/" in ln]
+
+
+def test_make_bench_runs_every_cpu_benchmark_then_the_report():
+    lines = _make_n("bench")
+    ran = _benchmarks(lines)
+    assert set(ran) == {"ingest", "accuracy", "train_overhead", "serve", "pipeline", "capture"}
     assert lines[-1].endswith("-m benchmarks.report")
+    # the search and the GPU benchmark have targets of their own
+    for target, name in (("bench-tune", "tune"), ("bench-gpu", "train_gpu")):
+        lines = _make_n(target)
+        assert _benchmarks(lines) == [name] and lines[-1].endswith("-m benchmarks.report")
