@@ -310,17 +310,19 @@ def worker_plan(server: TorchServe) -> str:
 
 def worker_load_seconds(server: TorchServe) -> dict[str, float]:
     """TorchServe's own WorkerLoadTime metric for each worker: from the load request to
-    the model being ready, the handler's initialize() (and so the plan) included."""
+    the model being ready, the handler's initialize() (and so the plan) included. Read
+    from the metrics endpoint (our config sets metrics_mode=prometheus)."""
     out: dict[str, float] = {}
-    log = server.workdir / "logs" / "ts_metrics.log"
-    if not log.is_file():
+    try:
+        text = requests.get(f"{server.endpoints.metrics}/metrics", timeout=10).text
+    except requests.RequestException:
         return out
-    # ...WorkerLoadTime.Milliseconds:2345.0|#WorkerName:W-9000-<model>_<version>,Level:...
-    pattern = re.compile(r"WorkerLoadTime\.Milliseconds:([\d.]+)\|#WorkerName:W-\d+-([^,|]+)")
-    for line in log.read_text(errors="replace").splitlines():
+    # WorkerLoadTime{WorkerName="W-9000-<model>_<version>",Level="Host",...} 2345.0
+    pattern = re.compile(r'^WorkerLoadTime\{[^}]*WorkerName="W-\d+-([^"]+)"[^}]*\}\s+([\d.eE+]+)')
+    for line in text.splitlines():
         m = pattern.search(line)
         if m:
-            out[m.group(2).rsplit("_", 1)[0]] = round(float(m.group(1)) / 1000, 2)
+            out[m.group(1).rsplit("_", 1)[0]] = round(float(m.group(2)) / 1000, 2)
     return out
 
 
