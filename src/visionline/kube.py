@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import yaml
 
 from visionline.errors import VisionlineError
+
+log = logging.getLogger(__name__)
 
 PART_OF = "visionline"
 MANAGED_BY = "visionline"
@@ -66,6 +69,59 @@ def api_client(context: str | None = None) -> Any:
             f"no Kubernetes cluster to talk to ({where}): {e}. Point KUBECONFIG at a cluster, "
             "select a context with `kubectl config use-context`, or run inside a pod"
         ) from e
+
+
+class KubeAccess:
+    """API access shared by the Job backend and the serving deployer: the clients, built
+    lazily from ``self.k`` (a config section with ``context``, ``namespace``, ``role``) or
+    the ``api_client`` given, and calls whose API errors become ours."""
+
+    k: Any
+    _client: Any
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = api_client(self.k.context)
+        return self._client
+
+    @property
+    def core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.client)
+
+    @property
+    def batch(self) -> Any:
+        from kubernetes import client
+
+        return client.BatchV1Api(self.client)
+
+    @property
+    def apps(self) -> Any:
+        from kubernetes import client
+
+        return client.AppsV1Api(self.client)
+
+    def _call(self, verb: str, resource: str) -> Any:
+        return api_errors(verb, resource, self.k.namespace, self.k.role)
+
+    def _create_if_absent(self, obj: dict[str, Any]) -> bool:
+        """Create a ConfigMap or Service; one already there (a content-addressed
+        ConfigMap, or the same run's Service from an earlier attempt) is left as it is.
+        True when this call created it."""
+        kind = obj["kind"]
+        plural, create = {
+            "ConfigMap": ("configmaps", self.core.create_namespaced_config_map),
+            "Service": ("services", self.core.create_namespaced_service),
+        }[kind]
+        try:
+            with self._call("create", plural):
+                create(self.k.namespace, obj)
+        except KubernetesConflictError:
+            return False
+        log.info("created %s %s/%s", kind, self.k.namespace, obj["metadata"]["name"])
+        return True
 
 
 def _api_message(body: Any) -> str:

@@ -27,57 +27,35 @@ from tests.conftest import REPO
 from tests.support import hostile
 from tests.support.faults import bomb_png
 from tests.support.images import encodings
-from tests.support.ports import serve_ports
-from visionline.registry import Registry
+from tests.support.serving import served_digits, visionline_cli
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
 
 
-def _cli(cfg_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "visionline.cli", "--config", str(cfg_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture(scope="module")
 def server(packaged_digits, tmp_path_factory):
-    store, ref, cfg = packaged_digits
     work = tmp_path_factory.mktemp("hostile")
-    ports = serve_ports(prefix="")
-    served = cfg.with_overrides(
-        **{f"serve.{k}": v for k, v in ports.items()},
-        **{"serve.batch_size": 4, "serve.max_batch_delay_ms": 50},
-    )
-    cfg_path = work / "config.yaml"
-    cfg_path.write_text(served.to_yaml())
-    started = _cli(cfg_path, "serve", "--workdir", str(work / "ts"))
-    assert started.returncode == 0, started.stdout + started.stderr
-    keys = json.loads((work / "ts" / "key_file.json").read_text())
-    info = Registry(store, ref.name).info(ref.version)
-    image = work / "digit.png"
-    image.write_bytes(store.get_bytes(info["parity_keys"][0]))
-    yield {
-        "cfg_path": cfg_path,
-        "work": work,
-        "tsdir": work / "ts",
-        "url": f"http://127.0.0.1:{ports['inference_port']}/predictions/{ref.name}",
-        "explain_url": f"http://127.0.0.1:{ports['inference_port']}/explanations/{ref.name}",
-        "root": f"http://127.0.0.1:{ports['inference_port']}",
-        "management": f"http://127.0.0.1:{ports['management_port']}",
-        "metrics": f"http://127.0.0.1:{ports['metrics_port']}",
-        "auth": {"Authorization": f"Bearer {keys['inference']['key']}"},
-        "mgmt_auth": {"Authorization": f"Bearer {keys['management']['key']}"},
-        "name": ref.name,
-        "image": image,
-        "good": image.read_bytes(),
-        "max_request_bytes": served.serve.max_request_bytes,
-        "image_size": served.data.image_size,
-    }
-    stopped = _cli(cfg_path, "serve", "--stop", "--workdir", str(work / "ts"))
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    with served_digits(packaged_digits, work) as s:
+        root, keys = s["root"], s["keys"]
+        image = work / "digit.png"
+        image.write_bytes(s["good"])
+        yield {
+            "cfg_path": s["cfg_path"],
+            "work": work,
+            "tsdir": s["tsdir"],
+            "url": f"{root}/predictions/{s['name']}",
+            "explain_url": f"{root}/explanations/{s['name']}",
+            "root": root,
+            "management": f"http://127.0.0.1:{s['ports']['management_port']}",
+            "metrics": f"http://127.0.0.1:{s['ports']['metrics_port']}",
+            "auth": {"Authorization": f"Bearer {keys['inference']['key']}"},
+            "mgmt_auth": {"Authorization": f"Bearer {keys['management']['key']}"},
+            "name": s["name"],
+            "image": image,
+            "good": s["good"],
+            "max_request_bytes": s["cfg"].serve.max_request_bytes,
+            "image_size": s["cfg"].data.image_size,
+        }
 
 
 def _worker(server) -> tuple[int, int]:
@@ -377,7 +355,7 @@ def test_explanations_among_concurrent_predictions_all_get_200(server):
 
 def test_cli_predict_defaults_to_the_configured_endpoints(server):
     for extra in (["--grpc"], []):
-        out = _cli(
+        out = visionline_cli(
             server["cfg_path"],
             "predict",
             str(server["image"]),
@@ -387,7 +365,7 @@ def test_cli_predict_defaults_to_the_configured_endpoints(server):
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(f"{server['image']}: ")
-    out = _cli(
+    out = visionline_cli(
         server["cfg_path"], "predict", str(server["image"]), "--grpc", "--endpoint=http://x:1"
     )
     assert out.returncode == 2 and "host:port, not a URL" in out.stderr

@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import shutil
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,21 +21,13 @@ import requests
 from PIL import Image
 
 from tests.support.handler import extract_mar, handle, load_handler
+from tests.support.serving import visionline_cli
 from visionline.data.manifest import read_manifest, resolve_dataset
 from visionline.monitoring.capture import read_captures
 from visionline.monitoring.labels import build_label_queue, read_feedback
 from visionline.storage import LocalStore
 
 BRIGHTER = 60  # added to every pixel of the shifted digits (0..255)
-
-
-def _cli(cfg_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "visionline.cli", "--config", str(cfg_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def brighten(png: bytes, delta: int = BRIGHTER) -> bytes:
@@ -151,11 +142,13 @@ def test_brightness_shift_is_flagged_and_an_unshifted_sample_is_not(env):
     bright = _folder(env["root"] / "bright", env["test"], BRIGHTER)
     (plain / "notes.txt").write_text("not an image: ignored")
 
-    same = _cli(env["cfg_path"], "monitor", "check", "digits", "--images", str(plain))
+    same = visionline_cli(env["cfg_path"], "monitor", "check", "digits", "--images", str(plain))
     assert same.returncode == 0, same.stdout + same.stderr
     assert "verdict    NO DRIFT" in same.stdout
 
-    shifted = _cli(env["cfg_path"], "monitor", "check", "digits:1", "--images", str(bright))
+    shifted = visionline_cli(
+        env["cfg_path"], "monitor", "check", "digits:1", "--images", str(bright)
+    )
     assert shifted.returncode == 3, shifted.stdout + shifted.stderr
     assert "verdict    DRIFT" in shifted.stdout
     mean_line = next(ln for ln in shifted.stdout.splitlines() if ln.strip().startswith("mean_0"))
@@ -194,17 +187,17 @@ def test_false_alarms_over_20_unshifted_windows_stay_within_the_rate(env):
 
 
 def test_monitor_check_of_a_window_of_captures(env, captured):
-    out = _cli(env["cfg_path"], "monitor", "check", "digits", "--window", "now-1h..now")
+    out = visionline_cli(env["cfg_path"], "monitor", "check", "digits", "--window", "now-1h..now")
     assert out.returncode == 3, out.stdout + out.stderr  # half the traffic is brightened
     assert f"{len(captured['truth'])} records" in out.stdout
-    empty = _cli(
+    empty = visionline_cli(
         env["cfg_path"], "monitor", "check", "digits", "--window", "2001-01-01..2001-01-02"
     )
     assert empty.returncode == 2 and "fewer than monitor.min_window" in empty.stderr
 
 
 def test_label_queue_holds_the_least_confident_images(env, captured):
-    out = _cli(
+    out = visionline_cli(
         env["cfg_path"], "label-queue", "digits", "--k", "5", "--strategy", "least-confidence"
     )
     assert out.returncode == 0, out.stdout + out.stderr
@@ -239,7 +232,7 @@ def test_feedback_gives_accuracy_and_per_class_recall(env, captured, tmp_path):
         + "".join(f"{r},{captured['truth'][r]}\n" for r in chosen["request_id"])
         + "never-captured,3\n"
     )
-    out = _cli(env["cfg_path"], "labels", "feedback", str(fb))
+    out = visionline_cli(env["cfg_path"], "labels", "feedback", str(fb))
     assert out.returncode == 0, out.stdout + out.stderr
     truth = chosen["request_id"].map(captured["truth"])
     accuracy = float((truth == chosen["label"]).mean())
@@ -249,12 +242,12 @@ def test_feedback_gives_accuracy_and_per_class_recall(env, captured, tmp_path):
     for label, group in chosen.groupby(truth):
         recall = float((group["label"] == label).mean())
         assert f"  {label:<12} {recall:.4f}  ({len(group)} labels)" in out.stdout
-    again = _cli(env["cfg_path"], "labels", "feedback", str(fb))
+    again = visionline_cli(env["cfg_path"], "labels", "feedback", str(fb))
     assert "61 labels already stored" in again.stdout
 
     bad = tmp_path / "bad.csv"
     bad.write_text("request_id,label\nplain-x,3\nplain-y,seven\n")
-    refused = _cli(env["cfg_path"], "labels", "feedback", str(bad))
+    refused = visionline_cli(env["cfg_path"], "labels", "feedback", str(bad))
     assert refused.returncode == 2 and f"{bad}:3: label 'seven'" in refused.stderr
 
 
@@ -279,7 +272,7 @@ def test_importing_labels_yields_a_new_dataset_version_that_validates(env, captu
         t["annotations"] = [{"id": 1, "result": [{"value": {"choices": [label]}}]}]
     export = tmp_path / "export.json"
     export.write_text(json.dumps(tasks))
-    first = _cli(env["cfg_path"], "labels", "import", str(export))
+    first = visionline_cli(env["cfg_path"], "labels", "import", str(export))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "4 labelled images new" in first.stdout and "2 without a label" in first.stdout
     assert "validation of digits:" in first.stdout and "PASSED" in first.stdout
@@ -295,7 +288,7 @@ def test_importing_labels_yields_a_new_dataset_version_that_validates(env, captu
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    second = _cli(env["cfg_path"], "labels", "import", str(filled))
+    second = visionline_cli(env["cfg_path"], "labels", "import", str(filled))
     assert second.returncode == 0, second.stdout + second.stderr
     assert "2 labelled images new, 4 already in" in second.stdout
     v2 = resolve_dataset(store, "digits")
@@ -309,7 +302,7 @@ def test_importing_labels_yields_a_new_dataset_version_that_validates(env, captu
 
     bad = tmp_path / "bad.csv"
     bad.write_text(f"image,label\n{rows[0]['image']},eleven\n")
-    refused = _cli(env["cfg_path"], "labels", "import", str(bad))
+    refused = visionline_cli(env["cfg_path"], "labels", "import", str(bad))
     assert refused.returncode == 2 and f"{bad}:2: label 'eleven'" in refused.stderr
     assert resolve_dataset(store, "digits") == v2  # nothing moved
 
@@ -408,7 +401,7 @@ def test_monitoring_flow_reports_and_starts_retrain_after_n_drifted_windows(
     third = monitoring(config=str(config))  # after a retrain the count starts again
     assert not third["checked"]["decision"]["retrain"]
 
-    log = _cli(config, "monitor", "log", "digits")
+    log = visionline_cli(config, "monitor", "log", "digits")
     assert log.returncode == 0
     lines = [ln for ln in log.stdout.splitlines() if "digits:1" in ln]
     assert [("RETRAIN" in ln) for ln in lines] == [False, True, False]

@@ -5,16 +5,13 @@ The server is started and stopped with the `visionline serve` CLI, as a user wou
 
 import json
 import socket
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from tests.support.faults import bomb_png
-from tests.support.ports import serve_ports
-from visionline.registry import Registry
+from tests.support.serving import served_digits, visionline_cli
 from visionline.serving.client import GrpcClient, PredictionError, RestClient
 from visionline.serving.parity import parity_check
 from visionline.serving.torchserve import management_is_loopback_only, parse_config
@@ -22,45 +19,22 @@ from visionline.serving.torchserve import management_is_loopback_only, parse_con
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
 
 
-def _cli(cfg_path, *args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "visionline.cli", "--config", str(cfg_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture(scope="module")
 def server(packaged_digits, tmp_path_factory):
-    store, ref, cfg = packaged_digits
-    work = tmp_path_factory.mktemp("serve")
-    ports = serve_ports(prefix="")
-    served_cfg = cfg.with_overrides(
-        **{f"serve.{k}": v for k, v in ports.items()},
-        **{"serve.batch_size": 4, "serve.max_batch_delay_ms": 50},
-    )
-    cfg_path = work / "config.yaml"
-    cfg_path.write_text(served_cfg.to_yaml())
-    started = _cli(cfg_path, "serve", "--workdir", str(work / "ts"))
-    assert started.returncode == 0, started.stdout + started.stderr
-    keys = json.loads((work / "ts" / "key_file.json").read_text())
-    info = Registry(store, ref.name).info(ref.version)
-    yield {
-        "cfg_path": cfg_path,
-        "work": work / "ts",
-        "stdout": started.stdout,
-        "token": keys["inference"]["key"],
-        "rest": f"http://127.0.0.1:{ports['inference_port']}",
-        "grpc": f"127.0.0.1:{ports['grpc_inference_port']}",
-        "mgmt_port": ports["management_port"],
-        "name": ref.name,
-        "store": store,
-        "info": info,
-        "good": store.get_bytes(info["parity_keys"][0]),
-    }
-    stopped = _cli(cfg_path, "serve", "--stop", "--workdir", str(work / "ts"))
-    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    with served_digits(packaged_digits, tmp_path_factory.mktemp("serve")) as s:
+        yield {
+            "cfg_path": s["cfg_path"],
+            "work": s["tsdir"],
+            "stdout": s["stdout"],
+            "token": s["keys"]["inference"]["key"],
+            "rest": s["root"],
+            "grpc": f"127.0.0.1:{s['ports']['grpc_inference_port']}",
+            "mgmt_port": s["ports"]["management_port"],
+            "name": s["name"],
+            "store": s["store"],
+            "info": s["info"],
+            "good": s["good"],
+        }
 
 
 def test_cli_prints_endpoints_and_token_location(server):
@@ -182,7 +156,7 @@ def test_cli_predict_over_rest_and_grpc(server, tmp_path):
     img = tmp_path / "digit.png"
     img.write_bytes(server["good"])
     for extra in ([f"--endpoint={server['rest']}"], ["--grpc", f"--endpoint={server['grpc']}"]):
-        out = _cli(
+        out = visionline_cli(
             server["cfg_path"], "predict", str(img), "--workdir", str(server["work"]), *extra
         )
         assert out.returncode == 0, out.stderr

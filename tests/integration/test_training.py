@@ -65,32 +65,36 @@ def test_outputs_of_a_finished_run(trained_digits):
     assert fit(cfg, store, run_id).already_complete
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(small_digits_dir, tmp_path):
+def _reference_and_trainer(data_dir, tmp_path, epochs: int, name: str):
+    """An uninterrupted run ``run`` (the reference, in its own store), and the trainer
+    command for the same run in a second store holding the same data."""
     overrides = {
-        "train.epochs": 4,
+        "train.epochs": epochs,
         "train.batch_size": 16,
         "train.log_every": 1,
         "train.early_stopping": None,
     }
     ref_store = LocalStore(tmp_path / "ref")
-    ingest(ref_store, str(small_digits_dir), "digits", progress=False)
+    ingest(ref_store, str(data_dir), "digits", progress=False)
     reference = fit(digits_config(ref_store.uri, **overrides), ref_store, "run")
-
-    store = LocalStore(tmp_path / "killed")
-    ingest(store, str(small_digits_dir), "digits", progress=False)
+    store = LocalStore(tmp_path / name)
+    ingest(store, str(data_dir), "digits", progress=False)
     cfg_file = _write_cfg(tmp_path / "cfg.yaml", digits_config(store.uri, **overrides))
-    cmd = [
-        sys.executable,
-        "-m",
-        "visionline.training",
-        "--config",
-        str(cfg_file),
-        "--run-id",
-        "run",
-    ]
-    proc = subprocess.Popen(
+    cmd = [sys.executable, "-m", "visionline.training", "--config", str(cfg_file)]
+    return reference, ref_store, store, [*cmd, "--run-id", "run"]
+
+
+def _start(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
         cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
     )
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(small_digits_dir, tmp_path):
+    reference, ref_store, store, cmd = _reference_and_trainer(
+        small_digits_dir, tmp_path, epochs=4, name="killed"
+    )
+    proc = _start(cmd)
     seen = []
     deadline = time.monotonic() + 180
     for line in proc.stderr:
@@ -125,31 +129,10 @@ def test_sigterm_stops_at_the_batch_boundary_and_the_resumed_run_is_exact(digits
     from visionline.resume import EXIT_PREEMPTED
 
     grace_s = 30  # what a pod would get (terminationGracePeriodSeconds)
-    overrides = {
-        "train.epochs": 2,
-        "train.batch_size": 16,
-        "train.log_every": 1,
-        "train.early_stopping": None,
-    }
-    ref_store = LocalStore(tmp_path / "ref")
-    ingest(ref_store, str(digits_dir), "digits", progress=False)
-    reference = fit(digits_config(ref_store.uri, **overrides), ref_store, "run")
-
-    store = LocalStore(tmp_path / "preempted")
-    ingest(store, str(digits_dir), "digits", progress=False)
-    cfg_file = _write_cfg(tmp_path / "cfg.yaml", digits_config(store.uri, **overrides))
-    cmd = [
-        sys.executable,
-        "-m",
-        "visionline.training",
-        "--config",
-        str(cfg_file),
-        "--run-id",
-        "run",
-    ]
-    proc = subprocess.Popen(
-        cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    reference, ref_store, store, cmd = _reference_and_trainer(
+        digits_dir, tmp_path, epochs=2, name="preempted"
     )
+    proc = _start(cmd)
     seen = []
     deadline = time.monotonic() + 300
     for line in proc.stderr:

@@ -44,10 +44,10 @@ from visionline.compute import FAILED, SUCCEEDED, config_key, publish_config, tr
 from visionline.errors import ConfigError, TrainingError
 from visionline.kube import (
     DOMAIN,
+    KubeAccess,
     KubernetesApiError,
     KubernetesConflictError,
     KubernetesNotFoundError,
-    api_client,
     api_errors,
     app_labels,
     as_dict,
@@ -666,34 +666,13 @@ class KubernetesRun:
         self._fail(f"training run {self.run_id} was cancelled (Job {self.name} deleted)")
 
 
-class KubernetesBackend:
+class KubernetesBackend(KubeAccess):
     """ComputeBackend that runs each training run as a Kubernetes Job."""
 
     def __init__(self, cfg: PipelineConfig, api_client: Any | None = None) -> None:
         self.cfg = cfg
         self.k = cfg.compute.kubernetes
         self._client = api_client
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = api_client(self.k.context)
-        return self._client
-
-    @property
-    def batch(self) -> Any:
-        from kubernetes import client
-
-        return client.BatchV1Api(self.client)
-
-    @property
-    def core(self) -> Any:
-        from kubernetes import client
-
-        return client.CoreV1Api(self.client)
-
-    def _call(self, verb: str, resource: str) -> Any:
-        return api_errors(verb, resource, self.k.namespace, self.k.role)
 
     def manifests(
         self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
@@ -724,7 +703,7 @@ class KubernetesBackend:
         objects = self.manifests(plan, store, origin)
         for obj in objects:
             if obj["kind"] == "Service":
-                self._create_service(obj)
+                self._create_if_absent(obj)  # kept when the same run's Service is there
         job = objects[-1]
         self._create_job(job, run_id)
         return KubernetesRun(self, run_id, name)
@@ -733,13 +712,6 @@ class KubernetesBackend:
         self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
     ) -> None:
         self.submit(plan, store, origin).wait()
-
-    def _create_service(self, svc: dict[str, Any]) -> None:
-        try:
-            with self._call("create", "services"):
-                self.core.create_namespaced_service(self.k.namespace, svc)
-        except KubernetesConflictError:
-            pass  # the same run's Service, from an earlier attempt
 
     def _create_job(self, job: dict[str, Any], run_id: str) -> None:
         name = job["metadata"]["name"]

@@ -36,10 +36,9 @@ from typing import TYPE_CHECKING, Any
 from visionline.errors import ServingError
 from visionline.kube import (
     DOMAIN,
+    KubeAccess,
     KubernetesConflictError,
     KubernetesNotFoundError,
-    api_client,
-    api_errors,
     app_labels,
     as_dict,
     container_security_context,
@@ -477,7 +476,7 @@ def _pod_detail(pod: dict[str, Any]) -> str | None:
     return None
 
 
-class KubernetesDeployer:
+class KubernetesDeployer(KubeAccess):
     """Deployer for ``deploy.target: kubernetes``."""
 
     def __init__(
@@ -487,28 +486,6 @@ class KubernetesDeployer:
         self.k = cfg.deploy.kubernetes
         self.store = store
         self._client = api_client
-
-    # -- clients ------------------------------------------------------------------------
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = api_client(self.k.context)
-        return self._client
-
-    @property
-    def apps(self) -> Any:
-        from kubernetes import client
-
-        return client.AppsV1Api(self.client)
-
-    @property
-    def core(self) -> Any:
-        from kubernetes import client
-
-        return client.CoreV1Api(self.client)
-
-    def _call(self, verb: str, resource: str) -> Any:
-        return api_errors(verb, resource, self.k.namespace, self.k.role)
 
     # -- objects ------------------------------------------------------------------------
     def manifests(self, ref: ModelRef) -> list[dict[str, Any]]:
@@ -525,20 +502,6 @@ class KubernetesDeployer:
                 )
         except KubernetesNotFoundError:
             return None
-
-    def _ensure(self, obj: dict[str, Any]) -> None:
-        plural = {"ConfigMap": "configmaps", "Service": "services"}[obj["kind"]]
-        create = (
-            self.core.create_namespaced_config_map
-            if obj["kind"] == "ConfigMap"
-            else self.core.create_namespaced_service
-        )
-        try:
-            with self._call("create", plural):
-                create(self.k.namespace, obj)
-            log.info("created %s %s/%s", obj["kind"], self.k.namespace, obj["metadata"]["name"])
-        except KubernetesConflictError:
-            pass  # content-addressed (ConfigMap) or already there (Service)
 
     def _patch_current(self, change: Any, attempts: int = 10) -> dict[str, Any]:
         """Patch what ``change(current Deployment)`` computes, guarded by the
@@ -621,14 +584,14 @@ class KubernetesDeployer:
         current = self._read()
         if current is None:
             cm, dep, svc = self.manifests(ref)
-            self._ensure(cm)
+            self._create_if_absent(cm)
             dep["metadata"]["annotations"] = {PREVIOUS: "null"}
             with self._call("create", "deployments"):
                 self.apps.create_namespaced_deployment(self.k.namespace, dep)
             log.info(
                 "created Deployment %s/%s serving %s", self.k.namespace, self.k.deployment, ref
             )
-            self._ensure(svc)
+            self._create_if_absent(svc)
         else:
 
             def to_new(d: dict[str, Any]) -> dict[str, Any]:
