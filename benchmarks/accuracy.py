@@ -12,7 +12,7 @@ sklearn's ``'scale'`` heuristic, then refitted on train+val. If the best value s
 an edge of the grid the result says so (``svc_grid_edge``).
 
 The two are compared on the same test images with McNemar's exact test
-(``visionline.gate.mcnemar``): one seed's CNN against the SVC, per seed;
+(``visionline.evaluation.gate.mcnemar``): one seed's CNN against the SVC, per seed;
 ``mcnemar_p`` is the median over seeds, each seed's discordant counts are in
 ``mcnemar_per_seed``. A p-value far above 0.05 means the test set cannot tell them apart.
 
@@ -42,7 +42,7 @@ from visionline.config import load_config
 from visionline.data.ingest import ingest
 from visionline.data.manifest import read_manifest
 from visionline.evaluation import evaluate_run, load_predictions
-from visionline.gate import mcnemar
+from visionline.evaluation.gate import mcnemar
 from visionline.storage import LocalStore
 from visionline.training import fit
 

@@ -35,9 +35,9 @@ from benchmarks._common import add_common_args, arm_order, paired, write_result
 from benchmarks.serve import IMAGENET, load, make_inputs, percentiles
 from tests.support.ports import serve_ports
 from visionline.config import PipelineConfig, parse_config
-from visionline.models import build_model
+from visionline.model.architectures import build_model
 from visionline.monitoring.capture import wait_for_captures
-from visionline.packaging import build_mar
+from visionline.serving.packaging import build_mar
 from visionline.serving.torchserve import ServedModel, TorchServe
 from visionline.storage import LocalStore
 

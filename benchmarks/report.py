@@ -27,14 +27,14 @@ from benchmarks._common import REPO, results_dir
 MEASURES: dict[str, tuple[str, ...]] = {
     "accuracy": (
         "configs/digits.yaml",
-        "src/visionline/models.py",
-        "src/visionline/training.py",
+        "src/visionline/model/architectures.py",
+        "src/visionline/training",
     ),
     "capture": (
         "handlers",
         "src/visionline/monitoring",
-        "src/visionline/predictor.py",
-        "src/visionline/packaging.py",
+        "src/visionline/model/predictor.py",
+        "src/visionline/serving/packaging.py",
     ),
     "ingest": ("src/visionline/data/ingest.py", "src/visionline/storage.py"),
     "pipeline": ("flows",),
@@ -42,14 +42,14 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "handlers",
         "src/visionline/data/images.py",
         "src/visionline/data/transforms.py",
-        "src/visionline/packaging.py",
+        "src/visionline/serving/packaging.py",
         "src/visionline/serving",
     ),
-    "train_gpu": ("src/visionline/models.py", "src/visionline/training.py"),
+    "train_gpu": ("src/visionline/model/architectures.py", "src/visionline/training"),
     "train_overhead": (
         "src/visionline/data",
-        "src/visionline/models.py",
-        "src/visionline/training.py",
+        "src/visionline/model/architectures.py",
+        "src/visionline/training",
     ),
 }
 META = ("smoke", "machine", "git_revision", "measured_at")

@@ -68,8 +68,8 @@ from benchmarks._common import add_common_args, arm_order, paired, write_result
 from tests.support.ports import serve_ports
 from visionline.config import ServeConfig, parse_config
 from visionline.data.samples import draw_shape
-from visionline.models import build_model
-from visionline.packaging import archiver_command, build_mar, handler_files
+from visionline.model.architectures import build_model
+from visionline.serving.packaging import archiver_command, build_mar, handler_files
 from visionline.serving.torchserve import ServedModel, TorchServe
 from visionline.storage import LocalStore
 

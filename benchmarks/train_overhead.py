@@ -54,7 +54,7 @@ from benchmarks._common import (
 )
 from visionline.config import PipelineConfig, load_config
 from visionline.data.ingest import ingest
-from visionline.models import build_model
+from visionline.model.architectures import build_model
 from visionline.storage import LocalStore
 from visionline.training import build_optimizer, fit, train_one_epoch
 

@@ -38,11 +38,11 @@ from visionline.config import PipelineConfig, load_config
 from visionline.data.ingest import ingest
 from visionline.data.samples import write_digits
 from visionline.evaluation import ensure_evaluated
-from visionline.gate import gate_run
-from visionline.packaging import package_run
-from visionline.plan import plan_run
-from visionline.runs import load_run_info
+from visionline.evaluation.gate import gate_run
+from visionline.model.runs import load_run_info
+from visionline.serving.packaging import package_run
 from visionline.storage import LocalStore
+from visionline.training.plan import plan_run
 from visionline.tuning import TuneResult, base_params, open_study, suggest, tune
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ from flows.timing import task
 from visionline.config import PipelineConfig
 from visionline.data.manifest import DatasetRef
 from visionline.evaluation import metrics_markdown
-from visionline.gate import decision_markdown
+from visionline.evaluation.gate import decision_markdown
+from visionline.model.runs import RunPaths
 from visionline.registry import ModelRef
-from visionline.runs import RunPaths
 from visionline.storage import ArtifactStore, open_store
 
 

@@ -11,9 +11,9 @@ from flows.timing import task
 from visionline.config import PipelineConfig, load_config
 from visionline.data.manifest import DatasetRef
 from visionline.errors import StoreError
-from visionline.plan import RunPlan
 from visionline.registry import ModelRef
 from visionline.storage import open_store
+from visionline.training.plan import RunPlan
 
 
 def _io_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -44,7 +44,7 @@ def load(config: str, overrides: dict[str, Any] | None = None) -> PipelineConfig
 def ingest(cfg: PipelineConfig, source: str | None) -> DatasetRef:
     from visionline.data.ingest import ingest as run_ingest
     from visionline.data.manifest import resolve_dataset
-    from visionline.plan import dataset_spec
+    from visionline.training.plan import dataset_spec
 
     store = open_store(cfg.store)
     if source:
@@ -62,7 +62,7 @@ def ingest(cfg: PipelineConfig, source: str | None) -> DatasetRef:
 
 @task(**IO)
 def validate(cfg: PipelineConfig, dataset: DatasetRef) -> dict:
-    from visionline.validation import ensure_validated
+    from visionline.data.validation import ensure_validated
 
     report = ensure_validated(open_store(cfg.store), dataset, cfg)
     docs = f"{report.report_prefix}/data_docs/index.html" if report.report_prefix else None
@@ -79,7 +79,7 @@ def train(cfg: PipelineConfig, dataset: DatasetRef) -> RunPlan:
     from prefect.runtime import flow_run
 
     from visionline.backends import compute_backend
-    from visionline.plan import plan_run
+    from visionline.training.plan import plan_run
 
     store = open_store(cfg.store)
     plan = plan_run(cfg, store, dataset)
@@ -98,7 +98,7 @@ def evaluate(cfg: PipelineConfig, run: RunPlan) -> dict:
 @task(**IO)
 def gate(cfg: PipelineConfig, run: RunPlan) -> dict:
     from visionline.errors import GateFailedError
-    from visionline.gate import champion_run_id, gate_run
+    from visionline.evaluation.gate import champion_run_id, gate_run
 
     store = open_store(cfg.store)
     decision = gate_run(
@@ -111,7 +111,7 @@ def gate(cfg: PipelineConfig, run: RunPlan) -> dict:
 
 @task(**IO)
 def package(cfg: PipelineConfig, run: RunPlan) -> ModelRef:
-    from visionline.packaging import package_run
+    from visionline.serving.packaging import package_run
 
     return package_run(open_store(cfg.store), run.run_id, cfg.serve.model_name)
 
@@ -139,7 +139,7 @@ def search(cfg: PipelineConfig, dataset: DatasetRef) -> tuple[RunPlan, dict]:
     flow continues the stored study instead."""
     from prefect import get_run_logger
 
-    from visionline.plan import plan_run
+    from visionline.training.plan import plan_run
     from visionline.tuning import tune
 
     store = open_store(cfg.store)

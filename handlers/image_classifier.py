@@ -38,8 +38,8 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from visionline.data.images import decode_image
 from visionline.data.transforms import Preprocessing
+from visionline.model.predictor import Predictor
 from visionline.monitoring.capture import RequestCapture
-from visionline.predictor import Predictor
 from visionline.serving.explain import explanation, gradient_saliency
 from visionline.serving.inference import plan_cpu_inference
 from visionline.serving.requests import (

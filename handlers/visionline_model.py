@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from visionline.config import ModelConfig
-from visionline.models import build_model
+from visionline.model.architectures import build_model
 
 
 class VisionlineModel(nn.Module):

@@ -108,7 +108,7 @@ def trained_digits(digits_dir, tmp_path_factory):
     store = LocalStore(root / "store")
     ingest(store, str(digits_dir), "digits", progress=False)
     from visionline.data.manifest import resolve_dataset
-    from visionline.validation import validate_dataset
+    from visionline.data.validation import validate_dataset
 
     cfg = digits_config(store.uri, **{"train.epochs": 12, "train.early_stopping": None})
     assert validate_dataset(store, resolve_dataset(store, "digits"), cfg).success
@@ -120,9 +120,9 @@ def trained_digits(digits_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def packaged_digits(trained_digits):
     """The trained digits model gated, packaged as a .mar and promoted to champion."""
-    from visionline.gate import gate_run
-    from visionline.packaging import package_run
+    from visionline.evaluation.gate import gate_run
     from visionline.registry import Registry
+    from visionline.serving.packaging import package_run
 
     store, run_id, cfg, _ = trained_digits
     assert gate_run(store, run_id).passed

@@ -226,7 +226,7 @@ def lineage(store: ArtifactStore, ref: ModelRef) -> list[tuple[str, str]]:
     The validation result is the one the run trained behind (recorded in its run.json),
     not merely the newest one for that dataset version."""
     from visionline.data.manifest import DatasetRef
-    from visionline.runs import RunPaths, load_run_info
+    from visionline.model.runs import RunPaths, load_run_info
 
     m = Registry(store, ref.name).info(ref.version)
     chain = [("model", f"{ref} archive {store.url(ref.mar_key)} sha256 {m['sha256']}")]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from visionline.runs import RunPaths
+from visionline.model.runs import RunPaths
 from visionline.storage import LocalStore
 
 pytestmark = pytest.mark.slow

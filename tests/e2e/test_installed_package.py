@@ -61,7 +61,7 @@ def fresh_venv(tmp_path_factory) -> Path:
 
 
 def test_installed_package_packages_and_serves(fresh_venv, trained_digits, tmp_path):
-    from visionline.gate import gate_run
+    from visionline.evaluation.gate import gate_run
 
     store, run_id, cfg, _ = trained_digits
     assert gate_run(store, run_id).passed

@@ -10,11 +10,11 @@ from tests.support.ports import serve_ports
 from visionline.config import GateConfig
 from visionline.data.ingest import ingest
 from visionline.evaluation import evaluate_run
-from visionline.gate import gate_run
-from visionline.packaging import package_run
+from visionline.evaluation.gate import gate_run
 from visionline.registry import Registry
 from visionline.serving.deploy import DeploymentError, deploy_checked
 from visionline.serving.local import LocalDeployer
+from visionline.serving.packaging import package_run
 from visionline.serving.parity import parity_check
 from visionline.storage import LocalStore, sha256_bytes
 from visionline.training import fit

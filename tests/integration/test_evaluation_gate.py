@@ -9,8 +9,8 @@ from PIL import Image
 from tests.conftest import digits_config
 from visionline.config import GateConfig
 from visionline.evaluation import compute_metrics, evaluate_run
-from visionline.gate import decide, gate_run, mcnemar
-from visionline.runs import RunPaths
+from visionline.evaluation.gate import decide, gate_run, mcnemar
+from visionline.model.runs import RunPaths
 from visionline.training import fit
 
 

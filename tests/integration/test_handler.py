@@ -134,7 +134,7 @@ def test_a_batch_of_only_bad_requests(handler_env):
 def test_served_probabilities_equal_the_model(handler_env, packaged_digits):
     from visionline.data.images import decode_image
     from visionline.data.transforms import Preprocessing, eval_transform
-    from visionline.runs import load_trained_model
+    from visionline.model.runs import load_trained_model
 
     handler, ctx, good = handler_env
     store, ref, _ = packaged_digits

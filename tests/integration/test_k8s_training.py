@@ -23,8 +23,8 @@ from visionline.data.ingest import ingest
 from visionline.data.manifest import DatasetRef
 from visionline.errors import TrainingError
 from visionline.kube import KubernetesPermissionError
-from visionline.plan import plan_run
 from visionline.storage import S3Store
+from visionline.training.plan import plan_run
 
 NS = "vl-test"
 SECRET_VALUE = "vl-test-secret-7f3a9c"  # must never appear in anything we send

@@ -166,10 +166,10 @@ def test_brightness_shift_is_flagged_and_an_unshifted_sample_is_not(env):
 
 
 def test_false_alarms_over_20_unshifted_windows_stay_within_the_rate(env):
+    from visionline.model.predictor import Predictor
     from visionline.monitoring.drift import compare
     from visionline.monitoring.features import describe_images
     from visionline.monitoring.reference import ensure_projection, load_reference
-    from visionline.predictor import Predictor
 
     store, cfg = env["store"], env["cfg"]
     reference, meta = load_reference(store, "champ")
@@ -314,7 +314,7 @@ def test_serving_goes_on_while_the_capture_store_is_unreachable(env, tmp_path, m
     client's request timeout: if a request waited for the store, it would time out."""
     from tests.support.ports import serve_ports
     from tests.support.s3 import FaultProxy, free_port
-    from visionline.packaging import build_mar
+    from visionline.serving.packaging import build_mar
     from visionline.serving.torchserve import ServedModel, TorchServe
 
     store = env["store"]

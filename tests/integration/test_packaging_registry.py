@@ -10,9 +10,9 @@ import pytest
 
 from tests.conftest import digits_config
 from visionline.errors import GateFailedError
-from visionline.gate import gate_run
-from visionline.packaging import package_run
+from visionline.evaluation.gate import gate_run
 from visionline.registry import Registry, RegistryError, lineage
+from visionline.serving.packaging import package_run
 from visionline.storage import LocalStore
 
 

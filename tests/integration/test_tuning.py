@@ -22,10 +22,16 @@ from tests.conftest import digits_config
 from visionline.backends import compute_backend
 from visionline.config import load_config
 from visionline.data.ingest import ingest
-from visionline.plan import plan_run
+from visionline.model.runs import (
+    RunPaths,
+    is_complete,
+    load_run_config,
+    load_run_info,
+    read_history,
+)
 from visionline.registry import Registry
-from visionline.runs import RunPaths, is_complete, load_run_config, load_run_info, read_history
 from visionline.storage import LocalStore
+from visionline.training.plan import plan_run
 from visionline.tuning import StudyPaths, load_study, study_name, tune
 
 pytestmark = pytest.mark.slow

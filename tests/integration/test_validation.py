@@ -6,7 +6,7 @@ import sys
 from tests.support.faults import CLASSES, EXPECTED, write_fault_corpus
 from visionline.config import parse_config
 from visionline.data.ingest import ingest
-from visionline.validation import validate_dataset
+from visionline.data.validation import validate_dataset
 
 DIGITS_CFG = parse_config(
     {

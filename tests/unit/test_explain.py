@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from visionline.config import ModelConfig
-from visionline.models import build_model
+from visionline.model.architectures import build_model
 from visionline.serving.explain import explanation, gradient_saliency
 
 

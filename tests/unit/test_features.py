@@ -7,9 +7,9 @@ import torch
 
 from visionline.config import ModelConfig
 from visionline.data.transforms import Preprocessing
-from visionline.models import build_model
+from visionline.model.architectures import build_model
+from visionline.model.predictor import FeatureTap, Predictor, penultimate_layer
 from visionline.monitoring.features import describe_batch, feature_dim, make_projection
-from visionline.predictor import FeatureTap, Predictor, penultimate_layer
 from visionline.serving.inference import BUILDERS
 
 WIDTH = {"simple_cnn": 128, "resnet18": 512, "efficientnet_b0": 1280, "mobilenet_v3_small": 1024}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from visionline.config import ModelConfig
-from visionline.models import build_model
+from visionline.model.architectures import build_model
 from visionline.serving import inference
 from visionline.serving.inference import plan_cpu_inference
 

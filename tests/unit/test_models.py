@@ -3,7 +3,7 @@ import torch
 
 from visionline.config import ModelConfig, TrainConfig
 from visionline.errors import TrainingError
-from visionline.models import TORCHVISION_ARCHS, build_model, set_backbone_trainable
+from visionline.model.architectures import TORCHVISION_ARCHS, build_model, set_backbone_trainable
 from visionline.training import LRSchedule, build_optimizer
 
 

@@ -8,8 +8,8 @@ from tests.conftest import digits_config
 from visionline.config import EXECUTION_KEYS
 from visionline.data.manifest import DatasetRef, latest_key
 from visionline.errors import KeyNotFoundError
-from visionline.plan import dataset_spec, default_run_id, plan_run
 from visionline.storage import LocalStore
+from visionline.training.plan import dataset_spec, default_run_id, plan_run
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from visionline.config import PipelineConfig
 from visionline.storage import ArtifactStore
 
 if TYPE_CHECKING:
-    from visionline.plan import RunPlan
+    from visionline.training.plan import RunPlan
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"

@@ -12,8 +12,8 @@ from collections import deque
 
 from visionline.compute import FAILED, SUCCEEDED, publish_config, trainer_args
 from visionline.errors import TrainingError
-from visionline.plan import RunPlan
 from visionline.storage import ArtifactStore
+from visionline.training.plan import RunPlan
 
 log = logging.getLogger(__name__)
 _STEP_LINE = re.compile(r"\bepoch \d+ step \d+/\d+ loss ")

@@ -44,9 +44,9 @@ import torch
 
 from visionline.config import PipelineConfig
 from visionline.data.transforms import Preprocessing
+from visionline.model.predictor import FeatureTap
 from visionline.monitoring.features import describe_batch
 from visionline.monitoring.reference import MonitoringError, ensure_projection
-from visionline.predictor import FeatureTap
 from visionline.storage import ArtifactStore, open_store
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from visionline.config import PipelineConfig
 from visionline.data.images import IMAGE_EXTENSIONS
+from visionline.model.predictor import Predictor
 from visionline.monitoring.capture import read_captures
 from visionline.monitoring.drift import compare
 from visionline.monitoring.features import describe_images
@@ -22,7 +23,6 @@ from visionline.monitoring.reference import (
     load_reference,
 )
 from visionline.monitoring.report import DriftReport, report_images, store_report
-from visionline.predictor import Predictor
 from visionline.registry import ModelRef, Registry
 from visionline.storage import ArtifactStore
 
@@ -113,7 +113,7 @@ def check_images(
 ) -> CheckOutcome:
     """A folder of images through the model in-process, described as captures are
     (same decoding, transform, forward pass and projection), against its reference."""
-    from visionline.runs import load_run_config
+    from visionline.model.runs import load_run_config
 
     ref, info = resolve_model(store, spec)
     run_id = info["run_id"]

@@ -22,7 +22,7 @@ from torch import nn
 
 from visionline.data.images import ImageDecodeError, decode_image
 from visionline.data.transforms import Preprocessing
-from visionline.predictor import FeatureTap, Predictor
+from visionline.model.predictor import FeatureTap, Predictor
 
 # numeric features the drift check tests one by one (the channel ones per channel)
 BASE_FEATURES = ("width", "height", "confidence", "entropy")

@@ -407,7 +407,7 @@ def import_labels(
     and make it the newest version only if it passes."""
     from visionline.data.ingest import SourceFile, _inspect, dataset_version
     from visionline.data.manifest import resolve_dataset
-    from visionline.validation import validate_dataset
+    from visionline.data.validation import validate_dataset
 
     path = Path(path)
     items, unlabelled = read_label_file(path)

@@ -21,7 +21,8 @@ from visionline.config import PipelineConfig
 from visionline.data.datasets import LocalCache
 from visionline.data.manifest import DatasetRef, read_manifest
 from visionline.errors import KeyNotFoundError, VisionlineError
-from visionline.models import build_model
+from visionline.model.architectures import build_model
+from visionline.model.predictor import Predictor
 from visionline.monitoring.features import (
     describe_images,
     feature_dim,
@@ -29,7 +30,6 @@ from visionline.monitoring.features import (
     projection_from_bytes,
     projection_to_bytes,
 )
-from visionline.predictor import Predictor
 from visionline.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def ensure_reference(store: ArtifactStore, run_id: str) -> None:
     """Build the reference of a run evaluated before references existed."""
     if store.exists(ReferencePaths(run_id).info):
         return
-    from visionline.runs import load_run_config, load_run_info
+    from visionline.model.runs import load_run_config, load_run_info
 
     build_reference(
         store,

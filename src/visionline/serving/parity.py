@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from visionline.predictor import Predictor
+from visionline.model.predictor import Predictor
 from visionline.serving.client import InferenceClient
 from visionline.storage import ArtifactStore
 

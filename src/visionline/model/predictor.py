@@ -78,7 +78,7 @@ class Predictor:
     @classmethod
     def from_run(cls, store: ArtifactStore, run_id: str, device: str = "cpu") -> Predictor:
         """The best weights of a finished run with the preprocessing it was trained with."""
-        from visionline.runs import load_trained_model
+        from visionline.model.runs import load_trained_model
 
         model, info = load_trained_model(store, run_id, device)
         return cls(model, Preprocessing.from_dict(info["preprocessing"]), info["classes"], device)

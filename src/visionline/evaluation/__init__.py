@@ -23,8 +23,8 @@ from visionline.config import PipelineConfig
 from visionline.data.datasets import LocalCache, ManifestDataset
 from visionline.data.images import image_limits
 from visionline.data.manifest import DatasetRef, read_manifest
-from visionline.predictor import Predictor
-from visionline.runs import RunPaths, load_run_config, load_run_info
+from visionline.model.predictor import Predictor
+from visionline.model.runs import RunPaths, load_run_config, load_run_info
 from visionline.storage import ArtifactStore
 
 log = logging.getLogger(__name__)

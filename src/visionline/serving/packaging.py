@@ -19,8 +19,8 @@ import torch
 
 from visionline.config import PipelineConfig
 from visionline.errors import GateFailedError, VisionlineError
+from visionline.model.runs import RunPaths, load_run_config, load_run_info, load_torch
 from visionline.registry import ModelRef, Registry
-from visionline.runs import RunPaths, load_run_config, load_run_info, load_torch
 from visionline.storage import ArtifactStore, sha256_file
 from visionline.version import code_version
 
@@ -65,7 +65,7 @@ def parity_keys(store: ArtifactStore, run: dict[str, Any], n: int = PARITY_IMAGE
 
 def model_card(ref: ModelRef, run: dict, metrics: dict, decision: dict, sha: str) -> str:
     from visionline.evaluation import metrics_markdown
-    from visionline.gate import decision_markdown
+    from visionline.evaluation.gate import decision_markdown
 
     pre = run["preprocessing"]
     return f"""# Model card: {ref}

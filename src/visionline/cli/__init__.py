@@ -65,8 +65,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from visionline.data.manifest import resolve_dataset
+    from visionline.data.validation import validate_dataset
     from visionline.storage import open_store
-    from visionline.validation import validate_dataset
 
     cfg = _config(args)
     store = open_store(cfg.store)
@@ -93,10 +93,10 @@ def _with_target(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfi
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from visionline.plan import plan_run
-    from visionline.runs import RunPaths
+    from visionline.model.runs import RunPaths
     from visionline.storage import open_store
     from visionline.training import fit
+    from visionline.training.plan import plan_run
 
     cfg = _config(args)
     if args.epochs:
@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run {plan.run_id}: trained on Kubernetes")
         print(f"outputs: {store.url(RunPaths(plan.run_id).prefix)}")
         return 0
-    from visionline.resume import EXIT_PREEMPTED, Preempted
+    from visionline.training.resume import EXIT_PREEMPTED, Preempted
 
     try:
         res = fit(plan.cfg, store, plan.run_id)
@@ -142,8 +142,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     import optuna
 
     from visionline.evaluation import ensure_evaluated
-    from visionline.gate import champion_run_id, gate_run
-    from visionline.packaging import package_run
+    from visionline.evaluation.gate import champion_run_id, gate_run
+    from visionline.serving.packaging import package_run
     from visionline.storage import open_store
     from visionline.tuning import budget_overrides, trials_markdown, tune
 
@@ -181,7 +181,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from visionline.evaluation import evaluate_run
-    from visionline.runs import RunPaths
+    from visionline.model.runs import RunPaths
     from visionline.storage import open_store
 
     store = open_store(_config(args).store)
@@ -195,7 +195,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from visionline.gate import gate_run
+    from visionline.evaluation.gate import gate_run
     from visionline.storage import open_store
 
     cfg = _config(args)
@@ -207,8 +207,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from visionline.packaging import package_run
     from visionline.registry import Registry
+    from visionline.serving.packaging import package_run
     from visionline.storage import open_store
 
     store = open_store(_config(args).store)
@@ -494,7 +494,7 @@ def cmd_label_queue(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from visionline.doctor import run_doctor
+    from visionline.cli.doctor import run_doctor
 
     cfg = _config(args)
     checks = run_doctor(cfg, cfg.store)
@@ -691,7 +691,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VisionlineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

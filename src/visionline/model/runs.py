@@ -134,7 +134,7 @@ def load_trained_model(
     store: ArtifactStore, run_id: str, device: str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The best weights of a finished run, rebuilt from its own recorded config."""
-    from visionline.models import build_model
+    from visionline.model.architectures import build_model
 
     info = load_run_info(store, run_id)
     cfg = load_run_config(store, run_id)

@@ -48,9 +48,11 @@ from visionline.data.transforms import (
     train_transform,
 )
 from visionline.errors import ConfigError, TrainingError
-from visionline.models import build_model, set_backbone_trainable
-from visionline.plan import dataset_spec
-from visionline.resume import (
+from visionline.model.architectures import build_model, set_backbone_trainable
+from visionline.model.runs import RunPaths, check_run_id, load_torch, save_torch
+from visionline.storage import ArtifactStore, open_store
+from visionline.training.plan import dataset_spec
+from visionline.training.resume import (
     EXIT_PREEMPTED,
     EpochOrder,
     Preempted,
@@ -58,8 +60,6 @@ from visionline.resume import (
     SeededSamples,
     step_seed,
 )
-from visionline.runs import RunPaths, check_run_id, load_torch, save_torch
-from visionline.storage import ArtifactStore, open_store
 from visionline.version import code_version
 
 log = logging.getLogger("visionline.training")  # not __name__: this also runs as __main__
@@ -185,7 +185,7 @@ def make_loader(
     start: int = 0,
 ) -> DataLoader:
     """Training data (``shuffle``) comes in the epoch's order from sample ``start`` on, each
-    sample under its own seed (``visionline.resume``): a run stopped at any batch resumes
+    sample under its own seed (``visionline.training.resume``): a run stopped at any batch resumes
     with exactly the batches it would have seen."""
     sampler = None
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -707,7 +707,7 @@ def checkpoint(tr: Trainer, epoch: int) -> None:
 
 def finish(tr: Trainer, origin: dict[str, str] | None = None) -> FitResult:
     """Best weights and the run's description; ``run.json`` last marks the run complete."""
-    from visionline.validation import latest_result_prefix
+    from visionline.data.validation import latest_result_prefix
 
     epochs_run = tr.history[-1]["epoch"] if tr.history else 0
     if tr.ddp.is_main:
@@ -863,7 +863,3 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from visionline.config import PipelineConfig
 from visionline.data.manifest import DatasetRef, resolve_dataset
-from visionline.runs import check_run_id
+from visionline.model.runs import check_run_id
 from visionline.storage import ArtifactStore
 
 

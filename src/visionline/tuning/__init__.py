@@ -593,7 +593,7 @@ def report_epochs(trial: optuna.Trial, rows: list[dict], metric: str, reported: 
 def _final_value(store: ArtifactStore, run_id: str, metric: str) -> tuple[float, int]:
     """The metric of the weights the run kept (its best epoch), and the epochs it ran:
     the trial is judged by the model that would ship, not by its luckiest epoch."""
-    from visionline.runs import load_run_info
+    from visionline.model.runs import load_run_info
 
     info = load_run_info(store, run_id)
     history = info.get("history") or []
@@ -632,7 +632,7 @@ class _Search:
 
     # -- launching
     def plan(self, params: dict[str, Any]) -> Any:
-        from visionline.plan import plan_run
+        from visionline.training.plan import plan_run
 
         trial_cfg = trial_config(self.pinned, params).with_overrides(
             **{"compute.threads": self.tune.threads_per_trial}
@@ -640,7 +640,7 @@ class _Search:
         return plan_run(trial_cfg, self.store, self.dataset)
 
     def launch(self, trial: optuna.Trial, params: dict[str, Any], wall_before: float) -> _Active:
-        from visionline.runs import is_complete
+        from visionline.model.runs import is_complete
 
         plan = self.plan(params)
         trial.set_user_attr("run_id", plan.run_id)
@@ -714,7 +714,7 @@ class _Search:
 
     def step(self, a: _Active) -> None:
         from visionline.compute import FAILED, SUCCEEDED
-        from visionline.runs import read_history
+        from visionline.model.runs import read_history
 
         # Status first: a run seen finished has all its epochs in metrics.jsonl.
         status = a.handle.poll() if a.handle is not None else SUCCEEDED
@@ -835,7 +835,7 @@ def tune(
     started again). ``on_event`` receives the progress lines (default: this module's log).
     """
     from visionline.backends import compute_backend
-    from visionline.plan import plan_run
+    from visionline.training.plan import plan_run
 
     base = plan_run(cfg, store, dataset)
     # Trials apply their parameters to the pinned config: all train on this version.

@@ -61,8 +61,8 @@ from visionline.kube import (
 
 if TYPE_CHECKING:
     from visionline.config import KubernetesComputeConfig, PipelineConfig
-    from visionline.plan import RunPlan
     from visionline.storage import ArtifactStore
+    from visionline.training.plan import RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -759,7 +759,7 @@ class KubernetesBackend(KubeAccess):
 
 
 def _finished(store: ArtifactStore, run_id: str, cfg: PipelineConfig) -> bool:
-    from visionline.runs import RunPaths
+    from visionline.model.runs import RunPaths
 
     key = RunPaths(run_id).run_info
     if not store.exists(key):

@@ -145,8 +145,8 @@ def gate_run(
     challenger's own test images so the paired test compares like with like."""
     from visionline.data.manifest import DatasetRef
     from visionline.evaluation import evaluate_on_test, evaluate_run, load_predictions
-    from visionline.predictor import Predictor
-    from visionline.runs import RunPaths, load_run_config, load_run_info
+    from visionline.model.predictor import Predictor
+    from visionline.model.runs import RunPaths, load_run_config, load_run_info
 
     paths = RunPaths(run_id)
     run_cfg = load_run_config(store, run_id)
