@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+
+# Exit codes every visionline process agrees on (a Job's podFailurePolicy, the CLI, the
+# init container and the trainer read the same numbers).
+EXIT_FAILED = 1  # the step ran and said no (a gate, a validation, a serving check)
+EXIT_USAGE = 2  # a visionline error the user can fix by changing the command
+EXIT_DRIFT = 3  # `monitor check`: the window drifted
+# A configuration error: retrying cannot help, so a Kubernetes podFailurePolicy fails the
+# Job at once on it (EX_CONFIG from sysexits.h).
+EXIT_CONFIG_ERROR = 78
+EXIT_PREEMPTED = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
+
 
 class VisionlineError(Exception):
     """Base class for every error visionline raises on purpose."""

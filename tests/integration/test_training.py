@@ -126,7 +126,7 @@ def test_sigterm_stops_at_the_batch_boundary_and_the_resumed_run_is_exact(digits
     """A preempted pod: SIGTERM mid-epoch, the trainer finishes the batch in flight,
     checkpoints that step and exits within the grace period; started again it resumes
     at that step and ends with the uninterrupted run's weights, bit for bit."""
-    from visionline.training.resume import EXIT_PREEMPTED
+    from visionline.errors import EXIT_PREEMPTED
 
     grace_s = 30  # what a pod would get (terminationGracePeriodSeconds)
     reference, ref_store, store, cmd = _reference_and_trainer(

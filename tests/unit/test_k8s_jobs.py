@@ -142,12 +142,6 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service():
     assert f"--master-addr={name}-0.{name}" in cmd
 
 
-def test_the_failure_policy_uses_the_trainers_config_error_code():
-    from visionline.training import EXIT_CONFIG_ERROR as TRAINER_CODE
-
-    assert EXIT_CONFIG_ERROR == TRAINER_CODE
-
-
 def test_job_names_are_dns_labels_and_distinct():
     a = job_name("Digits_CNN.v2-" + "x" * 120)
     b = job_name("digits-cnn-v2-" + "x" * 120)

@@ -434,7 +434,7 @@ def test_training_jobs(rendered):
         "action": "Ignore",
         "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
     }
-    from visionline.training import EXIT_CONFIG_ERROR
+    from visionline.errors import EXIT_CONFIG_ERROR
 
     assert rules[1]["action"] == "FailJob"
     assert rules[1]["onExitCodes"]["values"] == [EXIT_CONFIG_ERROR]

@@ -9,10 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from visionline.config import DataConfig, PipelineConfig, load_config
-from visionline.errors import VisionlineError
+from visionline.errors import EXIT_DRIFT, VisionlineError
 
 DEFAULT_CONFIG = "configs/digits.yaml"
-EXIT_DRIFT = 3  # `monitor check`: the window drifted
 
 
 def _config(args: argparse.Namespace, dataset: str | None = None) -> PipelineConfig:
@@ -125,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"run {plan.run_id}: trained on Kubernetes")
         print(f"outputs: {store.url(RunPaths(plan.run_id).prefix)}")
         return 0
-    from visionline.training.resume import EXIT_PREEMPTED, Preempted
+    from visionline.errors import EXIT_PREEMPTED
+    from visionline.training.resume import Preempted
 
     try:
         res = fit(plan.cfg, store, plan.run_id)

@@ -22,10 +22,9 @@ import logging
 import sys
 from pathlib import Path
 
-from visionline.errors import VisionlineError
+from visionline.errors import EXIT_CONFIG_ERROR, VisionlineError
 
 log = logging.getLogger("visionline.serving.fetch")
-EXIT_CONFIG_ERROR = 78
 
 # Where TorchServe listens inside a pod, behind the front (which owns the public ports).
 POD_BACKEND_PORTS = {

@@ -47,13 +47,12 @@ from visionline.data.transforms import (
     stats_transform,
     train_transform,
 )
-from visionline.errors import ConfigError, TrainingError
+from visionline.errors import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, ConfigError, TrainingError
 from visionline.model.architectures import build_model, set_backbone_trainable
 from visionline.model.runs import RunPaths, check_run_id, load_torch, save_torch
 from visionline.storage import ArtifactStore, open_store
 from visionline.training.plan import dataset_spec
 from visionline.training.resume import (
-    EXIT_PREEMPTED,
     EpochOrder,
     Preempted,
     Preemption,
@@ -64,9 +63,6 @@ from visionline.version import code_version
 
 log = logging.getLogger("visionline.training")  # not __name__: this also runs as __main__
 KEEP_CHECKPOINTS = 2
-# The trainer's exit code for a configuration error: retrying cannot help, so a
-# Kubernetes podFailurePolicy fails the Job at once on it (EX_CONFIG from sysexits.h).
-EXIT_CONFIG_ERROR = 78
 
 
 # --------------------------------------------------------------------------- devices

@@ -30,7 +30,6 @@ from visionline.errors import TrainingError
 
 log = logging.getLogger("visionline.training")
 
-EXIT_PREEMPTED = 128 + signal.SIGTERM  # what a process killed by SIGTERM reports
 _MIX = 1_000_003
 
 

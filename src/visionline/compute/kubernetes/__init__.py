@@ -41,7 +41,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from visionline.compute import FAILED, SUCCEEDED, config_key, publish_config, trainer_args
-from visionline.errors import ConfigError, TrainingError
+from visionline.errors import EXIT_CONFIG_ERROR, ConfigError, TrainingError
 from visionline.kube import (
     DOMAIN,
     KubeAccess,
@@ -67,9 +67,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONTAINER = "trainer"
-# visionline.training.EXIT_CONFIG_ERROR (EX_CONFIG), repeated so that building a Job does
-# not import the training loop and torch; a test keeps the two equal.
-EXIT_CONFIG_ERROR = 78
 RENDEZVOUS_PORT = 29500
 WORKDIR = "/work"
 LOG_TAIL = 40
