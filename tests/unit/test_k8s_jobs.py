@@ -9,14 +9,9 @@ import pytest
 
 from tests.conftest import REPO
 from tests.support.k8s import validate
-from visionline.compute.kubernetes import (
-    EXIT_CONFIG_ERROR,
-    build_manifests,
-    job_name,
-    pod_problem,
-)
+from visionline.compute.kubernetes import build_manifests, job_name, pod_problem
 from visionline.config import load_config
-from visionline.errors import ConfigError
+from visionline.errors import EXIT_CONFIG_ERROR, ConfigError
 
 RUN = "digits-cnn-0123456789ab-deadbeef"
 URI = "s3://bucket/artifacts/configs/abc.yaml"

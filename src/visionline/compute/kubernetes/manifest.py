@@ -1,0 +1,290 @@
+"""The objects of one training run, as the API's JSON: the ``batch/v1`` Job (and, for more
+than one node, the headless Service its pods find each other through), built from
+``compute.kubernetes``. Pure functions: nothing here talks to a cluster."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from visionline.compute import trainer_args
+from visionline.errors import EXIT_CONFIG_ERROR
+from visionline.kube import (
+    DOMAIN,
+    app_labels,
+    container_security_context,
+    dns_name,
+    label_value,
+    pod_security_context,
+    s3_env,
+    tolerations,
+)
+
+if TYPE_CHECKING:
+    from visionline.config import KubernetesComputeConfig, PipelineConfig
+
+CONTAINER = "trainer"
+RENDEZVOUS_PORT = 29500
+WORKDIR = "/work"
+
+
+def job_name(run_id: str) -> str:
+    return dns_name("train", run_id)
+
+
+def trainer_command(
+    k: KubernetesComputeConfig,
+    config_uri: str,
+    store_uri: str,
+    run_id: str,
+    origin: dict[str, str] | None = None,
+    rendezvous_host: str | None = None,
+) -> list[str]:
+    entry = ["-m", "visionline.training", *trainer_args(config_uri, run_id, store_uri, origin)]
+    nproc = k.processes_per_node
+    if k.nodes > 1:
+        return [
+            "python",
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={k.nodes}",
+            f"--nproc-per-node={nproc}",
+            # the kubelet expands $(VAR) from the container's env
+            "--node-rank=$(JOB_COMPLETION_INDEX)",
+            f"--master-addr={rendezvous_host}",
+            f"--master-port={RENDEZVOUS_PORT}",
+            *entry,
+        ]
+    if nproc > 1:
+        return [
+            "python",
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nnodes=1",
+            f"--nproc-per-node={nproc}",
+            *entry,
+        ]
+    return ["python", *entry]
+
+
+def run_labels(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
+    """Labels on every object of a run, so kubectl finds a run by id, model or dataset."""
+    return {
+        **app_labels("training"),
+        f"{DOMAIN}/run-id": label_value(run_id),
+        f"{DOMAIN}/model": label_value(cfg.serve.model_name),
+        f"{DOMAIN}/arch": label_value(cfg.model.arch),
+        f"{DOMAIN}/dataset": label_value(cfg.data.dataset),
+    }
+
+
+def _job_annotations(
+    run_id: str, config_uri: str, store_uri: str, origin: dict[str, str] | None
+) -> dict[str, str]:
+    annotations = {
+        f"{DOMAIN}/run-id": run_id,
+        f"{DOMAIN}/config": config_uri,
+        f"{DOMAIN}/store": store_uri,
+    }
+    if origin:
+        annotations[f"{DOMAIN}/origin"] = json.dumps(origin, sort_keys=True)
+    return annotations
+
+
+def _trainer_env(k: KubernetesComputeConfig, run_id: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "HOME", "value": WORKDIR},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "VISIONLINE_RUN_ID", "value": run_id},
+        *s3_env(k.s3_secret, k.env),
+    ]
+
+
+def _scratch(k: KubernetesComputeConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volume mounts, volumes): the writable directories of a read-only root filesystem."""
+    mounts = [
+        {"name": "work", "mountPath": WORKDIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "work", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if k.shm_size:
+        # DataLoader workers pass batches through /dev/shm; the runtime's default is 64 MiB.
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k.shm_size}})
+    return mounts, volumes
+
+
+def trainer_container(
+    k: KubernetesComputeConfig,
+    command: list[str],
+    run_id: str,
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    limits = dict(k.resources.limits)
+    requests = dict(k.resources.requests)
+    if k.gpus:
+        limits["nvidia.com/gpu"] = str(k.gpus)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": k.image,
+        "imagePullPolicy": k.image_pull_policy,
+        "command": command,
+        "workingDir": WORKDIR,
+        "env": _trainer_env(k, run_id),
+        "resources": {"requests": requests, "limits": limits},
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+    }
+    if k.nodes > 1:
+        container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+    return container
+
+
+def trainer_pod_spec(
+    k: KubernetesComputeConfig,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    service: str | None,
+) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": k.service_account,
+        # the trainer never calls the Kubernetes API
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": k.termination_grace_period_seconds,
+        "securityContext": pod_security_context(k.run_as_user),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if k.node_selector:
+        pod_spec["nodeSelector"] = dict(k.node_selector)
+    if k.tolerations:
+        pod_spec["tolerations"] = tolerations(k.tolerations)
+    if k.priority_class:
+        pod_spec["priorityClassName"] = k.priority_class
+    if k.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in k.image_pull_secrets]
+    if service:
+        pod_spec["subdomain"] = service
+    return pod_spec
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """A configuration error fails the Job at once (a retry cannot fix it); a disrupted
+    pod (preemption, eviction, drain) is not counted: its replacement resumes."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": [EXIT_CONFIG_ERROR],
+                },
+            },
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+        ]
+    }
+
+
+def job_spec(k: KubernetesComputeConfig, template: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "backoffLimit": k.backoff_limit,
+        "activeDeadlineSeconds": k.active_deadline_seconds,
+        # a replacement starts only once the old pod has fully terminated, so two pods of
+        # a run never write the same checkpoints
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": pod_failure_policy(),
+        "template": template,
+    }
+    if k.ttl_seconds_after_finished is not None:
+        spec["ttlSecondsAfterFinished"] = k.ttl_seconds_after_finished
+    if k.nodes > 1:
+        spec.update(completions=k.nodes, parallelism=k.nodes, completionMode="Indexed")
+    else:
+        spec.update(completions=1, parallelism=1)
+    if k.queue_name:
+        spec["suspend"] = True  # Kueue admits (unsuspends) it when the queue has quota
+    return spec
+
+
+def build_job(
+    cfg: PipelineConfig,
+    run_id: str,
+    config_uri: str,
+    store_uri: str,
+    origin: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Job for one run, as the API's JSON."""
+    k = cfg.compute.kubernetes
+    name = job_name(run_id)
+    labels = run_labels(cfg, run_id)
+    job_labels = dict(labels)
+    if k.queue_name:
+        job_labels["kueue.x-k8s.io/queue-name"] = k.queue_name
+    service = name if k.nodes > 1 else None
+    rendezvous = f"{name}-0.{service}" if service else None
+    mounts, volumes = _scratch(k)
+    command = trainer_command(k, config_uri, store_uri, run_id, origin, rendezvous)
+    container = trainer_container(k, command, run_id, mounts)
+    template = {
+        "metadata": {"labels": labels, "annotations": {f"{DOMAIN}/run-id": run_id}},
+        "spec": trainer_pod_spec(k, container, volumes, service),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": k.namespace,
+            "labels": job_labels,
+            "annotations": _job_annotations(run_id, config_uri, store_uri, origin),
+        },
+        "spec": job_spec(k, template),
+    }
+
+
+def build_rendezvous_service(cfg: PipelineConfig, run_id: str) -> dict[str, Any]:
+    """Headless Service giving each pod of an Indexed Job a DNS name
+    (``<job>-<index>.<service>``); torchrun's rank 0 listens on its rendezvous port."""
+    name = job_name(run_id)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": cfg.compute.kubernetes.namespace,
+            "labels": run_labels(cfg, run_id),
+            "annotations": {f"{DOMAIN}/run-id": run_id},
+        },
+        "spec": {
+            "clusterIP": "None",
+            # ranks must resolve each other before any of them is Ready
+            "publishNotReadyAddresses": True,
+            "selector": {"batch.kubernetes.io/job-name": name},
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "protocol": "TCP"}],
+        },
+    }
+
+
+def build_manifests(
+    cfg: PipelineConfig,
+    run_id: str,
+    config_uri: str,
+    store_uri: str,
+    origin: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every object ``submit`` creates for a run, in creation order (the Job last)."""
+    objects = []
+    if cfg.compute.kubernetes.nodes > 1:
+        objects.append(build_rendezvous_service(cfg, run_id))
+    objects.append(build_job(cfg, run_id, config_uri, store_uri, origin))
+    return objects
