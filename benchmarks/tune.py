@@ -123,7 +123,7 @@ def main() -> None:
         def pruned_arm() -> None:
             load = _load()
             start = time.perf_counter()
-            result = tune(pruned_cfg, pruned_store)
+            result = tune(pruned_cfg, pruned_store, backend=compute_backend(pruned_cfg))
             search_s = time.perf_counter() - start
             # what `visionline tune` does next: evaluate, gate, package the best run
             ensure_evaluated(pruned_store, result.best_run_id)
@@ -146,7 +146,7 @@ def main() -> None:
                 study.enqueue_trial(params)
             load = _load()
             start = time.perf_counter()
-            result = tune(cfg, store)
+            result = tune(cfg, store, backend=compute_backend(cfg))
             arms["unpruned"] = {
                 "result": result,
                 "wall_s": time.perf_counter() - start,

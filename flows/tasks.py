@@ -139,11 +139,12 @@ def search(cfg: PipelineConfig, dataset: DatasetRef) -> tuple[RunPlan, dict]:
     flow continues the stored study instead."""
     from prefect import get_run_logger
 
+    from visionline.backends import compute_backend
     from visionline.training.plan import plan_run
     from visionline.tuning import tune
 
     store = open_store(cfg.store)
-    result = tune(cfg, store, dataset, on_event=get_run_logger().info)
+    result = tune(cfg, store, dataset, backend=compute_backend(cfg), on_event=get_run_logger().info)
     if result.best_config is None:
         from visionline.errors import TuningError
 

@@ -193,7 +193,7 @@ def test_a_trial_that_cannot_train_is_recorded_failed_with_its_reason(small_digi
             "tune.space.architectures": [{"arch": "simple_cnn", "pretrained": str(missing)}],
         },
     )
-    result = tune(cfg, store, on_event=lambda _: None)
+    result = tune(cfg, store, backend=compute_backend(cfg), on_event=lambda _: None)
     assert [t["state"] for t in result.trials] == ["FAIL"]
     assert str(missing) in result.trials[0]["failure"]
     assert result.best is None and result.best_config is None

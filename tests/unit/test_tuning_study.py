@@ -30,6 +30,7 @@ from visionline.tuning import (
     trial_overrides,
     trials_markdown,
 )
+from visionline.tuning.study import _pruner
 
 PNG = b"\x89PNG\r\n\x1a\n"
 DIGITS = load_config(REPO / "configs" / "digits.yaml")
@@ -278,8 +279,6 @@ def test_a_write_interrupted_between_hash_and_data_is_not_corruption(tmp_path):
 def test_configured_pruners_stop_a_hopeless_trial(kind):
     """What the tuner asks of a pruner, per epoch: good trials run on, a trial far
     behind them at the same epoch is stopped."""
-    from visionline.tuning import _pruner
-
     cfg = DIGITS.with_overrides(
         **{"tune.pruner": {"kind": kind, "startup_trials": 1, "warmup_epochs": 1}}
     )
