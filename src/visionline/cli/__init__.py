@@ -141,6 +141,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     import optuna
 
+    from visionline.backends import compute_backend
     from visionline.evaluation import ensure_evaluated
     from visionline.evaluation.gate import champion_run_id, gate_run
     from visionline.serving.packaging import package_run
@@ -153,7 +154,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     overrides = budget_overrides(args.trials, args.timeout, args.parallel)
     cfg = cfg.with_overrides(**overrides) if overrides else cfg
     store = open_store(cfg.store)
-    result = tune(cfg, store)
+    result = tune(cfg, store, backend=compute_backend(cfg))
     best_number = result.best["number"] if result.best else None
     print(trials_markdown(result.trials, result.metric, best_number))
     print(result.summary())
