@@ -79,7 +79,7 @@ test: system-deps lint tools
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: system-deps install
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
