@@ -1,5 +1,7 @@
 # visionline: `make demo` runs the pipeline end to end, `make test` runs the tests.
-# Both set up everything they need (venv, packages) on a fresh machine.
+# Both set up everything they need on a fresh machine: Java 17 and nginx (tools/system-deps.sh
+# installs them, or says the one command to run), the venvs, and the packages at the versions
+# pinned in constraints.txt and tools/constraints.txt (`make lock` refreshes those on purpose).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,39 +22,70 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # A fresh Prefect database migrates on first start: more than the default 20 s on 2 cores.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install tools demo test test-fast lint lint-k8s format bench bench-tune bench-gpu ui clean
+.PHONY: system-deps install tools lock demo test test-fast lint lint-k8s format bench bench-tune \
+	bench-gpu ui clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# -c: every package at its pinned version, whatever the index offers today.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 tools: $(TOOLS_STAMP)
 
-$(TOOLS_STAMP): tools/requirements.txt
+$(TOOLS_STAMP): tools/requirements.txt tools/constraints.txt
 	$(PYTHON) -m venv $(TOOLS_VENV)
-	$(TOOLS_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TOOLS_VENV)/bin/python -m pip install -q -r tools/requirements.txt
+	$(TOOLS_VENV)/bin/python -m pip install -q -c tools/constraints.txt --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install -q -c tools/constraints.txt -r tools/requirements.txt
 	touch $(TOOLS_STAMP)
 
-demo: install
+# Java 17 (TorchServe) and nginx (the serving front): installed when missing and this user
+# may (root, or sudo without a password), else make stops here with the command to run.
+system-deps:
+	@tools/system-deps.sh "make $(or $(MAKECMDGOALS),test)"
+
+# Re-resolve the ranges in pyproject.toml and tools/requirements.txt as the index stands
+# today, in scratch venvs, and pin the result; run on purpose, then commit the two files
+# (and whatever the new versions change, e.g. `python -m visionline.serving.proto.generate`).
+LOCK_DIR := .visionline/lock
+lock:
+	rm -rf $(LOCK_DIR)
+	$(PYTHON) -m venv $(LOCK_DIR)/venv
+	$(LOCK_DIR)/venv/bin/python -m pip install -q --upgrade pip
+	$(LOCK_DIR)/venv/bin/python -m pip install -q '.[dev]'
+	{ grep '^#' constraints.txt; \
+	  $(LOCK_DIR)/venv/bin/python -m pip freeze --all --exclude visionline | sort -f; \
+	} > $(LOCK_DIR)/constraints.txt
+	$(PYTHON) -m venv $(LOCK_DIR)/tools
+	$(LOCK_DIR)/tools/bin/python -m pip install -q --upgrade pip
+	$(LOCK_DIR)/tools/bin/python -m pip install -q -r tools/requirements.txt
+	{ grep '^#' tools/constraints.txt; \
+	  $(LOCK_DIR)/tools/bin/python -m pip freeze --all | sort -f; \
+	} > $(LOCK_DIR)/tools-constraints.txt
+	mv $(LOCK_DIR)/constraints.txt constraints.txt
+	mv $(LOCK_DIR)/tools-constraints.txt tools/constraints.txt
+	rm -rf $(LOCK_DIR)
+
+# Served through the nginx front, as in the pod (configs/digits.yaml: serve.local_front nginx).
+demo: system-deps install
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m flows.demo
 
 # tools first: the manifest and image checks (checkov, hadolint) run inside pytest.
-test: lint tools
+test: system-deps lint tools
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: system-deps install
 	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # The Kubernetes manifests and the Dockerfile, as CI checks them: every kustomization
 # renders and validates strictly against Kubernetes 1.31, checkov finds nothing that is not

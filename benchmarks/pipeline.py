@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import REPO, add_common_args, write_digits_sample, write_result
 from tests.support.ports import serve_ports
 from visionline.config import load_config
-from visionline.serving.torchserve import TorchServe
+from visionline.serving.local import LocalDeployer
+from visionline.storage import LocalStore
 
 SMOKE = {
     "train.epochs": 1,
@@ -103,15 +104,19 @@ def main() -> None:
         with prefect_test_harness(server_startup_timeout=180):
             cold_start_s = time.perf_counter() - t
             print(f"Prefect server up in {cold_start_s:.1f} s", flush=True)
-            with recording() as bodies:
-                t0 = time.perf_counter()
-                state = training_pipeline(
-                    config=str(tmp / "cfg.yaml"),
-                    source=str(tmp / "digits"),
-                    return_state=True,
-                )
-                wall = time.perf_counter() - t0
-            TorchServe(tmp / "serve", cfg.serve).stop()
+            try:
+                with recording() as bodies:
+                    t0 = time.perf_counter()
+                    state = training_pipeline(
+                        config=str(tmp / "cfg.yaml"),
+                        source=str(tmp / "digits"),
+                        return_state=True,
+                    )
+                    wall = time.perf_counter() - t0
+            finally:
+                # the deploy step started TorchServe and its nginx front: both stop,
+                # whatever happened (the folder they run from is about to be deleted)
+                LocalDeployer(LocalStore(tmp / "store"), cfg.serve, tmp / "serve").stop()
             if not state.is_completed():
                 raise SystemExit(f"the pipeline did not complete: {state.message}")
             spans = asyncio.run(task_run_spans(state.state_details.flow_run_id))

@@ -14,7 +14,8 @@ from nbclient import NotebookClient
 from tests.conftest import REPO
 from tests.support.ports import serve_ports
 from visionline.config import ServeConfig
-from visionline.serving.torchserve import TorchServe
+from visionline.serving.local import LocalDeployer
+from visionline.storage import LocalStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.torchserve]
 NOTEBOOK = REPO / "notebooks" / "quickstart.ipynb"
@@ -84,9 +85,12 @@ def test_quickstart_notebook_executes(kernel, tmp_path):
     try:
         client.execute()
     finally:
-        # the notebook's last cell stops the server; a failed cell must not leave it up
+        # the notebook's last cell stops the server; a failed cell must not leave it up,
+        # nor the nginx front the local deployment starts beside it
         serve = ServeConfig(**{k.split(".", 1)[1]: v for k, v in ports.items()})
-        TorchServe(work / "serve", serve).stop(quiet=True)
+        deployment = LocalDeployer(LocalStore(work / "store"), serve, work / "serve")
+        deployment.front.stop()
+        deployment.server.stop(quiet=True)
 
     outputs = {
         i: "".join(o.get("text", "") for o in c.get("outputs", []))

@@ -13,6 +13,7 @@ from tests.support.ports import serve_ports
 from tests.support.s3 import FaultProxy
 from visionline.errors import DataValidationError, GateFailedError
 from visionline.registry import Registry
+from visionline.serving.local import LocalDeployer
 from visionline.serving.torchserve import TorchServe
 from visionline.storage import LocalStore, S3Store, make_s3_client
 
@@ -87,7 +88,8 @@ def test_happy_path_end_to_end_then_rerun_writes_nothing(prefect_api, small_digi
         assert _snapshot(store) == before  # nothing written twice, nothing rewritten
         assert [e["action"] for e in Registry(store, "digits").log()] == ["register", "promote"]
     finally:
-        TorchServe(workdir, cfg.serve).stop()
+        # the deployment is TorchServe and its nginx front: stop both, whatever happened
+        LocalDeployer(store, cfg.serve, workdir).stop()
 
 
 def test_failed_validation_stops_before_training(prefect_api, tmp_path):

@@ -37,21 +37,25 @@ def served_digits(packaged_digits: Any, work: Path) -> Iterator[dict[str, Any]]:
     cfg_path = work / "config.yaml"
     cfg_path.write_text(served.to_yaml())
     tsdir = work / "ts"
-    started = visionline_cli(cfg_path, "serve", "--workdir", str(tsdir))
-    assert started.returncode == 0, started.stdout + started.stderr
-    info = Registry(store, ref.name).info(ref.version)
-    yield {
-        "cfg": served,
-        "cfg_path": cfg_path,
-        "tsdir": tsdir,
-        "stdout": started.stdout,
-        "keys": json.loads((tsdir / "key_file.json").read_text()),
-        "ports": ports,
-        "root": f"http://127.0.0.1:{ports['inference_port']}",
-        "name": ref.name,
-        "store": store,
-        "info": info,
-        "good": store.get_bytes(info["parity_keys"][0]),
-    }
-    stopped = visionline_cli(cfg_path, "serve", "--stop", "--workdir", str(tsdir))
+    # stopped whatever happens: a failed start or a failed test must not leave TorchServe
+    # and its nginx front running
+    try:
+        started = visionline_cli(cfg_path, "serve", "--workdir", str(tsdir))
+        assert started.returncode == 0, started.stdout + started.stderr
+        info = Registry(store, ref.name).info(ref.version)
+        yield {
+            "cfg": served,
+            "cfg_path": cfg_path,
+            "tsdir": tsdir,
+            "stdout": started.stdout,
+            "keys": json.loads((tsdir / "key_file.json").read_text()),
+            "ports": ports,
+            "root": f"http://127.0.0.1:{ports['inference_port']}",
+            "name": ref.name,
+            "store": store,
+            "info": info,
+            "good": store.get_bytes(info["parity_keys"][0]),
+        }
+    finally:
+        stopped = visionline_cli(cfg_path, "serve", "--stop", "--workdir", str(tsdir))
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
