@@ -45,6 +45,7 @@ from visionline.evaluation import evaluate_run, load_predictions
 from visionline.evaluation.gate import mcnemar
 from visionline.storage import LocalStore
 from visionline.training import fit
+from visionline.training.plan import plan_run
 
 C_GRID = (0.3, 1, 3, 10, 30, 100)
 # multiples of sklearn's gamma='scale' (1 / (n_features * X.var())): below and above it
@@ -122,7 +123,8 @@ def main() -> None:
         for seed in range(args.seeds):
             t = time.perf_counter()
             run_id = f"seed-{seed}"
-            result = fit(base.with_overrides(**{"train.seed": seed}), store, run_id)
+            cfg = base.with_overrides(**{"train.seed": seed})
+            result = fit(plan_run(cfg, store, ref, run_id=run_id), store)
             metrics = evaluate_run(store, run_id)
             preds = load_predictions(store, run_id)
             correct[seed] = dict(zip(preds["source"], preds["correct"].astype(bool), strict=True))

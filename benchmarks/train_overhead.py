@@ -6,7 +6,7 @@ Two comparisons, each in paired rounds (both arms in every round, in random orde
 minimal hand-written loop: same architecture and initial weights, the same decoded
 tensors in memory, same batch size and shuffling, no schedule, no validation.
 
-``fit_ratio_vs_plain_script``: whole training runs. ``fit(cfg, store, run_id)`` (data
+``fit_ratio_vs_plain_script``: whole training runs. ``fit(plan, store)`` (data
 read from the store through the local cache and decoded per epoch, augmentation,
 validation, a checkpoint and a metrics line every epoch, early-stopping bookkeeping,
 the final model) vs the script a PyTorch user writes for the same work: a Dataset over
@@ -57,6 +57,7 @@ from visionline.data.ingest import ingest
 from visionline.model.architectures import build_model
 from visionline.storage import LocalStore
 from visionline.training import build_optimizer, fit, train_one_epoch
+from visionline.training.plan import plan_run
 
 
 class _NoSchedule:
@@ -238,7 +239,7 @@ def fit_comparison(
     def run(arm: str, r: int) -> float:
         t = time.perf_counter()
         if arm == "visionline":
-            fit(cfg, store, f"overhead-{r}")
+            fit(plan_run(cfg, store, run_id=f"overhead-{r}"), store)
         else:
             plain_script(cfg, store.root, manifest, work / f"plain-{r}")
         return time.perf_counter() - t

@@ -103,6 +103,7 @@ def trained_digits(digits_dir, tmp_path_factory):
     from visionline.evaluation import evaluate_run
     from visionline.storage import LocalStore
     from visionline.training import fit
+    from visionline.training.plan import plan_run
 
     root = tmp_path_factory.mktemp("trained")
     store = LocalStore(root / "store")
@@ -112,7 +113,7 @@ def trained_digits(digits_dir, tmp_path_factory):
 
     cfg = digits_config(store.uri, **{"train.epochs": 12, "train.early_stopping": None})
     assert validate_dataset(store, resolve_dataset(store, "digits"), cfg).success
-    fit(cfg, store, "champ")
+    fit(plan_run(cfg, store, run_id="champ"), store)
     metrics = evaluate_run(store, "champ")
     return store, "champ", cfg, metrics
 

@@ -18,13 +18,14 @@ from visionline.serving.packaging import package_run
 from visionline.serving.parity import parity_check
 from visionline.storage import LocalStore, sha256_bytes
 from visionline.training import fit
+from visionline.training.plan import plan_run
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
 LENIENT = GateConfig(min_accuracy=0.0, min_macro_f1=0.0, min_class_recall=0.0)
 
 
 def _packaged(store, cfg, run_id, epochs):
-    fit(cfg.with_overrides(**{"train.epochs": epochs}), store, run_id)
+    fit(plan_run(cfg.with_overrides(**{"train.epochs": epochs}), store, run_id=run_id), store)
     evaluate_run(store, run_id)
     assert gate_run(store, run_id, cfg=LENIENT).passed
     return package_run(store, run_id)

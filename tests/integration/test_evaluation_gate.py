@@ -12,6 +12,7 @@ from visionline.evaluation import compute_metrics, evaluate_run
 from visionline.evaluation.gate import decide, gate_run, mcnemar
 from visionline.model.runs import RunPaths
 from visionline.training import fit
+from visionline.training.plan import plan_run
 
 
 def test_evaluation_outputs(trained_digits):
@@ -73,7 +74,7 @@ def _train_weak(store, run_id, epochs, lr):
             "train.momentum": 0.0,
         },
     )
-    fit(cfg, store, run_id)
+    fit(plan_run(cfg, store, run_id=run_id), store)
     return evaluate_run(store, run_id)
 
 

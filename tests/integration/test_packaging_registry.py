@@ -51,6 +51,7 @@ def test_failed_gate_packages_nothing(small_digits_dir, tmp_path):
     from visionline.data.ingest import ingest
     from visionline.evaluation import evaluate_run
     from visionline.training import fit
+    from visionline.training.plan import plan_run
 
     store = LocalStore(tmp_path / "store")
     ingest(store, str(small_digits_dir), "digits", progress=False)
@@ -64,7 +65,7 @@ def test_failed_gate_packages_nothing(small_digits_dir, tmp_path):
             "train.early_stopping": None,
         },
     )
-    fit(cfg, store, "weak")
+    fit(plan_run(cfg, store, run_id="weak"), store)
     evaluate_run(store, "weak")
     with pytest.raises(GateFailedError, match="no gate decision"):
         package_run(store, "weak")

@@ -17,6 +17,7 @@ from visionline.data.ingest import ingest
 from visionline.model.runs import RunPaths
 from visionline.storage import LocalStore
 from visionline.training import fit
+from visionline.training.plan import plan_run
 
 VENV_BIN = Path(sys.executable).parent
 COMPARED = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
@@ -54,7 +55,8 @@ def test_outputs_of_a_finished_run(trained_digits):
     assert (
         info["dataset_version"]
         and info["code_version"]
-        and info["config_fingerprint"] == cfg.fingerprint()
+        # the config as the run plan pinned it (to the dataset version trained on)
+        and info["config_fingerprint"] == plan_run(cfg, store, run_id=run_id).cfg.fingerprint()
     )
     ckpts = list(store.list(p.checkpoints))
     assert 1 <= len(ckpts) <= 2 and ckpts[-1].endswith(f"epoch-{cfg.train.epochs:04d}.pt")
@@ -62,7 +64,7 @@ def test_outputs_of_a_finished_run(trained_digits):
     assert {"model", "optimizer", "scheduler", "epoch", "early_stopping", "config"} <= set(ckpt)
     assert store.exists(p.config) and store.exists(p.preprocessing) and store.exists(p.model)
     # the same call again recognises the finished run and does nothing
-    assert fit(cfg, store, run_id).already_complete
+    assert fit(plan_run(cfg, store, run_id=run_id), store).already_complete
 
 
 def _reference_and_trainer(data_dir, tmp_path, epochs: int, name: str):
@@ -76,7 +78,9 @@ def _reference_and_trainer(data_dir, tmp_path, epochs: int, name: str):
     }
     ref_store = LocalStore(tmp_path / "ref")
     ingest(ref_store, str(data_dir), "digits", progress=False)
-    reference = fit(digits_config(ref_store.uri, **overrides), ref_store, "run")
+    reference = fit(
+        plan_run(digits_config(ref_store.uri, **overrides), ref_store, run_id="run"), ref_store
+    )
     store = LocalStore(tmp_path / name)
     ingest(store, str(data_dir), "digits", progress=False)
     cfg_file = _write_cfg(tmp_path / "cfg.yaml", digits_config(store.uri, **overrides))
@@ -186,7 +190,7 @@ def test_early_stopping_triggers_on_plateau(small_store):
             "train.early_stopping": {"metric": "val_loss", "patience": 2, "min_delta": 0.01},
         },
     )
-    res = fit(cfg, small_store, "plateau")
+    res = fit(plan_run(cfg, small_store, run_id="plateau"), small_store)
     assert res.early_stopped and res.epochs_run == 3 and res.best_epoch == 1
     assert small_store.get_json(RunPaths("plateau").run_info)["early_stopped"] is True
 
@@ -231,7 +235,8 @@ def test_ddp_two_processes_with_gloo(small_store, tmp_path):
     assert (
         info["history"][0]["train_images"] == n_train + n_train % 2
     )  # DistributedSampler pads to even
-    single = fit(digits_config(small_store.uri, **{"train.epochs": 1}), small_store, "single")
+    single_cfg = digits_config(small_store.uri, **{"train.epochs": 1})
+    single = fit(plan_run(single_cfg, small_store, run_id="single"), small_store)
     assert single.history[0]["train_images"] == n_train
 
 
@@ -249,11 +254,8 @@ def test_transfer_learning_freezes_then_trains_backbone(small_store, tmp_path):
         "train.batch_size": 32,
         "train.early_stopping": None,
     }
-    fit(
-        digits_config(small_store.uri, **base, **{"model.freeze_backbone_epochs": 1}),
-        small_store,
-        "frozen",
-    )
+    frozen = digits_config(small_store.uri, **base, **{"model.freeze_backbone_epochs": 1})
+    fit(plan_run(frozen, small_store, run_id="frozen"), small_store)
     trained = torch.load(small_store.url(RunPaths("frozen").model), weights_only=True)
     donor_sd = donor.state_dict()
     # the grayscale stem is the donor's RGB filters summed (gray replicated into RGB), frozen
@@ -261,10 +263,7 @@ def test_transfer_learning_freezes_then_trains_backbone(small_store, tmp_path):
     assert torch.equal(trained["layer4.1.conv2.weight"], donor_sd["layer4.1.conv2.weight"])
     assert trained["fc.weight"].shape == (10, 512)  # new head for 10 classes, and it learned
 
-    fit(
-        digits_config(small_store.uri, **base, **{"model.freeze_backbone_epochs": 0}),
-        small_store,
-        "unfrozen",
-    )
+    unfrozen = digits_config(small_store.uri, **base, **{"model.freeze_backbone_epochs": 0})
+    fit(plan_run(unfrozen, small_store, run_id="unfrozen"), small_store)
     free = torch.load(small_store.url(RunPaths("unfrozen").model), weights_only=True)
     assert not torch.equal(free["layer4.1.conv2.weight"], donor_sd["layer4.1.conv2.weight"])

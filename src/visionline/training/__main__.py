@@ -2,6 +2,6 @@
 
 import sys
 
-from visionline.training import main
+from visionline.training.entry import main
 
 sys.exit(main())

@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
 from visionline.errors import TrainingError
@@ -142,8 +143,6 @@ class Preemption:
         must stop at the same step, or their collectives would wait for each other."""
         if ddp is None or not ddp.enabled:
             return self.requested
-        import torch.distributed as dist
-
         flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
