@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from visionline.training.resume import Preempted
 
     try:
-        res = fit(plan.cfg, store, plan.run_id)
+        res = fit(plan, store)
     except Preempted as e:
         print(f"{e}: checkpointed; the same command resumes it", file=sys.stderr)
         return EXIT_PREEMPTED
