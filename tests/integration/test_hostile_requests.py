@@ -4,7 +4,7 @@ Every request in the corpus gets a clear 4xx or a prediction, within a time boun
 worker that answered them is the same process afterwards (no crash, no restart) and its
 peak memory grew by less than a bound. Then the acceptance checks, each as a user runs
 them: real curl, concurrent explanations among predictions, the CLI over gRPC with its
-default endpoint, and the TorchServe behaviours the README's security section states.
+default endpoint, and the TorchServe behaviours docs/security.md states.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -293,11 +294,14 @@ def test_form_bodies_reach_the_handler_through_the_front_not_torchservess_form_d
     assert _worker(server)[0] == pid
 
 
-def test_the_readme_curl_commands_as_written(server):
-    """The README's curl commands, with this server's port, work directory and model."""
-    readme = (REPO / "README.md").read_text()
-    block = next(b for b in readme.split("```bash\n")[1:] if "curl" in b).split("```")[0]
-    assert "--data-binary @digit.png" in block and "-F file=@digit.png" in block
+def _bash_blocks(page: str) -> list[str]:
+    text = (REPO / page).read_text()
+    return [b.split("```")[0] for b in text.split("```bash\n")[1:]]
+
+
+def _run_as_written(server, block: str) -> list[dict]:
+    """A documented block with this server's port, work directory and model; the
+    predictions it printed."""
     script = (
         block.replace(".visionline/serve", str(server["tsdir"]))
         .replace("http://127.0.0.1:8080", server["root"])
@@ -313,13 +317,35 @@ def test_the_readme_curl_commands_as_written(server):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    # two commands, two predictions: JSON objects of three labels each
     decoder, text, answers = json.JSONDecoder(), out.stdout.strip(), []
     while text:
         obj, end = decoder.raw_decode(text)
         answers.append(obj)
         text = text[end:].strip()
-    assert len(answers) == 2 and all(len(a) == 3 for a in answers), out.stdout
+    return answers
+
+
+def test_the_documented_curl_commands_as_written(server):
+    """docs/serving.md's curl commands, with this server's port, work directory and model."""
+    block = next(b for b in _bash_blocks("docs/serving.md") if "curl" in b)
+    assert "--data-binary @digit.png" in block and "-F file=@digit.png" in block
+    answers = _run_as_written(server, block)
+    # two commands, two predictions: JSON objects of three labels each
+    assert len(answers) == 2 and all(len(a) == 3 for a in answers), answers
+
+
+def test_the_readme_tour_prediction_as_written(server):
+    """The README tour's one prediction: the server it starts is `visionline serve`, as this
+    module's server was started; the curl block then runs as typed, the demo's sample
+    image standing in for this server's digit."""
+    blocks = _bash_blocks("README.md")
+    serve = next(b for b in blocks if "visionline serve" in b)
+    assert serve.split() == ["source", ".venv/bin/activate", "visionline", "serve"]
+    block = next(b for b in blocks if "curl" in b)
+    sample = re.search(r"--data-binary @(\S+)", block).group(1)
+    assert sample.startswith(".visionline/samples/digits/")
+    (answer,) = _run_as_written(server, block.replace(sample, str(server["image"])))
+    assert len(answer) == 3, answer
 
 
 def test_the_amplifying_strip_is_refused_fast_and_the_next_digit_is_answered(server):
@@ -371,8 +397,8 @@ def test_cli_predict_defaults_to_the_configured_endpoints(server):
     assert out.returncode == 2 and "host:port, not a URL" in out.stderr
 
 
-def test_what_torchserve_does_that_the_readme_says_we_cannot_change(server):
-    """Each fact the README's security section states, checked on the real server."""
+def test_what_torchserve_does_that_the_docs_say_we_cannot_change(server):
+    """Each fact docs/security.md states, checked on the real server."""
     # a missing or wrong token is answered 400, not 401
     for headers in ({}, {"Authorization": "Bearer not-the-token"}):
         r = requests.post(server["url"], data=server["good"], headers=headers, timeout=10)

@@ -177,8 +177,8 @@ def test_rbac_refusal_names_verb_resource_and_role(cluster, controller, registry
 
 
 def test_the_documented_credential_secret_is_what_the_deployer_reads(cluster, registry):
-    """The README's way to create the credential (kubectl, a client-side dry run here:
-    no cluster) gives a Secret whose key is the token the deploy checks then send."""
+    """The way docs/kubernetes.md creates the credential (kubectl, a client-side dry run
+    here: no cluster) gives a Secret whose key is the token the deploy checks then send."""
     import subprocess
 
     from kubernetes import client

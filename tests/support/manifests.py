@@ -1,5 +1,5 @@
 """The repository's Kubernetes manifests as an operator gets them: rendered by
-``kubectl kustomize`` and checked by the same command-line tools the README names."""
+``kubectl kustomize`` and checked by the same command-line tools docs/kubernetes.md names."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def test_hadolint_flags_an_unpinned_package(tmp_path):
 
 @pytest.mark.skipif(which("make") is None, reason="make not installed")
 def test_make_lint_k8s():
-    """`make lint-k8s` as the README documents it. From a checkout whose .venv is not the
+    """`make lint-k8s` as docs/kubernetes.md documents it. From a checkout whose .venv is not the
     one running the tests (a shared venv), make must neither build nor reinstall a venv:
     `-o` marks the setup targets done and VENV names the venv in use."""
     venv = Path(sys.executable).parent.parent

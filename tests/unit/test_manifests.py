@@ -1,5 +1,5 @@
 """k8s/: every kustomization renders with kubectl, validates strictly against the
-Kubernetes 1.31 schemas, and keeps the promises the README makes about it (what the
+Kubernetes 1.31 schemas, and keeps the promises docs/kubernetes.md makes about it (what the
 Service exposes, no secret values, least privilege, the pod security settings)."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def rendered() -> dict[str, list[dict]]:
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_renders_and_validates_strictly(kustomization, rendered):
-    # The README's check, as typed there.
+    # The check docs/kubernetes.md shows, as typed there.
     proc = sh(
         f"kubectl kustomize {kustomization} "
         f"| kubernetes-validate -k {KUBERNETES_VERSION} --strict -"
@@ -255,7 +255,7 @@ def test_no_secret_values_in_the_work_pool_template_and_deployments():
 def test_pods_run_restricted(kustomization, rendered):
     """Non-root, seccomp RuntimeDefault, no privilege escalation, every capability
     dropped, read-only root, requests and limits: what the namespace's restricted Pod
-    Security Standard and the README promise, for every container."""
+    Security Standard and docs/kubernetes.md promise, for every container."""
     for obj in rendered[kustomization]:
         spec = pod_spec(obj)
         if spec is None:

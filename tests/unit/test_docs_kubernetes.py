@@ -1,4 +1,4 @@
-"""The commands of the README's "Operating on Kubernetes" section, run as typed where
+"""The commands of the operator guide (docs/kubernetes.md), run as typed where
 they need no cluster; where they do, kubectl runs them client-side (--dry-run=client,
 patch --local) and what they would send is checked."""
 
@@ -27,13 +27,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _section() -> str:
-    text = (REPO / "README.md").read_text()
-    return text.split("## Operating on Kubernetes", 1)[1].split("\n## ", 1)[0]
+def _page() -> str:
+    return (REPO / "docs" / "kubernetes.md").read_text()
 
 
 def _blocks() -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", _section(), re.S)
+    return re.findall(r"```bash\n(.*?)```", _page(), re.S)
 
 
 def _commands(block: str) -> list[str]:
