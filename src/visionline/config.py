@@ -506,6 +506,8 @@ EXECUTION_KEYS = (
     "train.log_every",
     # how the served model is watched: tuning a drift threshold must not retrain it
     "monitor",
+    # how a local server is fronted (nginx or not) changes nothing a run learns
+    "serve.local_front",
 )
 # Nor is the search around a run one of its inputs: a trial's run id must not change
 # when the search space, budget or trial count does.

@@ -37,10 +37,11 @@ def test_execution_settings_do_not_change_the_fingerprint(tmp_path):
             "train.log_every": 7,
             "monitor.sample_rate": 0.5,
             "monitor.policy.drift_windows": 9,
+            "serve.local_front": "none",
         },
     )
     assert elsewhere.fingerprint() == base.fingerprint()
-    assert len(EXECUTION_KEYS) == 9
+    assert len(EXECUTION_KEYS) == 10
     # what a run learns from does change it
     assert base.with_overrides(**{"train.lr": 0.5}).fingerprint() != base.fingerprint()
     assert base.with_overrides(**{"data.version": "0" * 12}).fingerprint() != base.fingerprint()
