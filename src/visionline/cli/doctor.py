@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -9,8 +10,15 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
+from importlib import metadata
 
+import requests
+import torch
+
+from visionline.cli.common import Command, pipeline_config
 from visionline.config import PipelineConfig
+from visionline.serving.nginx import nginx_binary
+from visionline.storage import open_store
 
 TORCH_PIN = "2.14.1"
 TORCHSERVE_PIN = "0.12.0"
@@ -29,8 +37,6 @@ class Check:
 
 
 def check_torch() -> list[Check]:
-    import torch
-
     out = [
         Check(
             "torch",
@@ -72,8 +78,6 @@ def check_java() -> Check:
 
 
 def check_store(uri: str) -> Check:
-    from visionline.storage import open_store
-
     key = f"tmp/doctor-{uuid.uuid4().hex}"
     try:
         store = open_store(uri)
@@ -94,8 +98,6 @@ def check_prefect() -> Check:
             "no PREFECT_API_URL: flows use a temporary local server",
             required=False,
         )
-    import requests
-
     try:
         r = requests.get(url.rstrip("/") + "/health", timeout=5)
         return Check("prefect", r.ok, f"{url} answered {r.status_code}")
@@ -105,11 +107,9 @@ def check_prefect() -> Check:
 
 def check_torchserve() -> Check:
     """TorchServe and its archiver, at the pinned version, next to this Python."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        ts, archiver = version("torchserve"), version("torch-model-archiver")
-    except PackageNotFoundError as e:
+        ts, archiver = metadata.version("torchserve"), metadata.version("torch-model-archiver")
+    except metadata.PackageNotFoundError as e:
         return Check("torchserve", False, f"{e.name} is not installed: make install")
     exe = shutil.which("torchserve") or os.path.join(os.path.dirname(sys.executable), "torchserve")
     if not os.path.exists(exe):
@@ -126,8 +126,6 @@ def check_torchserve() -> Check:
 def check_nginx(mode: str = "auto") -> Check:
     """nginx for the local serving front (``serve.local_front``): required only when the
     config asks for it; without it REST is served by TorchServe directly."""
-    from visionline.serving.nginx import nginx_binary
-
     exe = nginx_binary()
     if mode == "none":
         return Check("nginx", True, "serve.local_front is none: REST from TorchServe directly")
@@ -146,7 +144,9 @@ def check_nginx(mode: str = "auto") -> Check:
 
 def check_kubernetes(required: bool = False, timeout: float = 5) -> Check:
     """A usable Kubernetes context: one that exists and whose API server answers.
-    A problem either way; it only fails the doctor when the config uses the cluster."""
+    A problem either way; it only fails the doctor when the config uses the cluster.
+    The kubernetes client is imported here: loading it is slow, and only this check and
+    the Kubernetes adapters use it."""
     from kubernetes import client as kclient
     from kubernetes import config as kconfig
 
@@ -195,3 +195,18 @@ def run_doctor(cfg: PipelineConfig | None, store_uri: str) -> list[Check]:
         check_prefect(),
         check_kubernetes(required=cluster),
     ]
+
+
+def doctor_arguments(p: argparse.ArgumentParser) -> None:
+    """No arguments of its own: it checks what the global --config and --store name."""
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    cfg = pipeline_config(args)
+    checks = run_doctor(cfg, cfg.store)
+    for c in checks:
+        print(c.line())
+    return 0 if all(c.ok or not c.required for c in checks) else 1
+
+
+COMMANDS = {"doctor": Command(doctor_arguments, cmd_doctor)}

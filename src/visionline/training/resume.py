@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from visionline.errors import TrainingError
+# Preempted lives in errors (a compute backend raises it too); the trainer imports it here.
+from visionline.errors import Preempted as Preempted
 
 log = logging.getLogger("visionline.training")
 
@@ -99,10 +100,6 @@ class SeededSamples(Dataset):
         # type, which cost a third of a small model's epoch on CPU.
         torch.default_generator.manual_seed(seed)
         return self.dataset[index]
-
-
-class Preempted(TrainingError):
-    """The run stopped on SIGTERM after checkpointing; running it again resumes it."""
 
 
 class Preemption:
