@@ -27,10 +27,11 @@ def test_train_with_nproc_2_runs_two_trainer_processes(small_digits_dir, tmp_pat
     # one thread per process, over loopback: the two ranks share this small machine
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
+    command = [sys.executable, "-m", "visionline.cli", "--config", str(config), "train"]
+
     def train() -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "visionline.cli", "--config", str(config)]
-            + ["train", "--run-id", "two"],
+            [*command, "--run-id", "two"],
             capture_output=True,
             text=True,
             timeout=600,
