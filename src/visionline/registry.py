@@ -16,6 +16,7 @@ before and ``previous`` always means "what a rollback would serve".
 from __future__ import annotations
 
 import getpass
+import json
 import re
 import socket
 import uuid
@@ -268,8 +269,6 @@ def resolve_model_ref(
 
 
 def _json_bytes(obj: Any) -> bytes:
-    import json
-
     return json.dumps(obj, indent=2, sort_keys=True).encode()
 
 
