@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flows.training_pipeline import training_pipeline
+from visionline.backends import deployer
 from visionline.config import load_config
 from visionline.data.manifest import read_manifest, resolve_dataset
 from visionline.data.samples import write_digits
 from visionline.monitoring.capture import wait_for_captures
 from visionline.monitoring.check import check_window
 from visionline.serving.client import RestClient
-from visionline.serving.local import LocalDeployer
 from visionline.storage import open_store
 
 
@@ -43,7 +43,7 @@ def main() -> int:
     result = training_pipeline(config=config, source=str(samples), deploy=True)
 
     store = open_store(cfg.store)
-    server = LocalDeployer(store, cfg.serve, cfg.deploy.workdir)
+    server = deployer(cfg, store)  # where the pipeline deployed: deploy.target
     try:
         served = server.status()
         assert served.model is not None and served.ready, served.detail
@@ -57,9 +57,9 @@ def main() -> int:
         print(f"test accuracy    {result['accuracy']:.4f}")
         print(f"gate             {result['gate']}")
         print(f"model            {result['model']} (champion)")
-        print(
-            f"endpoint         {server.endpoints.inference}/predictions/{name}  (gRPC {server.endpoints.grpc_inference})"
-        )
+        # a local TorchServe also says where its gRPC endpoint is
+        grpc = f"  (gRPC {server.endpoints.grpc_inference})" if hasattr(server, "endpoints") else ""
+        print(f"endpoint         {server.endpoint()}/predictions/{name}{grpc}")
         print(
             f"parity           {result['deployment']['parity_images']} images, max |dp| "
             f"{result['deployment']['parity_max_abs_diff']:.1e}"

@@ -84,7 +84,9 @@ def train(cfg: PipelineConfig, dataset: DatasetRef) -> RunPlan:
     store = open_store(cfg.store)
     plan = plan_run(cfg, store, dataset)
     origin = {"prefect_flow_run": str(flow_run.id)} if flow_run.id else {}
-    compute_backend(cfg).train(plan, store, origin)
+    # A trainer process of its own (submit), never this one: the flow's process runs
+    # Prefect's threads, and a DataLoader forking workers beside them can deadlock.
+    compute_backend(cfg).submit(plan, store, origin).wait()
     return plan
 
 

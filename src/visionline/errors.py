@@ -62,6 +62,11 @@ class TrainingError(VisionlineError):
     pass
 
 
+class Preempted(TrainingError):
+    """The run stopped on SIGTERM after checkpointing; running it again resumes it.
+    Raised by the trainer in-process and by a backend whose trainer process it stopped."""
+
+
 class TuningError(VisionlineError):
     """A search could not run or finish (a broken study journal, no finished trial)."""
 

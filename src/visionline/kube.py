@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -68,6 +69,35 @@ def api_client(context: str | None = None) -> Any:
         raise KubernetesApiError(
             f"no Kubernetes cluster to talk to ({where}): {e}. Point KUBECONFIG at a cluster, "
             "select a context with `kubectl config use-context`, or run inside a pod"
+        ) from e
+
+
+class KubernetesContextError(KubernetesApiError):
+    """No usable Kubernetes context: no kubeconfig, or a broken one."""
+
+
+def cluster_version(timeout: float = 5) -> tuple[str, str]:
+    """Where the current context points (the in-cluster service account, or the kubeconfig
+    context's name) and the API server's version. Raises KubernetesContextError when there
+    is no usable context, KubernetesApiError when the API server does not answer."""
+    from kubernetes import client, config
+
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+            where = "in-cluster service account"
+        else:
+            _, active = config.list_kube_config_contexts()
+            config.load_kube_config()
+            where = f"context {active['name']}"
+    except Exception as e:
+        raise KubernetesContextError(str(e).splitlines()[0][:120] if str(e) else repr(e)) from e
+    try:
+        return where, client.VersionApi().get_code(_request_timeout=timeout).git_version
+    except Exception as e:
+        host = client.Configuration.get_default_copy().host
+        raise KubernetesApiError(
+            f"{where}: the API server at {host} does not answer ({type(e).__name__})"
         ) from e
 
 

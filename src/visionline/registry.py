@@ -16,6 +16,7 @@ before and ``previous`` always means "what a rollback would serve".
 from __future__ import annotations
 
 import getpass
+import json
 import re
 import socket
 import uuid
@@ -29,6 +30,12 @@ from visionline.storage import ArtifactStore
 
 class RegistryError(VisionlineError):
     pass
+
+
+ALIASES = ("champion", "previous")
+# How every command that takes a model reads it; said in each error about one.
+MODEL_REF_FORMS = "NAME, NAME:VERSION or NAME:ALIAS"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,8 @@ class ModelRef:
 
 class Registry:
     def __init__(self, store: ArtifactStore, name: str) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-            raise RegistryError(f"invalid model name {name!r}")
+        if not _NAME.fullmatch(name):
+            raise RegistryError(f"invalid model name {name!r}: expected {MODEL_REF_FORMS}")
         self.store = store
         self.name = name
 
@@ -149,18 +156,36 @@ class Registry:
         return self.store.update_json(self._aliases_key, apply), changed
 
     def resolve(self, spec: str | None = None) -> ModelRef:
-        """``None``/``champion``/``previous``/a version number -> a ModelRef that exists."""
+        """``None``/``champion``/``previous``/a version number -> a ModelRef that exists.
+        Anything else, or a version that is not there, is refused with what exists."""
         spec = spec or "champion"
-        if spec in ("champion", "previous"):
+        if spec in ALIASES:
             version = self.aliases().get(spec)
             if version is None:
                 raise KeyNotFoundError(
-                    f"model {self.name} has no {spec} yet: package and promote a run"
+                    f"model {self.name} has no {spec} yet: package and promote a run "
+                    f"({self.describe()})"
                 )
-        else:
-            version = spec
-        self.info(version)
-        return ModelRef(self.name, version)
+            self.info(version)
+            return ModelRef(self.name, version)
+        if not spec.isdigit() or not self.store.exists(self._info_key(spec)):
+            raise KeyNotFoundError(
+                f"model {self.name}:{spec} does not exist: {self.describe()}; "
+                f"expected {MODEL_REF_FORMS}"
+            )
+        return ModelRef(self.name, spec)
+
+    def describe(self) -> str:
+        """What exists of this model, for a message about a reference that does not."""
+        versions = self.versions()
+        if not versions:
+            others = ", ".join(model_names(self.store)) or "none"
+            return f"no model {self.name!r} in {self.store.uri}; models there: {others}"
+        aliases = self.aliases()
+        set_ = [a for a in ALIASES if aliases.get(a)]
+        return f"model {self.name!r} has versions {', '.join(versions)}" + (
+            f" and aliases {', '.join(set_)}" if set_ else " and no aliases yet"
+        )
 
     def promote(self, version: str, reason: str = "") -> dict[str, Any]:
         self.info(version)
@@ -207,9 +232,43 @@ class Registry:
         return [self.store.get_json(k) for k in self.store.list(f"models/{self.name}/log/")]
 
 
-def _json_bytes(obj: Any) -> bytes:
-    import json
+def model_names(store: ArtifactStore) -> list[str]:
+    """Every model with at least one complete version."""
+    return sorted(
+        {
+            parts[1]
+            for parts in (key.split("/") for key in store.list("models/"))
+            if len(parts) == 4 and parts[3] == "model.json"
+        }
+    )
 
+
+def parse_model_ref(spec: str, default_name: str | None = None) -> tuple[str, str | None]:
+    """What a user typed for a model -> (name, version or alias; None: the champion).
+
+    ``NAME``, ``NAME:VERSION`` and ``NAME:ALIAS``. Given ``default_name``, a bare VERSION
+    or ALIAS means that model's (``visionline models show 2``), as it always has.
+    """
+    name, sep, selector = spec.strip().partition(":")
+    if not sep and default_name and (name.isdigit() or name in ALIASES):
+        return default_name, name
+    if not _NAME.fullmatch(name) or (sep and not _NAME.fullmatch(selector)):
+        raise RegistryError(f"model {spec!r}: expected {MODEL_REF_FORMS}")
+    return name, selector or None
+
+
+def resolve_model_ref(
+    store: ArtifactStore, spec: str | None, default_name: str | None = None
+) -> ModelRef:
+    """``parse_model_ref`` then ``Registry.resolve``: a registered version that exists.
+    No ``spec``: the champion of ``default_name``."""
+    if not spec and not default_name:
+        raise RegistryError(f"no model given: expected {MODEL_REF_FORMS}")
+    name, selector = parse_model_ref(spec or str(default_name), default_name)
+    return Registry(store, name).resolve(selector)
+
+
+def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True).encode()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -9,8 +10,16 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
+from importlib import metadata
 
+import requests
+import torch
+
+from visionline.cli.common import Command, pipeline_config
 from visionline.config import PipelineConfig
+from visionline.kube import KubernetesApiError, KubernetesContextError, cluster_version
+from visionline.serving.nginx import nginx_binary
+from visionline.storage import open_store
 
 TORCH_PIN = "2.14.1"
 TORCHSERVE_PIN = "0.12.0"
@@ -29,8 +38,6 @@ class Check:
 
 
 def check_torch() -> list[Check]:
-    import torch
-
     out = [
         Check(
             "torch",
@@ -72,8 +79,6 @@ def check_java() -> Check:
 
 
 def check_store(uri: str) -> Check:
-    from visionline.storage import open_store
-
     key = f"tmp/doctor-{uuid.uuid4().hex}"
     try:
         store = open_store(uri)
@@ -94,8 +99,6 @@ def check_prefect() -> Check:
             "no PREFECT_API_URL: flows use a temporary local server",
             required=False,
         )
-    import requests
-
     try:
         r = requests.get(url.rstrip("/") + "/health", timeout=5)
         return Check("prefect", r.ok, f"{url} answered {r.status_code}")
@@ -105,11 +108,9 @@ def check_prefect() -> Check:
 
 def check_torchserve() -> Check:
     """TorchServe and its archiver, at the pinned version, next to this Python."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        ts, archiver = version("torchserve"), version("torch-model-archiver")
-    except PackageNotFoundError as e:
+        ts, archiver = metadata.version("torchserve"), metadata.version("torch-model-archiver")
+    except metadata.PackageNotFoundError as e:
         return Check("torchserve", False, f"{e.name} is not installed: make install")
     exe = shutil.which("torchserve") or os.path.join(os.path.dirname(sys.executable), "torchserve")
     if not os.path.exists(exe):
@@ -126,8 +127,6 @@ def check_torchserve() -> Check:
 def check_nginx(mode: str = "auto") -> Check:
     """nginx for the local serving front (``serve.local_front``): required only when the
     config asks for it; without it REST is served by TorchServe directly."""
-    from visionline.serving.nginx import nginx_binary
-
     exe = nginx_binary()
     if mode == "none":
         return Check("nginx", True, "serve.local_front is none: REST from TorchServe directly")
@@ -146,40 +145,27 @@ def check_nginx(mode: str = "auto") -> Check:
 
 def check_kubernetes(required: bool = False, timeout: float = 5) -> Check:
     """A usable Kubernetes context: one that exists and whose API server answers.
-    A problem either way; it only fails the doctor when the config uses the cluster."""
-    from kubernetes import client as kclient
-    from kubernetes import config as kconfig
-
+    A problem either way; it only fails the doctor when the config uses the cluster.
+    """
     try:
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            kconfig.load_incluster_config()
-            where = "in-cluster service account"
-        else:
-            _, active = kconfig.list_kube_config_contexts()
-            kconfig.load_kube_config()
-            where = f"context {active['name']}"
-    except Exception as e:
+        where, version = cluster_version(timeout)
+    except KubernetesContextError as e:
         return Check(
             "kubernetes",
             False,
-            f"no usable Kubernetes context ({str(e).splitlines()[0][:120]}): set KUBECONFIG or "
+            f"no usable Kubernetes context ({e}): set KUBECONFIG or "
             "run `kubectl config use-context NAME`"
             + ("" if required else "; only needed for compute.backend/deploy.target kubernetes"),
             required=required,
         )
-    try:
-        api = kclient.VersionApi()
-        info = api.get_code(_request_timeout=timeout)
-        return Check("kubernetes", True, f"{where}: API server {info.git_version}", required)
-    except Exception as e:
-        host = kclient.Configuration.get_default_copy().host
+    except KubernetesApiError as e:
         return Check(
             "kubernetes",
             False,
-            f"{where}: the API server at {host} does not answer ({type(e).__name__}): check the "
-            "cluster, VPN or `kubectl cluster-info`",
+            f"{e}: check the cluster, VPN or `kubectl cluster-info`",
             required=required,
         )
+    return Check("kubernetes", True, f"{where}: API server {version}", required)
 
 
 def run_doctor(cfg: PipelineConfig | None, store_uri: str) -> list[Check]:
@@ -195,3 +181,18 @@ def run_doctor(cfg: PipelineConfig | None, store_uri: str) -> list[Check]:
         check_prefect(),
         check_kubernetes(required=cluster),
     ]
+
+
+def doctor_arguments(p: argparse.ArgumentParser) -> None:
+    """No arguments of its own: it checks what the global --config and --store name."""
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    cfg = pipeline_config(args)
+    checks = run_doctor(cfg, cfg.store)
+    for c in checks:
+        print(c.line())
+    return 0 if all(c.ok or not c.required for c in checks) else 1
+
+
+COMMANDS = {"doctor": Command(doctor_arguments, cmd_doctor)}

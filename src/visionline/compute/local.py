@@ -1,21 +1,29 @@
-"""Training in a local subprocess: the same entry point a Kubernetes pod runs."""
+"""Training on this machine: the same entry point a Kubernetes pod runs, in ``nproc``
+processes (torchrun), or in this process when a run needs only one."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable, Iterator
+from types import FrameType
 
 from visionline.compute import FAILED, SUCCEEDED, publish_config, trainer_args
-from visionline.errors import TrainingError
+from visionline.errors import Preempted, TrainingError
 from visionline.storage import ArtifactStore
 from visionline.training.plan import RunPlan
 
 log = logging.getLogger(__name__)
+# Runs a plan to completion in the calling process (visionline.training's fit, handed in by
+# visionline.backends: compute sits below training and must not import it).
+TrainHere = Callable[[RunPlan, ArtifactStore, dict[str, str] | None], object]
 _STEP_LINE = re.compile(r"\bepoch \d+ step \d+/\d+ loss ")
 
 
@@ -27,6 +35,7 @@ class LocalRun:
         self.failure: str | None = None
         self._tail: deque[str] = deque(maxlen=40)
         self._cancelled = False
+        self._stopped = False  # SIGTERM passed on: the trainer checkpoints and exits
         log.info("launching: %s", " ".join(cmd))
         self.proc = subprocess.Popen(
             cmd,
@@ -65,7 +74,16 @@ class LocalRun:
         except subprocess.TimeoutExpired as e:
             raise TrainingError(f"training run {self.run_id} still running after {timeout}s") from e
         if self.poll() == FAILED:
+            if self._stopped:
+                raise Preempted(f"run {self.run_id} stopped on SIGTERM")
             raise TrainingError(self.failure or f"training run {self.run_id} failed")
+
+    def stop(self) -> None:
+        """Pass SIGTERM on: the trainer checkpoints at the next batch and exits; ``wait``
+        then raises Preempted (the same plan submitted again resumes it)."""
+        if self.proc.poll() is None:
+            self._stopped = True
+            self.proc.terminate()
 
     def cancel(self) -> None:
         if self.proc.poll() is None:
@@ -79,13 +97,42 @@ class LocalRun:
         self._relay.join(timeout=5)
 
 
+@contextlib.contextmanager
+def _sigterm_to(run: LocalRun) -> Iterator[None]:
+    """While waiting for ``run``, SIGTERM to this process stops the trainer the way it
+    stops a pod's, instead of leaving it running without us. Python delivers signals to
+    the main thread only; elsewhere SIGTERM keeps its default meaning."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        run.stop()
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class LocalBackend:
+    """``submit`` always starts trainer processes: ``nproc`` of them under torchrun, or
+    one. ``train`` runs a one-process plan in this process when given ``train_here``:
+    its log, its SIGTERM handling (checkpoint, then Preempted) and its reuse of a
+    finished run are then the caller's, without starting an interpreter and torch again."""
+
     def __init__(
-        self, python: str = sys.executable, nproc: int = 1, env: dict[str, str] | None = None
+        self,
+        python: str = sys.executable,
+        nproc: int = 1,
+        env: dict[str, str] | None = None,
+        train_here: TrainHere | None = None,
     ) -> None:
         self.python = python
         self.nproc = nproc
         self.env = env
+        self.train_here = train_here
 
     def command(
         self,
@@ -116,4 +163,9 @@ class LocalBackend:
     def train(
         self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
     ) -> None:
-        self.submit(plan, store, origin).wait()
+        if self.nproc == 1 and self.train_here is not None:
+            self.train_here(plan, store, origin)
+            return
+        run = self.submit(plan, store, origin)
+        with _sigterm_to(run):
+            run.wait()

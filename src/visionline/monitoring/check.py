@@ -23,7 +23,7 @@ from visionline.monitoring.reference import (
     load_reference,
 )
 from visionline.monitoring.report import DriftReport, report_images, store_report
-from visionline.registry import ModelRef, Registry
+from visionline.registry import ModelRef, Registry, resolve_model_ref
 from visionline.storage import ArtifactStore
 
 
@@ -37,11 +37,10 @@ class CheckOutcome:
 
 
 def resolve_model(store: ArtifactStore, spec: str) -> tuple[ModelRef, dict[str, Any]]:
-    """``NAME`` (its champion) or ``NAME:VERSION`` -> the model and its registry entry."""
-    name, _, version = spec.partition(":")
-    reg = Registry(store, name)
-    ref = reg.resolve(version or None)
-    return ref, reg.info(ref.version)
+    """``NAME`` (its champion), ``NAME:VERSION`` or ``NAME:ALIAS`` -> the model and its
+    registry entry."""
+    ref = resolve_model_ref(store, spec)
+    return ref, Registry(store, ref.name).info(ref.version)
 
 
 def _finish(

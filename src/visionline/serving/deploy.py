@@ -44,6 +44,9 @@ class Deployer(Protocol):
 
     def endpoint(self) -> str: ...
 
+    def token(self) -> str:
+        """The inference credential a client sends (Authorization: Bearer)."""
+
     def stop(self) -> None: ...
 
 

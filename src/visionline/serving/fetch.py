@@ -38,13 +38,13 @@ POD_BACKEND_PORTS = {
 
 def fetch(store_uri: str, model: str, dest: Path, sha256: str | None = None) -> Path:
     from visionline.errors import IntegrityError
-    from visionline.registry import Registry
+    from visionline.registry import Registry, parse_model_ref
     from visionline.serving.local import fetch_mar
     from visionline.storage import open_store, sha256_file
 
-    name, sep, version = model.partition(":")
-    if not sep or not version:
-        raise VisionlineError(f"--model {model!r}: expected NAME:VERSION")
+    name, version = parse_model_ref(model)
+    if version is None:
+        raise VisionlineError(f"--model {model!r}: expected NAME:VERSION or NAME:ALIAS")
     store = open_store(store_uri)
     # an alias (champion, previous) is resolved when the pod starts: what a freshly
     # applied base serves before the first deploy pins a version

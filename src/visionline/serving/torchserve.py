@@ -161,6 +161,17 @@ def management_is_loopback_only(text: str) -> bool:
     return all(h and ipaddress.ip_address(h).is_loopback for h in hosts)
 
 
+def key_file_path(workdir: str | Path) -> Path:
+    """Where TorchServe writes its tokens: ``key_file.json`` in its working directory."""
+    return Path(workdir) / "key_file.json"
+
+
+def read_tokens(path: Path) -> dict[str, str]:
+    """The tokens in a ``key_file.json``: {"inference": ..., "management": ...}."""
+    keys = json.loads(path.read_text())
+    return {kind: keys[kind]["key"] for kind in ("inference", "management")}
+
+
 class TorchServe:
     """One TorchServe instance rooted at ``workdir``."""
 
@@ -193,7 +204,7 @@ class TorchServe:
 
     @property
     def key_file(self) -> Path:
-        return self.workdir / "key_file.json"
+        return key_file_path(self.workdir)
 
     def _env(self) -> dict[str, str]:
         tmp = self.workdir / "tmp"
@@ -298,11 +309,7 @@ class TorchServe:
         while True:
             try:
                 # TorchServe may be midway through writing the file: retry a partial read
-                keys = json.loads(self.key_file.read_text())
-                return {
-                    "inference": keys["inference"]["key"],
-                    "management": keys["management"]["key"],
-                }
+                return read_tokens(self.key_file)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 if time.monotonic() > deadline:
                     raise ServingError(

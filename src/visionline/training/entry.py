@@ -14,12 +14,17 @@ import sys
 import torch
 
 from visionline.config import load_config
-from visionline.errors import EXIT_CONFIG_ERROR, EXIT_PREEMPTED, ConfigError, TrainingError
+from visionline.errors import (
+    EXIT_CONFIG_ERROR,
+    EXIT_PREEMPTED,
+    ConfigError,
+    Preempted,
+    TrainingError,
+)
 from visionline.model.runs import check_run_id
 from visionline.storage import open_store
 from visionline.training.loop import fit
 from visionline.training.plan import plan_run
-from visionline.training.resume import Preempted
 
 # what --help says the command does
 DESCRIPTION = "Training: ``fit()`` drives ``train_one_epoch()`` and ``evaluate()``."

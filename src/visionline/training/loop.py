@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from visionline.errors import Preempted
 from visionline.model.architectures import set_backbone_trainable
 from visionline.model.runs import RunPaths, check_run_id
 from visionline.storage import ArtifactStore
@@ -27,7 +28,7 @@ from visionline.training.data import make_loader
 from visionline.training.devices import SINGLE_PROCESS, Dist, seed_everything, unwrap
 from visionline.training.optim import LRSchedule
 from visionline.training.plan import RunPlan
-from visionline.training.resume import Preempted, Preemption, step_seed
+from visionline.training.resume import Preemption, step_seed
 from visionline.training.trainer import Trainer, announce, build_trainer
 
 log = logging.getLogger("visionline.training")  # the package's logger, as everywhere in it

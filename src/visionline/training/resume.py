@@ -27,8 +27,6 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
-from visionline.errors import TrainingError
-
 log = logging.getLogger("visionline.training")
 
 _MIX = 1_000_003
@@ -100,10 +98,6 @@ class SeededSamples(Dataset):
         # type, which cost a third of a small model's epoch on CPU.
         torch.default_generator.manual_seed(seed)
         return self.dataset[index]
-
-
-class Preempted(TrainingError):
-    """The run stopped on SIGTERM after checkpointing; running it again resumes it."""
 
 
 class Preemption:
