@@ -72,3 +72,7 @@ class GateFailedError(VisionlineError):
 
 class ServingError(VisionlineError):
     pass
+
+
+class MonitoringError(VisionlineError):
+    """Monitoring cannot answer (no reference, no captures, bad window...); says why."""

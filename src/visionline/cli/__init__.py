@@ -387,7 +387,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _window(text: str | None):
-    from visionline.monitoring.capture import parse_window
+    from visionline.monitoring.capture_windows import parse_window
 
     return parse_window(text) if text else (None, None)
 

@@ -21,16 +21,19 @@ import pandas as pd
 
 from visionline.config import PipelineConfig, SplitConfig
 from visionline.data.images import inspect_image
+from visionline.data.ingest import SourceFile, _inspect, dataset_version
 from visionline.data.manifest import (
     MANIFEST_COLUMNS,
     DatasetRef,
     latest_key,
     manifest_to_bytes,
     read_manifest,
+    resolve_dataset,
 )
-from visionline.monitoring.capture import read_captures
+from visionline.data.validation import validate_dataset
+from visionline.errors import MonitoringError
+from visionline.monitoring.capture_windows import read_captures
 from visionline.monitoring.check import resolve_model
-from visionline.monitoring.reference import MonitoringError
 from visionline.storage import ArtifactStore, PutItem, sha256_bytes
 
 STRATEGIES = ("least-confidence", "margin", "entropy")
@@ -405,10 +408,6 @@ def import_labels(
     """Merge labelled images into a new version of the dataset (the newest version is
     the parent, recorded in dataset.json), validate it with the Great Expectations gate,
     and make it the newest version only if it passes."""
-    from visionline.data.ingest import SourceFile, _inspect, dataset_version
-    from visionline.data.manifest import resolve_dataset
-    from visionline.data.validation import validate_dataset
-
     path = Path(path)
     items, unlabelled = read_label_file(path)
     parent = resolve_dataset(store, dataset or cfg.data.dataset)

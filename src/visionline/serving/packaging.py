@@ -121,7 +121,7 @@ def build_mar(
             }
         )
     )
-    from visionline.monitoring.capture import write_archive_files
+    from visionline.monitoring.archive import write_archive_files
 
     extra = ",".join(
         [str(work / f) for f in ("model_spec.json", "index_to_name.json", "serving.json")]
