@@ -64,8 +64,7 @@ def parity_keys(store: ArtifactStore, run: dict[str, Any], n: int = PARITY_IMAGE
 
 
 def model_card(ref: ModelRef, run: dict, metrics: dict, decision: dict, sha: str) -> str:
-    from visionline.evaluation import metrics_markdown
-    from visionline.evaluation.gate import decision_markdown
+    from visionline.evaluation.report import decision_markdown, metrics_markdown
 
     pre = run["preprocessing"]
     return f"""# Model card: {ref}
