@@ -436,7 +436,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
     cfg = _config(args)
     store = open_store(cfg.store)
     if args.action == "import":
-        from visionline.monitoring.labels import import_labels
+        from visionline.monitoring.label_import import import_labels
 
         res = import_labels(store, cfg, args.file, args.dataset)
         print(

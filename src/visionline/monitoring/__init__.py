@@ -15,8 +15,8 @@
   classes, MMD with a permutation test on embeddings, Benjamini-Hochberg across them.
 - ``report``: the drift report (markdown and PNG plots) in the store.
 - ``policy``: when to retrain, with reasons, and the decision log.
-- ``labels``: late labels joined to captures, the labelling queue, importing labels
-  as a new dataset version.
+- ``labels``: late labels joined to captures, the labelling queue; ``label_import``:
+  labelled images as a new dataset version (validated by the GX gate).
 
 Nothing here imports Prefect; ``flows/monitoring.py`` composes these functions.
 """
