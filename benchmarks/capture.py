@@ -36,7 +36,7 @@ from benchmarks.serve import IMAGENET, load, make_inputs, percentiles
 from tests.support.ports import serve_ports
 from visionline.config import PipelineConfig, parse_config
 from visionline.model.architectures import build_model
-from visionline.monitoring.capture import wait_for_captures
+from visionline.monitoring.capture_windows import wait_for_captures
 from visionline.serving.packaging import build_mar
 from visionline.serving.torchserve import ServedModel, TorchServe
 from visionline.storage import LocalStore

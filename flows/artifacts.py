@@ -9,8 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.timing import task
 from visionline.config import PipelineConfig
 from visionline.data.manifest import DatasetRef
-from visionline.evaluation import metrics_markdown
-from visionline.evaluation.gate import decision_markdown
+from visionline.evaluation.report import decision_markdown, metrics_markdown
 from visionline.model.runs import RunPaths
 from visionline.registry import ModelRef
 from visionline.storage import ArtifactStore, open_store

@@ -18,7 +18,7 @@ from visionline.backends import deployer
 from visionline.config import load_config
 from visionline.data.manifest import read_manifest, resolve_dataset
 from visionline.data.samples import write_digits
-from visionline.monitoring.capture import wait_for_captures
+from visionline.monitoring.capture_windows import wait_for_captures
 from visionline.monitoring.check import check_window
 from visionline.serving.client import RestClient
 from visionline.storage import open_store

@@ -77,3 +77,7 @@ class GateFailedError(VisionlineError):
 
 class ServingError(VisionlineError):
     pass
+
+
+class MonitoringError(VisionlineError):
+    """Monitoring cannot answer (no reference, no captures, bad window...); says why."""

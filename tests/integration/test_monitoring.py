@@ -23,7 +23,7 @@ from PIL import Image
 from tests.support.handler import extract_mar, handle, load_handler
 from tests.support.serving import visionline_cli
 from visionline.data.manifest import read_manifest, resolve_dataset
-from visionline.monitoring.capture import read_captures
+from visionline.monitoring.capture_windows import read_captures
 from visionline.monitoring.labels import build_label_queue, read_feedback
 from visionline.storage import LocalStore
 

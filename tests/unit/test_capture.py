@@ -7,14 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from visionline.errors import StoreError
-from visionline.monitoring.capture import (
-    CaptureSettings,
-    CaptureSink,
-    parse_window,
-    read_captures,
-)
-from visionline.monitoring.reference import MonitoringError
+from visionline.errors import MonitoringError, StoreError
+from visionline.monitoring.capture_settings import CaptureSettings
+from visionline.monitoring.capture_sink import CaptureSink
+from visionline.monitoring.capture_windows import parse_window, read_captures
 from visionline.storage import LocalStore
 
 
@@ -122,7 +118,7 @@ def test_a_failing_store_drops_and_logs_and_writing_resumes_when_it_is_back(tmp_
     store.release.set()
     sink = CaptureSink(store, "captures/m/1", queue_size=50, flush_records=5, flush_interval_s=0.05)
     now = datetime.now(UTC)
-    with caplog.at_level(logging.WARNING, logger="visionline.monitoring.capture"):
+    with caplog.at_level(logging.WARNING, logger="visionline.monitoring.capture_sink"):
         for i in range(5):
             sink.offer(_record(i, now))
         assert sink.flush(timeout=30)

@@ -9,11 +9,11 @@ from datetime import datetime
 
 from visionline.cli.common import MODEL_HELP, Command, model_ref, pipeline_config
 from visionline.errors import EXIT_DRIFT, VisionlineError
-from visionline.monitoring.capture import parse_window
+from visionline.monitoring.capture_windows import parse_window
 from visionline.monitoring.check import check_images, check_window
+from visionline.monitoring.label_import import import_labels
 from visionline.monitoring.labels import (
     build_label_queue,
-    import_labels,
     labelled_quality,
     read_feedback_file,
     record_feedback,

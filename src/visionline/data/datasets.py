@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from visionline.data.images import decode_image
-from visionline.data.ingest import bounded_map
+from visionline.data.stream import bounded_map
 from visionline.errors import KeyNotFoundError
 from visionline.storage import ArtifactStore, LocalStore
 

@@ -33,13 +33,11 @@ import os
 import platform
 import threading
 import unicodedata
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -54,14 +52,13 @@ from visionline.data.manifest import (
     manifest_to_bytes,
 )
 from visionline.data.split import assign_split
+from visionline.data.stream import bounded_map
 from visionline.errors import IngestError, KeyNotFoundError
 from visionline.storage import ArtifactStore, S3Store, sha256_bytes
 from visionline.version import code_version
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
 
 # A label is a folder name on disk and a key component in S3: 255 bytes is the common
 # file-name limit, so a longer label could be stored in S3 but not mirrored locally.
@@ -379,47 +376,6 @@ def scan_source(
     if p.suffix.lower() == ".csv":
         return scan_csv(p, s3_client, allowed)
     return scan_local_folder(p, allowed)
-
-
-# --------------------------------------------------------------------------- streaming
-def bounded_map(
-    fn: Callable[[T], R],
-    items: Iterable[T],
-    workers: int,
-    bound: int | None = None,
-) -> Iterator[R]:
-    """``fn`` over ``items`` on ``workers`` threads, results in input order.
-
-    At most ``bound`` items (default ``2 * workers``) are taken from ``items`` and not
-    yet handed back, so memory stays flat however many items there are (an executor's
-    ``map`` submits everything at once). On an error, or when the caller stops early,
-    queued work is cancelled and running work finishes before this returns: nothing
-    started here is still running afterwards.
-    """
-    workers = max(1, workers)
-    bound = max(1, bound or 2 * workers)
-    pending: deque[Future[R]] = deque()
-    failed = threading.Event()
-
-    def note(fut: Future[R]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            failed.set()
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        try:
-            for item in items:
-                if failed.is_set():
-                    break  # stop taking work; the error surfaces below, in order
-                fut = pool.submit(fn, item)
-                fut.add_done_callback(note)
-                pending.append(fut)
-                if len(pending) >= bound:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for fut in pending:
-                fut.cancel()
 
 
 # --------------------------------------------------------------------------- inspect

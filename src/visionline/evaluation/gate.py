@@ -15,6 +15,13 @@ import numpy as np
 from scipy.stats import binomtest
 
 from visionline.config import GateConfig
+from visionline.data.manifest import DatasetRef
+from visionline.evaluation.metrics import evaluate_on_test
+from visionline.evaluation.run import ensure_evaluated, load_predictions
+from visionline.model.predictor import Predictor
+from visionline.model.runs import RunPaths, load_run_config, load_run_info
+from visionline.registry import Registry
+from visionline.storage import ArtifactStore
 
 
 @dataclass
@@ -46,23 +53,6 @@ class Decision:
                 f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {v}{t} {c.detail}".rstrip()
             )
         return "\n".join(lines)
-
-
-def decision_markdown(decision: dict[str, Any]) -> str:
-    """A decision (as stored in decision.json) as a markdown table."""
-    rows = []
-    for c in decision["checks"]:
-        value = "n/a" if c["value"] is None else f"{c['value']:.4f}"
-        threshold = "" if c["threshold"] is None else f"{c['threshold']:.4f}"
-        verdict = "pass" if c["passed"] else "**FAIL**"
-        rows.append(f"| {c['name']} | {value} | {threshold} | {verdict} | {c['detail']} |")
-    head = f"## Gate decision: {'PASS' if decision['passed'] else 'FAIL'}\n\n"
-    return (
-        head
-        + "| check | value | threshold | verdict | detail |\n| --- | --- | --- | --- | --- |\n"
-        + "\n".join(rows)
-        + "\n"
-    )
 
 
 def mcnemar(champion_correct: np.ndarray, challenger_correct: np.ndarray) -> tuple[int, int, float]:
@@ -138,64 +128,74 @@ def decide(
     return Decision(run_id, all(c.passed for c in checks), checks, champion)
 
 
-def gate_run(
-    store: Any, run_id: str, champion_run: str | None = None, cfg: GateConfig | None = None
-) -> Decision:
-    """Gate a finished, evaluated run; the champion (a run id) is re-evaluated on the
-    challenger's own test images so the paired test compares like with like."""
-    from visionline.data.manifest import DatasetRef
-    from visionline.evaluation import evaluate_on_test, evaluate_run, load_predictions
-    from visionline.model.predictor import Predictor
-    from visionline.model.runs import RunPaths, load_run_config, load_run_info
+def stored_decision(
+    store: ArtifactStore, run_id: str, champion_run: str | None, cfg: GateConfig
+) -> Decision | None:
+    """The decision already stored for the same question (thresholds, champion): the
+    same question has the same answer, so it is not decided again."""
+    key = RunPaths(run_id).decision
+    if not store.exists(key):
+        return None
+    prior = store.get_json(key)
+    if prior.get("champion") != champion_run or prior.get("gate_config") != cfg.model_dump():
+        return None
+    return Decision(
+        prior["run_id"],
+        prior["passed"],
+        [GateCheck(**c) for c in prior["checks"]],
+        prior["champion"],
+        prior["decided_at"],
+    )
 
+
+def classes_mismatch(
+    run_id: str, metrics: dict, cfg: GateConfig, champion_run: str, theirs: list, ours: list
+) -> Decision:
+    """A failed decision: a champion with other classes cannot be compared with."""
+    mismatch = GateCheck(
+        "vs_champion_classes",
+        None,
+        None,
+        False,
+        f"champion {champion_run} has classes {theirs}, challenger {ours}: not comparable",
+    )
+    return Decision(run_id, False, [*threshold_checks(metrics, cfg), mismatch], champion_run)
+
+
+def gate_run(
+    store: ArtifactStore,
+    run_id: str,
+    champion_run: str | None = None,
+    cfg: GateConfig | None = None,
+) -> Decision:
+    """Gate a finished run (evaluated here if it is not yet); the champion (a run id) is
+    re-evaluated on the challenger's own test images so the paired test compares like
+    with like."""
     paths = RunPaths(run_id)
     run_cfg = load_run_config(store, run_id)
     cfg = cfg or run_cfg.gate
     if champion_run == run_id:
         champion_run = None  # the champion already is this run (a re-run): nothing to compare
-    if store.exists(paths.decision):
-        prior = store.get_json(paths.decision)
-        # The same question (thresholds, champion) has the same answer: do not re-decide.
-        if prior.get("champion") == champion_run and prior.get("gate_config") == cfg.model_dump():
-            return Decision(
-                prior["run_id"],
-                prior["passed"],
-                [GateCheck(**c) for c in prior["checks"]],
-                prior["champion"],
-                prior["decided_at"],
-            )
-    metrics_key = paths.evaluation_metrics
-    metrics = (
-        store.get_json(metrics_key) if store.exists(metrics_key) else evaluate_run(store, run_id)
-    )
+    prior = stored_decision(store, run_id, champion_run, cfg)
+    if prior is not None:
+        return prior
+    metrics = ensure_evaluated(store, run_id)
     challenger_correct = champion_correct = None
     if champion_run:
-        ours = load_predictions(store, run_id)
         info = load_run_info(store, run_id)
         champion = Predictor.from_run(store, champion_run)
         if champion.classes != info["classes"]:
-            decision = Decision(
-                run_id,
-                False,
-                [
-                    *threshold_checks(metrics, cfg),
-                    GateCheck(
-                        "vs_champion_classes",
-                        None,
-                        None,
-                        False,
-                        f"champion {champion_run} has classes {champion.classes}, "
-                        f"challenger {info['classes']}: not comparable",
-                    ),
-                ],
-                champion_run,
+            decision = classes_mismatch(
+                run_id, metrics, cfg, champion_run, champion.classes, info["classes"]
             )
             store.put_json(paths.decision, {**decision.to_dict(), "gate_config": cfg.model_dump()})
             return decision
         theirs = evaluate_on_test(
             store, champion, run_cfg, DatasetRef(info["dataset_name"], info["dataset_version"])
         ).to_frame()
-        paired = ours.merge(theirs, on="source", suffixes=("", "_champion"))
+        paired = load_predictions(store, run_id).merge(
+            theirs, on="source", suffixes=("", "_champion")
+        )
         challenger_correct = paired["correct"].to_numpy()
         champion_correct = paired["correct_champion"].to_numpy()
     decision = decide(run_id, metrics, cfg, challenger_correct, champion_correct, champion_run)
@@ -203,10 +203,8 @@ def gate_run(
     return decision
 
 
-def champion_run_id(store: Any, model_name: str) -> str | None:
+def champion_run_id(store: ArtifactStore, model_name: str) -> str | None:
     """The run behind the current champion of ``model_name``, if there is one."""
-    from visionline.registry import Registry
-
     reg = Registry(store, model_name)
     version = reg.aliases().get("champion")
     return reg.info(version)["run_id"] if version else None

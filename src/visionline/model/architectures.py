@@ -10,10 +10,12 @@ import io
 from collections.abc import Iterator
 
 import torch
+import torchvision
 from torch import nn
 
 from visionline.config import ModelConfig
 from visionline.errors import TrainingError
+from visionline.storage import read_uri
 
 TORCHVISION_ARCHS = ("resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_small")
 
@@ -107,8 +109,6 @@ def _apply_stem(model: nn.Module, cfg: ModelConfig) -> None:
 
 
 def load_state_dict_uri(uri: str) -> dict[str, torch.Tensor]:
-    from visionline.storage import read_uri
-
     try:
         state = torch.load(io.BytesIO(read_uri(uri)), map_location="cpu", weights_only=True)
     except Exception as e:
@@ -124,8 +124,6 @@ def build_model(cfg: ModelConfig, num_classes: int, channels: int, image_size: i
         if cfg.pretrained:
             model.load_state_dict(load_state_dict_uri(cfg.pretrained))
         return model
-
-    import torchvision
 
     if cfg.pretrained:
         # Build with the architecture's own head so the pretrained state_dict fits,

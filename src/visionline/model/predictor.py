@@ -15,6 +15,7 @@ from torch import nn
 
 from visionline.data.images import decode_image
 from visionline.data.transforms import Preprocessing, eval_transform
+from visionline.model.runs import load_trained_model
 from visionline.storage import ArtifactStore
 
 
@@ -78,8 +79,6 @@ class Predictor:
     @classmethod
     def from_run(cls, store: ArtifactStore, run_id: str, device: str = "cpu") -> Predictor:
         """The best weights of a finished run with the preprocessing it was trained with."""
-        from visionline.model.runs import load_trained_model
-
         model, info = load_trained_model(store, run_id, device)
         return cls(model, Preprocessing.from_dict(info["preprocessing"]), info["classes"], device)
 

@@ -1,7 +1,8 @@
 """A training run's place in the artifact store, and how to read a finished one back.
 
     runs/<run_id>/{checkpoints/epoch-NNNN.pt, metrics.jsonl, model.pt, config.yaml,
-                   preprocessing.json, classes.json, run.json, evaluation/, decision.json}
+                   preprocessing.json, classes.json, run.json, evaluation/, decision.json,
+                   monitoring/}
 
 ``run.json`` is written last by the trainer and marks a run complete. Evaluation, the
 gate, packaging, parity and lineage find a run's files here, not in the training loop.
@@ -21,6 +22,7 @@ from torch import nn
 
 from visionline.config import PipelineConfig, parse_config
 from visionline.errors import KeyNotFoundError, TrainingError
+from visionline.model.architectures import build_model
 from visionline.storage import ArtifactStore
 
 
@@ -79,6 +81,11 @@ class RunPaths:
     def decision(self) -> str:
         return f"{self.prefix}/decision.json"
 
+    @property
+    def monitoring(self) -> str:
+        """Where monitoring keeps the run's reference (``visionline.monitoring.reference``)."""
+        return f"{self.prefix}/monitoring"
+
 
 def check_run_id(run_id: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", run_id):
@@ -134,8 +141,6 @@ def load_trained_model(
     store: ArtifactStore, run_id: str, device: str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The best weights of a finished run, rebuilt from its own recorded config."""
-    from visionline.model.architectures import build_model
-
     info = load_run_info(store, run_id)
     cfg = load_run_config(store, run_id)
     model = build_model(

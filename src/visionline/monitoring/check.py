@@ -12,16 +12,13 @@ import pandas as pd
 
 from visionline.config import PipelineConfig
 from visionline.data.images import IMAGE_EXTENSIONS
+from visionline.errors import MonitoringError
 from visionline.model.predictor import Predictor
-from visionline.monitoring.capture import read_captures
+from visionline.model.runs import load_run_config
+from visionline.monitoring.capture_windows import read_captures
 from visionline.monitoring.drift import compare
 from visionline.monitoring.features import describe_images
-from visionline.monitoring.reference import (
-    MonitoringError,
-    ensure_projection,
-    ensure_reference,
-    load_reference,
-)
+from visionline.monitoring.reference import ensure_projection, ensure_reference, load_reference
 from visionline.monitoring.report import DriftReport, report_images, store_report
 from visionline.registry import ModelRef, Registry, resolve_model_ref
 from visionline.storage import ArtifactStore
@@ -112,8 +109,6 @@ def check_images(
 ) -> CheckOutcome:
     """A folder of images through the model in-process, described as captures are
     (same decoding, transform, forward pass and projection), against its reference."""
-    from visionline.model.runs import load_run_config
-
     ref, info = resolve_model(store, spec)
     run_id = info["run_id"]
     ensure_reference(store, run_id)

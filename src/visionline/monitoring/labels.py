@@ -1,5 +1,6 @@
-"""Labels after the fact: late feedback joined to captures, the labelling queue
-(active learning), and labelled images merged into a new dataset version.
+"""Labels after the fact: late feedback joined to captures, and the labelling queue
+(active learning). Labelled images become a new dataset version in
+``visionline.monitoring.label_import``.
 
     monitoring/<model>/feedback/<time>-<sha12>.parquet        request_id, label
     label-queue/<model>/<time>-<strategy>/{queue.csv, tasks.json, label_config.xml, images/}
@@ -11,7 +12,7 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,18 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from visionline.config import PipelineConfig, SplitConfig
 from visionline.data.images import inspect_image
-from visionline.data.manifest import (
-    MANIFEST_COLUMNS,
-    DatasetRef,
-    latest_key,
-    manifest_to_bytes,
-    read_manifest,
-)
-from visionline.monitoring.capture import read_captures
+from visionline.errors import MonitoringError
+from visionline.monitoring.capture_windows import read_captures
 from visionline.monitoring.check import resolve_model
-from visionline.monitoring.reference import MonitoringError
 from visionline.storage import ArtifactStore, PutItem, sha256_bytes
 
 STRATEGIES = ("least-confidence", "margin", "entropy")
@@ -202,6 +195,43 @@ def label_studio_config(classes: list[str]) -> str:
     )
 
 
+def _queue_row(c: pd.Series, key: str, url: str, score: float) -> dict[str, Any]:
+    """One line of ``queue.csv``: the capture, its image, and an empty ``label``."""
+    return {
+        "request_id": c["request_id"],
+        "image": key,
+        "url": url,
+        "predicted": c["label"],
+        "confidence": round(float(c["confidence"]), 6),
+        "margin": round(float(c["margin"]), 6),
+        "entropy": round(float(c["entropy"]), 6),
+        "score": round(score, 6),
+        "label": "",
+    }
+
+
+def _label_studio_task(c: pd.Series, rank: int, key: str, url: str, model: str) -> dict:
+    """One Label Studio task, pre-annotated with the model's prediction."""
+    return {
+        "id": rank,
+        "data": {"image": url, "key": key, "request_id": c["request_id"], "model": model},
+        "predictions": [
+            {
+                "model_version": model,
+                "score": float(c["confidence"]),
+                "result": [
+                    {
+                        "from_name": "label",
+                        "to_name": "image",
+                        "type": "choices",
+                        "value": {"choices": [c["label"]]},
+                    }
+                ],
+            }
+        ],
+    }
+
+
 def build_label_queue(
     store: ArtifactStore,
     spec: str,
@@ -245,243 +275,11 @@ def build_label_queue(
         fmt = inspect_image(data).format
         key = f"{prefix}/images/{rank:04d}-{_safe(c['request_id'])}{_EXT.get(fmt or '', '.bin')}"
         items.append(PutItem(key, data=data))
-        rows.append(
-            {
-                "request_id": c["request_id"],
-                "image": key,
-                "url": store.url(key),
-                "predicted": c["label"],
-                "confidence": round(float(c["confidence"]), 6),
-                "margin": round(float(c["margin"]), 6),
-                "entropy": round(float(c["entropy"]), 6),
-                "score": round(float(scores[i]), 6),
-                "label": "",
-            }
-        )
-        tasks.append(
-            {
-                "id": rank,
-                "data": {
-                    "image": store.url(key),
-                    "key": key,
-                    "request_id": c["request_id"],
-                    "model": str(ref),
-                },
-                "predictions": [
-                    {
-                        "model_version": str(ref),
-                        "score": float(c["confidence"]),
-                        "result": [
-                            {
-                                "from_name": "label",
-                                "to_name": "image",
-                                "type": "choices",
-                                "value": {"choices": [c["label"]]},
-                            }
-                        ],
-                    }
-                ],
-            }
-        )
+        rows.append(_queue_row(c, key, store.url(key), float(scores[i])))
+        tasks.append(_label_studio_task(c, rank, key, store.url(key), str(ref)))
     store.put_many(items, workers=8)
     frame = pd.DataFrame(rows)
     store.put_bytes(f"{prefix}/label_config.xml", label_studio_config(info["classes"]).encode())
     store.put_bytes(f"{prefix}/tasks.json", json.dumps(tasks, indent=2).encode())
     store.put_bytes(f"{prefix}/queue.csv", frame.to_csv(index=False).encode())  # last
     return LabelQueue(prefix, frame, len(caps), near_dups)
-
-
-# --------------------------------------------------------------------------- import
-@dataclass
-class LabelledImage:
-    where: str  # file:line or file:task id, for error messages
-    source: str  # store key or local path of the image
-    label: str
-    request_id: str | None = None
-
-
-def _from_label_studio(path: Path, tasks: Any) -> tuple[list[LabelledImage], int]:
-    if not isinstance(tasks, list):
-        raise MonitoringError(f"{path}: a Label Studio export is a JSON list of tasks")
-    out, unlabelled = [], 0
-    for n, task in enumerate(tasks, start=1):
-        where = f"{path}:task {task.get('id', n) if isinstance(task, dict) else n}"
-        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            raise MonitoringError(f"{where}: not a task with a 'data' object")
-        annotations = [
-            a
-            for a in task.get("annotations") or []
-            if not a.get("was_cancelled") and a.get("result")
-        ]
-        if not annotations:
-            unlabelled += 1
-            continue
-        try:
-            label = annotations[-1]["result"][0]["value"]["choices"][0]
-        except (KeyError, IndexError, TypeError) as e:
-            raise MonitoringError(f"{where}: annotation has no choices value") from e
-        data = task["data"]
-        source = data.get("key") or data.get("image")
-        if not source:
-            raise MonitoringError(f"{where}: the task names no image (data.key or data.image)")
-        out.append(LabelledImage(where, str(source), str(label), data.get("request_id")))
-    return out, unlabelled
-
-
-def _from_csv(path: Path) -> tuple[list[LabelledImage], int]:
-    out, unlabelled = [], 0
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields = set(reader.fieldnames or [])
-        col = next((c for c in ("image", "key", "path") if c in fields), None)
-        if col is None or "label" not in fields:
-            raise MonitoringError(
-                f"{path}: the header must have 'label' and 'image' (a store key or a path) "
-                f"columns, found {sorted(fields)}"
-            )
-        for line, row in enumerate(reader, start=2):
-            label, src = (row.get("label") or "").strip(), (row.get(col) or "").strip()
-            if not label:
-                unlabelled += 1
-                continue
-            if not src:
-                raise MonitoringError(f"{path}:{line}: empty {col}")
-            out.append(LabelledImage(f"{path}:{line}", src, label, row.get("request_id") or None))
-    return out, unlabelled
-
-
-def read_label_file(path: str | Path) -> tuple[list[LabelledImage], int]:
-    """Our queue CSV with its ``label`` column filled, or a Label Studio JSON export.
-    Returns the labelled images and how many were left unlabelled."""
-    path = Path(path)
-    if not path.is_file():
-        raise MonitoringError(f"label file not found: {path}")
-    if path.suffix.lower() == ".json":
-        try:
-            tasks = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise MonitoringError(f"{path}: not valid JSON ({e})") from e
-        return _from_label_studio(path, tasks)
-    return _from_csv(path)
-
-
-def _image_bytes(store: ArtifactStore, item: LabelledImage, base: Path) -> bytes:
-    src = item.source
-    uri = store.uri.rstrip("/") + "/"
-    key = src[len(uri) :] if src.startswith(uri) else src
-    if not key.startswith(("/", "s3://")) and ".." not in key and store.exists(key):
-        return store.get_bytes(key, verify=True)
-    local = Path(src) if Path(src).is_absolute() else base / src
-    if local.is_file():
-        return local.read_bytes()
-    raise MonitoringError(f"{item.where}: image {src!r} is neither in {store.uri} nor a file")
-
-
-class _Bytes:
-    """An ingestion origin holding one file's bytes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def get_bytes(self, loc: str) -> bytes:
-        return self.data
-
-
-@dataclass
-class ImportResult:
-    ref: DatasetRef | None
-    parent: DatasetRef
-    added: int
-    unlabelled: int
-    already_present: int
-    created: bool
-    validation: Any = None  # the GX ValidationReport
-    notes: list[str] = field(default_factory=list)
-
-
-def import_labels(
-    store: ArtifactStore, cfg: PipelineConfig, path: str | Path, dataset: str | None = None
-) -> ImportResult:
-    """Merge labelled images into a new version of the dataset (the newest version is
-    the parent, recorded in dataset.json), validate it with the Great Expectations gate,
-    and make it the newest version only if it passes."""
-    from visionline.data.ingest import SourceFile, _inspect, dataset_version
-    from visionline.data.manifest import resolve_dataset
-    from visionline.data.validation import validate_dataset
-
-    path = Path(path)
-    items, unlabelled = read_label_file(path)
-    parent = resolve_dataset(store, dataset or cfg.data.dataset)
-    parent_info = store.get_json(parent.info_key)
-    classes = list(parent_info["classes"])
-    ratios = SplitConfig(**parent_info["split_ratios"])
-    manifest = read_manifest(store, parent)
-    known = dict(zip(manifest["sha256"], manifest["label"], strict=False))
-
-    rows, payloads, seen = [], {}, {}
-    already = 0
-    for item in items:
-        if item.label not in classes:
-            raise MonitoringError(
-                f"{item.where}: label {item.label!r} is not a class of {parent} ({classes})"
-            )
-        data = _image_bytes(store, item, path.parent)
-        digest = sha256_bytes(data)
-        if digest in seen and seen[digest][0] != item.label:
-            raise MonitoringError(
-                f"{item.where}: the same image is labelled {seen[digest][0]!r} at "
-                f"{seen[digest][1]} and {item.label!r} here"
-            )
-        if digest in known or digest in seen:
-            already += 1
-            continue
-        seen[digest] = (item.label, item.where)
-        name = f"labels/{item.request_id or digest[:20]}{Path(item.source).suffix.lower()}"
-        # the row ingestion would write for this file (key layout, split by hash)
-        row = dict(
-            zip(
-                MANIFEST_COLUMNS,
-                _inspect(
-                    SourceFile(name, item.label, None, _Bytes(data), name),
-                    ratios,
-                    cfg.data.max_image_pixels,
-                ),
-                strict=True,
-            )
-        )
-        if not row["decodable"]:
-            raise MonitoringError(f"{item.where}: not a usable image ({row['error']})")
-        rows.append(row)
-        payloads[row["key"]] = data
-    if not rows:
-        return ImportResult(None, parent, 0, unlabelled, already, False, notes=["no new images"])
-
-    new = pd.DataFrame(rows)
-    # the version hashes sources, labels, splits and image hashes, not keys
-    ref = DatasetRef(parent.name, dataset_version(pd.concat([manifest, new]), ratios, classes))
-    new["key"] = ref.prefix + "/" + new["key"]  # parent rows keep their (immutable) keys
-    merged = pd.concat([manifest, new], ignore_index=True).sort_values(["label", "source"])
-    created = not store.exists(ref.manifest_key)
-    if created:
-        store.put_many([PutItem(f"{ref.prefix}/{k}", data=v) for k, v in payloads.items()])
-        store.put_json(
-            ref.info_key,
-            {
-                **parent_info,
-                "version": ref.version,
-                "parent": parent.version,
-                "source": str(path),
-                "added": len(new),
-                "images": len(merged),
-                "counts": {
-                    s: merged[merged["split"] == s]["label"].value_counts().sort_index().to_dict()
-                    for s in ("train", "val", "test")
-                },
-                "created": datetime.now(UTC).isoformat(),
-            },
-        )
-        store.put_bytes(ref.manifest_key, manifest_to_bytes(merged))  # the commit marker
-    report = validate_dataset(store, ref, cfg.with_overrides(**{"data.dataset": parent.name}))
-    if report.success:
-        store.put_bytes(latest_key(parent.name), ref.version.encode())
-    return ImportResult(ref, parent, len(new), unlabelled, already, created, report)

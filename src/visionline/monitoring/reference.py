@@ -1,5 +1,6 @@
 """The reference every window is compared with: the run's validation split, described
-by the trained model exactly as captures are, stored with the run at evaluation time.
+by the trained model exactly as captures are, stored with the run the first time
+monitoring needs it (packaging the run, or a check of a run packaged before that).
 
     runs/<run_id>/monitoring/projection.npy    the embedding projection (also in the .mar)
     runs/<run_id>/monitoring/reference.parquet one row per validation image
@@ -20,9 +21,10 @@ import pandas as pd
 from visionline.config import PipelineConfig
 from visionline.data.datasets import LocalCache
 from visionline.data.manifest import DatasetRef, read_manifest
-from visionline.errors import KeyNotFoundError, VisionlineError
+from visionline.errors import KeyNotFoundError, MonitoringError
 from visionline.model.architectures import build_model
 from visionline.model.predictor import Predictor
+from visionline.model.runs import RunPaths, load_run_config, load_run_info
 from visionline.monitoring.features import (
     describe_images,
     feature_dim,
@@ -35,17 +37,13 @@ from visionline.storage import ArtifactStore
 log = logging.getLogger(__name__)
 
 
-class MonitoringError(VisionlineError):
-    """Monitoring cannot answer (no reference, no captures, bad window...); says why."""
-
-
 @dataclass(frozen=True)
 class ReferencePaths:
     run_id: str
 
     @property
     def prefix(self) -> str:
-        return f"runs/{self.run_id}/monitoring"
+        return RunPaths(self.run_id).monitoring
 
     @property
     def projection(self) -> str:
@@ -138,11 +136,9 @@ def build_reference(
 
 
 def ensure_reference(store: ArtifactStore, run_id: str) -> None:
-    """Build the reference of a run evaluated before references existed."""
+    """The run's reference, built once, from its own predictor and recorded config."""
     if store.exists(ReferencePaths(run_id).info):
         return
-    from visionline.model.runs import load_run_config, load_run_info
-
     build_reference(
         store,
         run_id,
@@ -157,7 +153,8 @@ def load_reference(store: ArtifactStore, run_id: str) -> tuple[pd.DataFrame, dic
     if not store.exists(paths.info):
         raise KeyNotFoundError(
             f"run {run_id} has no monitoring reference in {store.uri}: "
-            f"run `visionline evaluate {run_id}` to build it"
+            f"package the run (`visionline package {run_id}`) or check its model "
+            "(`visionline monitor check`) to build it"
         )
     df = pd.read_parquet(io.BytesIO(store.get_bytes(paths.reference, verify=True)))
     return df, store.get_json(paths.info)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from visionline.monitoring.drift import DriftResult, FeatureTest
 from visionline.storage import ArtifactStore
@@ -109,25 +110,17 @@ def render_markdown(report: DriftReport, images: list[str], link: Callable[[str]
 
 
 # --------------------------------------------------------------------------- pictures
-def _png(fig: Any) -> bytes:
+# matplotlib's object API, not pyplot: no backend to choose, no global figure registry
+# to close, safe from any thread.
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _plt().close(fig)
     return buf.getvalue()
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_feature(name: str, reference: np.ndarray, window: np.ndarray, test: FeatureTest) -> bytes:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     both = np.concatenate([reference, window])
     lo, hi = float(np.min(both)), float(np.max(both))
     bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
@@ -143,12 +136,12 @@ def plot_feature(name: str, reference: np.ndarray, window: np.ndarray, test: Fea
 
 
 def plot_classes(counts: dict[str, dict[str, int]], test: FeatureTest | None) -> bytes:
-    plt = _plt()
     classes = list(counts["reference"])
     ref = np.array([counts["reference"][c] for c in classes], float)
     cur = np.array([counts["window"].get(c, 0) for c in classes], float)
     x = np.arange(len(classes))
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(classes) + 2), 3.6))
+    fig = Figure(figsize=(max(5, 0.5 * len(classes) + 2), 3.6))
+    ax = fig.subplots()
     ax.bar(x - 0.2, ref / max(ref.sum(), 1), 0.4, label="reference")
     ax.bar(x + 0.2, cur / max(cur.sum(), 1), 0.4, label="window")
     ax.set_xticks(x, classes, rotation=45 if len(classes) > 12 else 0)
@@ -162,11 +155,11 @@ def plot_classes(counts: dict[str, dict[str, int]], test: FeatureTest | None) ->
 
 def plot_embedding(reference: np.ndarray, window: np.ndarray, test: FeatureTest) -> bytes:
     """Both samples on the reference's first two principal components."""
-    plt = _plt()
     mu = reference.mean(0)
     _, _, vt = np.linalg.svd(reference - mu, full_matrices=False)
     a, b = (reference - mu) @ vt[:2].T, (window - mu) @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
     ax.scatter(a[:, 0], a[:, 1], s=6, alpha=0.5, label="reference")
     ax.scatter(b[:, 0], b[:, 1], s=6, alpha=0.5, label="window")
     ax.set(

@@ -64,8 +64,7 @@ def parity_keys(store: ArtifactStore, run: dict[str, Any], n: int = PARITY_IMAGE
 
 
 def model_card(ref: ModelRef, run: dict, metrics: dict, decision: dict, sha: str) -> str:
-    from visionline.evaluation import metrics_markdown
-    from visionline.evaluation.gate import decision_markdown
+    from visionline.evaluation.report import decision_markdown, metrics_markdown
 
     pre = run["preprocessing"]
     return f"""# Model card: {ref}
@@ -121,7 +120,7 @@ def build_mar(
             }
         )
     )
-    from visionline.monitoring.capture import write_archive_files
+    from visionline.monitoring.archive import write_archive_files
 
     extra = ",".join(
         [str(work / f) for f in ("model_spec.json", "index_to_name.json", "serving.json")]
