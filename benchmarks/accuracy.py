@@ -34,13 +34,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.svm import SVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, add_common_args, sig, write_digits_sample, write_result
-from visionline.config import load_config
+from visionline.config import PipelineConfig, load_config
 from visionline.data.ingest import ingest
-from visionline.data.manifest import read_manifest
+from visionline.data.manifest import DatasetRef, read_manifest
 from visionline.evaluation import evaluate_run, load_predictions
 from visionline.evaluation.gate import mcnemar
 from visionline.storage import LocalStore
@@ -53,8 +56,6 @@ GAMMA_FACTORS = (1 / 10, 1 / 3, 1, 3, 10)
 
 
 def _pixels(store: LocalStore, keys: list[str]) -> np.ndarray:
-    from PIL import Image
-
     return np.stack(
         [
             np.asarray(Image.open(io.BytesIO(store.get_bytes(k))), dtype=np.float32).ravel() / 255
@@ -67,9 +68,6 @@ def tune_svc(
     X: np.ndarray, y: np.ndarray, folds: int, c_grid: tuple, gamma_factors: tuple, seed: int = 0
 ):
     """Grid search by stratified k-fold CV; returns the refitted SVC and what it chose."""
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.svm import SVC
-
     scale = 1.0 / (X.shape[1] * X.var())
     gammas = [scale * f for f in gamma_factors]
     search = GridSearchCV(
@@ -96,7 +94,8 @@ def tune_svc(
     return search.best_estimator_, params, edge
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, tuple, tuple, int | None]:
+    """The command line, the SVC's grid (C, gamma factors) and the digits per class."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=15)
@@ -109,7 +108,79 @@ def main() -> None:
         per_class = 30
         args.seeds, args.epochs, args.cv_folds = 2, 1, 2
         c_grid, gamma_factors = (1, 10), (1 / 3, 1, 3)
+    return args, c_grid, gamma_factors, per_class
 
+
+def cnn_seed(
+    base: PipelineConfig, store: LocalStore, ref: DatasetRef, seed: int
+) -> tuple[dict, dict[str, bool]]:
+    """One seed of the CNN trained and tested: its figures, and source -> right or not."""
+    t = time.perf_counter()
+    run_id = f"seed-{seed}"
+    cfg = base.with_overrides(**{"train.seed": seed})
+    result = fit(plan_run(cfg, store, ref, run_id=run_id), store)
+    metrics = evaluate_run(store, run_id)
+    preds = load_predictions(store, run_id)
+    correct = dict(zip(preds["source"], preds["correct"].astype(bool), strict=True))
+    figures = {
+        "accuracy": metrics["accuracy"],
+        "epochs_run": result.epochs_run,
+        "seconds": time.perf_counter() - t,
+    }
+    print(
+        f"seed {seed}: accuracy {metrics['accuracy']:.4f} after {result.epochs_run} "
+        f"epochs ({figures['seconds']:.0f} s)",
+        flush=True,
+    )
+    return figures, correct
+
+
+def svc_arm(
+    store: LocalStore, ref: DatasetRef, folds: int, c_grid: tuple, gamma_factors: tuple
+) -> tuple[dict[str, bool], dict, list[str], float]:
+    """The tuned SVC on the same split: source -> right or not, what the search chose,
+    which choices sit on the grid's edge, and the seconds it all took."""
+    m = read_manifest(store, ref)
+    m = m[m["decodable"]]
+    fit_rows = m[m["split"].isin(["train", "val"])]
+    test_rows = m[m["split"] == "test"]
+    t = time.perf_counter()
+    svc, svc_params, edge = tune_svc(
+        _pixels(store, fit_rows["key"].tolist()),
+        fit_rows["label"].to_numpy(),
+        folds,
+        c_grid,
+        gamma_factors,
+    )
+    svc_pred = svc.predict(_pixels(store, test_rows["key"].tolist()))
+    svc_seconds = time.perf_counter() - t
+    svc_correct = dict(
+        zip(test_rows["source"], svc_pred == test_rows["label"].to_numpy(), strict=True)
+    )
+    return svc_correct, svc_params, edge, svc_seconds
+
+
+def mcnemar_per_seed(
+    svc_correct: dict[str, bool], correct: dict[int, dict[str, bool]], seeds: int
+) -> list[dict]:
+    """McNemar's test of the SVC against each CNN seed, on the same test images."""
+    sources = sorted(svc_correct)
+    per_seed = []
+    for seed in range(seeds):
+        if sorted(correct[seed]) != sources:
+            raise RuntimeError(f"seed {seed}: the CNN and the SVC were tested on different images")
+        only_svc, only_cnn, p = mcnemar(
+            np.array([svc_correct[s] for s in sources]),
+            np.array([correct[seed][s] for s in sources]),
+        )
+        per_seed.append(
+            {"seed": seed, "only_svc_right": only_svc, "only_cnn_right": only_cnn, "p": sig(p)}
+        )
+    return per_seed
+
+
+def main() -> None:
+    args, c_grid, gamma_factors, per_class = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         write_digits_sample(Path(tmp) / "digits", per_class)
         store = LocalStore(Path(tmp) / "store")
@@ -121,55 +192,14 @@ def main() -> None:
         cnn: dict[int, dict] = {}
         correct: dict[int, dict[str, bool]] = {}
         for seed in range(args.seeds):
-            t = time.perf_counter()
-            run_id = f"seed-{seed}"
-            cfg = base.with_overrides(**{"train.seed": seed})
-            result = fit(plan_run(cfg, store, ref, run_id=run_id), store)
-            metrics = evaluate_run(store, run_id)
-            preds = load_predictions(store, run_id)
-            correct[seed] = dict(zip(preds["source"], preds["correct"].astype(bool), strict=True))
-            cnn[seed] = {
-                "accuracy": metrics["accuracy"],
-                "epochs_run": result.epochs_run,
-                "seconds": time.perf_counter() - t,
-            }
-            print(
-                f"seed {seed}: accuracy {metrics['accuracy']:.4f} after {result.epochs_run} "
-                f"epochs ({cnn[seed]['seconds']:.0f} s)",
-                flush=True,
-            )
-
-        m = read_manifest(store, ref)
-        m = m[m["decodable"]]
-        fit_rows = m[m["split"].isin(["train", "val"])]
-        test_rows = m[m["split"] == "test"]
-        t = time.perf_counter()
-        svc, svc_params, edge = tune_svc(
-            _pixels(store, fit_rows["key"].tolist()),
-            fit_rows["label"].to_numpy(),
-            args.cv_folds,
-            c_grid,
-            gamma_factors,
-        )
-        svc_pred = svc.predict(_pixels(store, test_rows["key"].tolist()))
-        svc_seconds = time.perf_counter() - t
-        svc_correct = dict(
-            zip(test_rows["source"], svc_pred == test_rows["label"].to_numpy(), strict=True)
+            cnn[seed], correct[seed] = cnn_seed(base, store, ref, seed)
+        svc_correct, svc_params, edge, svc_seconds = svc_arm(
+            store, ref, args.cv_folds, c_grid, gamma_factors
         )
 
     sources = sorted(svc_correct)
     svc_acc = float(np.mean([svc_correct[s] for s in sources]))
-    per_seed = []
-    for seed in range(args.seeds):
-        if sorted(correct[seed]) != sources:
-            raise RuntimeError(f"seed {seed}: the CNN and the SVC were tested on different images")
-        only_svc, only_cnn, p = mcnemar(
-            np.array([svc_correct[s] for s in sources]),
-            np.array([correct[seed][s] for s in sources]),
-        )
-        per_seed.append(
-            {"seed": seed, "only_svc_right": only_svc, "only_cnn_right": only_cnn, "p": sig(p)}
-        )
+    per_seed = mcnemar_per_seed(svc_correct, correct, args.seeds)
     accs = [cnn[s]["accuracy"] for s in range(args.seeds)]
     write_result(
         "accuracy",

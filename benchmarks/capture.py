@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import add_common_args, arm_order, paired, write_result
-from benchmarks.serve import IMAGENET, load, make_inputs, percentiles
+from benchmarks.serve import IMAGENET
+from benchmarks.serve_arms import load, make_inputs, percentiles
 from tests.support.ports import serve_ports
 from visionline.config import PipelineConfig, parse_config
 from visionline.model.architectures import build_model
@@ -70,7 +71,7 @@ def make_run(
     return cfg
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--image-size", type=int, default=224)
@@ -85,8 +86,84 @@ def main() -> None:
     if args.smoke:
         args.arch, args.image_size, args.rounds = "simple_cnn", 32, 2
         args.requests_per_round, args.concurrency = 64, 2
-    images = make_inputs(["photo"])["photo"]
+    return args
+
+
+def start_servers(
+    args: argparse.Namespace,
+    tmp: Path,
+    store: LocalStore,
+    captures: LocalStore,
+    servers: dict[str, TorchServe],
+) -> dict[str, tuple[str, str]]:
+    """One server per arm (into ``servers``, so the caller stops every one that started);
+    arm -> (prediction url, inference token)."""
+    urls: dict[str, tuple[str, str]] = {}
+    for arm in ARMS:
+        rate = args.sample_rate if arm == "on" else 0.0
+        cfg = make_run(store, args.arch, args.image_size, rate, captures.uri)
+        cfg = cfg.with_overrides(**serve_ports())
+        mar = build_mar(store, "bench", "bench", "1", cfg, tmp / f"mar-{arm}")
+        servers[arm] = TorchServe(tmp / f"ts-{arm}", cfg.serve)
+        servers[arm].start(
+            [ServedModel("bench", "bench.mar", args.batch_size, 10, 1)], {"bench": mar}
+        )
+        urls[arm] = (
+            f"{servers[arm].endpoints.inference}/predictions/bench",
+            servers[arm].tokens()["inference"],
+        )
+        print(f"capture {arm}: serving {args.arch} at {args.image_size} px", flush=True)
+    return urls
+
+
+def run_rounds(
+    args: argparse.Namespace,
+    urls: dict[str, tuple[str, str]],
+    images: list[bytes],
+    per_client: int,
+    rates: dict[str, list[float]],
+    latencies: dict[str, list[float]],
+) -> None:
+    """Every round, the same load to each arm in random order."""
     rng = random.Random(args.seed)
+    for r in range(args.rounds):
+        order = arm_order(ARMS, rng)
+        for arm in order:
+            res = load(*urls[arm], images, args.concurrency, per_client)
+            rates[arm].append(res["requests_per_s"])
+            latencies[arm] += res["latencies_ms"]
+        print(
+            f"round {r + 1}/{args.rounds} ({' then '.join(order)}): "
+            + ", ".join(f"{a} {rates[a][-1]:.1f} req/s" for a in ARMS)
+            + f", ratio {rates['on'][-1] / rates['off'][-1]:.3f}",
+            flush=True,
+        )
+
+
+def count_captures(captures: LocalStore, started: datetime, sent: int) -> int:
+    """Every record the worker wrote for the requests sent since ``started``."""
+    # the worker writes every monitor.flush_interval_s (10 s): wait until the
+    # count stops growing, so the figure is every record the worker wrote
+    captured, previous = 0, -1
+    while captured != previous:
+        previous = captured
+        captured = wait_for_captures(captures, "bench", "1", started, sent, 12)
+    return captured
+
+
+def print_server_logs(servers: dict[str, TorchServe]) -> None:
+    """What the servers said, before they go."""
+    for arm, server in servers.items():
+        for name in ("model_log.log", "ts_log.log"):
+            f = server.workdir / "logs" / name
+            if f.is_file():
+                tail = f.read_text(errors="replace").splitlines()[-15:]
+                print(f"--- {arm}: {name}\n" + "\n".join(tail), file=sys.stderr)
+
+
+def main() -> None:
+    args = parse_args()
+    images = make_inputs(["photo"])["photo"]
     per_client = -(-args.requests_per_round // args.concurrency)
 
     rates: dict[str, list[float]] = {arm: [] for arm in ARMS}
@@ -96,53 +173,18 @@ def main() -> None:
         store = LocalStore(tmp / "store")
         captures = LocalStore(tmp / "captures")
         servers: dict[str, TorchServe] = {}
-        urls: dict[str, tuple[str, str]] = {}
         try:
-            for arm in ARMS:
-                rate = args.sample_rate if arm == "on" else 0.0
-                cfg = make_run(store, args.arch, args.image_size, rate, captures.uri)
-                cfg = cfg.with_overrides(**serve_ports())
-                mar = build_mar(store, "bench", "bench", "1", cfg, tmp / f"mar-{arm}")
-                servers[arm] = TorchServe(tmp / f"ts-{arm}", cfg.serve)
-                servers[arm].start(
-                    [ServedModel("bench", "bench.mar", args.batch_size, 10, 1)], {"bench": mar}
-                )
-                urls[arm] = (
-                    f"{servers[arm].endpoints.inference}/predictions/bench",
-                    servers[arm].tokens()["inference"],
-                )
-                print(f"capture {arm}: serving {args.arch} at {args.image_size} px", flush=True)
+            urls = start_servers(args, tmp, store, captures, servers)
             for url, token in urls.values():
                 load(url, token, images, 2, 4)  # warm-up
             started = datetime.now(UTC)
-            for r in range(args.rounds):
-                order = arm_order(ARMS, rng)
-                for arm in order:
-                    res = load(*urls[arm], images, args.concurrency, per_client)
-                    rates[arm].append(res["requests_per_s"])
-                    latencies[arm] += res["latencies_ms"]
-                print(
-                    f"round {r + 1}/{args.rounds} ({' then '.join(order)}): "
-                    + ", ".join(f"{a} {rates[a][-1]:.1f} req/s" for a in ARMS)
-                    + f", ratio {rates['on'][-1] / rates['off'][-1]:.3f}",
-                    flush=True,
-                )
+            run_rounds(args, urls, images, per_client, rates, latencies)
             sent = args.rounds * per_client * args.concurrency
-            # the worker writes every monitor.flush_interval_s (10 s): wait until the
-            # count stops growing, so the figure is every record the worker wrote
-            captured, previous = 0, -1
-            while captured != previous:
-                previous = captured
-                captured = wait_for_captures(captures, "bench", "1", started, sent, 12)
+            captured = count_captures(captures, started, sent)
             log = servers["on"].workdir / "logs" / "model_log.log"
             dropped_warnings = log.read_text(errors="replace").count("records dropped so far")
         except Exception:
-            for arm, server in servers.items():  # what the servers said, before they go
-                for name in ("model_log.log", "ts_log.log"):
-                    f = server.workdir / "logs" / name
-                    if f.is_file():
-                        tail = f.read_text(errors="replace").splitlines()[-15:]
-                        print(f"--- {arm}: {name}\n" + "\n".join(tail), file=sys.stderr)
+            print_server_logs(servers)
             raise
         finally:
             for server in servers.values():

@@ -219,61 +219,65 @@ def memory(tmp: Path, sizes: list[int], rounds: int, rng: random.Random) -> dict
     return out
 
 
-def s3_sweep(tmp: Path, images: int, rounds: int, rng: random.Random) -> dict:
-    from visionline.data.ingest import ingest
-    from visionline.data.samples import write_shapes
-    from visionline.storage import S3Store, make_s3_client
-
-    src = tmp / "sweep"
-    write_shapes(src, classes=10, per_class=images // 10, size=16, fmt="png", seed=7)
-    warm = tmp / "warm"
-    write_shapes(warm, classes=2, per_class=10, size=16, fmt="png", seed=8)
-
+def start_s3(tmp: Path, procs: list[subprocess.Popen]) -> dict[int, str]:
+    """moto in a process of its own, and a latency proxy in front of it per latency
+    (each started process goes into ``procs``, for the caller to stop); latency -> url."""
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )
     moto_port = free_port()
-    procs = [spawn(tmp / "moto.log", "_moto", str(moto_port))]
-    try:
-        wait_for_port(moto_port, procs[0])
-        proxies = {}
-        for lat in LATENCIES_MS:
-            port = free_port()
-            log = tmp / f"proxy-{lat}.log"
-            procs.append(spawn(log, "_proxy", str(moto_port), str(port), str(lat / 1000)))
-            wait_for_port(port, procs[-1])
-            proxies[lat] = f"http://127.0.0.1:{port}"
-        make_s3_client(endpoint_url=proxies[0]).create_bucket(Bucket="bench")
-        arms = [(lat, w) for lat in LATENCIES_MS for w in WORKERS]
-        clients = {
-            (lat, w): make_s3_client(max_pool=max(10, w), endpoint_url=proxies[lat])
-            for lat, w in arms
-        }
+    procs.append(spawn(tmp / "moto.log", "_moto", str(moto_port)))
+    wait_for_port(moto_port, procs[0])
+    proxies = {}
+    for lat in LATENCIES_MS:
+        port = free_port()
+        log = tmp / f"proxy-{lat}.log"
+        procs.append(spawn(log, "_proxy", str(moto_port), str(port), str(lat / 1000)))
+        wait_for_port(port, procs[-1])
+        proxies[lat] = f"http://127.0.0.1:{port}"
+    return proxies
 
-        def one(tag: str, lat: int, w: int, folder: Path) -> float:
-            store = S3Store(f"s3://bench/{tag}/{lat}ms-w{w}", client=clients[(lat, w)])
-            t = time.perf_counter()
-            res = ingest(store, str(folder), "sweep", workers=w, progress=False)
-            return res.images / (time.perf_counter() - t)
 
-        for lat, w in arms:  # connection pools and code paths warm, not measured
-            one("warm", lat, w, warm)
-        per_arm: dict[tuple[int, int], list[float]] = {a: [] for a in arms}
-        for r in range(rounds):
-            order = list(arms)
-            rng.shuffle(order)
-            for lat, w in order:
-                per_arm[(lat, w)].append(one(f"r{r}", lat, w, src))
-            print(
-                f"  round {r + 1}/{rounds}: "
-                + ", ".join(f"{w}w@{lat}ms {per_arm[(lat, w)][-1]:.0f}/s" for lat, w in arms),
-                flush=True,
-            )
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+def sweep_rounds(
+    proxies: dict[int, str], src: Path, warm: Path, rounds: int, rng: random.Random
+) -> dict[tuple[int, int], list[float]]:
+    """Every arm once on ``warm`` (not measured), then ``rounds`` rounds of every arm in
+    random order on ``src``: (latency, workers) -> images/s per round."""
+    # imported here, not at the top: this script is also the memory children's entry
+    # point, and they must load only the modules they measure
+    from visionline.data.ingest import ingest
+    from visionline.storage import S3Store, make_s3_client
+
+    make_s3_client(endpoint_url=proxies[0]).create_bucket(Bucket="bench")
+    arms = [(lat, w) for lat in LATENCIES_MS for w in WORKERS]
+    clients = {
+        (lat, w): make_s3_client(max_pool=max(10, w), endpoint_url=proxies[lat]) for lat, w in arms
+    }
+
+    def one(tag: str, lat: int, w: int, folder: Path) -> float:
+        store = S3Store(f"s3://bench/{tag}/{lat}ms-w{w}", client=clients[(lat, w)])
+        t = time.perf_counter()
+        res = ingest(store, str(folder), "sweep", workers=w, progress=False)
+        return res.images / (time.perf_counter() - t)
+
+    for lat, w in arms:  # connection pools and code paths warm, not measured
+        one("warm", lat, w, warm)
+    per_arm: dict[tuple[int, int], list[float]] = {a: [] for a in arms}
+    for r in range(rounds):
+        order = list(arms)
+        rng.shuffle(order)
+        for lat, w in order:
+            per_arm[(lat, w)].append(one(f"r{r}", lat, w, src))
+        print(
+            f"  round {r + 1}/{rounds}: "
+            + ", ".join(f"{w}w@{lat}ms {per_arm[(lat, w)][-1]:.0f}/s" for lat, w in arms),
+            flush=True,
+        )
+    return per_arm
+
+
+def sweep_figures(per_arm: dict[tuple[int, int], list[float]], images: int, rounds: int) -> dict:
+    """Each arm's throughput, the paired 16-over-1 worker ratios, and the plot."""
 
     def paired(lat: int) -> list[float]:
         return [a / b for a, b in zip(per_arm[(lat, 16)], per_arm[(lat, 1)], strict=True)]
@@ -285,7 +289,7 @@ def s3_sweep(tmp: Path, images: int, rounds: int, rng: random.Random) -> dict:
             "objects_per_s": spread(per_arm[(lat, w)]),
             "rounds": [round(v, 1) for v in per_arm[(lat, w)]],
         }
-        for lat, w in arms
+        for lat, w in per_arm
     ]
     r20, r0 = paired(20), paired(0)
     plot_sweep(points)
@@ -304,6 +308,25 @@ def s3_sweep(tmp: Path, images: int, rounds: int, rng: random.Random) -> dict:
             "inspect, upload, manifest), workers threads for both phases",
         },
     }
+
+
+def s3_sweep(tmp: Path, images: int, rounds: int, rng: random.Random) -> dict:
+    from visionline.data.samples import write_shapes
+
+    src = tmp / "sweep"
+    write_shapes(src, classes=10, per_class=images // 10, size=16, fmt="png", seed=7)
+    warm = tmp / "warm"
+    write_shapes(warm, classes=2, per_class=10, size=16, fmt="png", seed=8)
+    procs: list[subprocess.Popen] = []
+    try:
+        proxies = start_s3(tmp, procs)
+        per_arm = sweep_rounds(proxies, src, warm, rounds, rng)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+    return sweep_figures(per_arm, images, rounds)
 
 
 def plot_sweep(points: list[dict]) -> None:

@@ -32,13 +32,14 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, add_common_args, write_digits_sample, write_result
 from tests.support.ports import serve_ports
-from visionline.config import load_config
+from visionline.config import PipelineConfig, load_config
 from visionline.serving.local import LocalDeployer
 from visionline.storage import LocalStore
 
@@ -74,20 +75,88 @@ async def task_run_spans(flow_run_id) -> dict[str, dict]:
         return out
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, dict]:
+    """The command line, and the config overrides the run trains with."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=None, help="default: the config's")
     add_common_args(ap)
     args = ap.parse_args()
-    # no telemetry from a benchmark (the Makefile sets this too)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.timing import recording
-
     overrides = dict(SMOKE) if args.smoke else {}
     if args.epochs:
         overrides["train.epochs"] = args.epochs
+    return args, overrides
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """One timed run of the training pipeline under a fresh Prefect server."""
+
+    cold_start_s: float
+    t0: float  # perf_counter when the flow was called
+    wall: float
+    bodies: list  # flows.timing's record of each task body
+    spans: dict[str, dict]
+    accuracy: float
+
+
+def run_pipeline(tmp: Path, cfg: PipelineConfig) -> PipelineRun:
+    """Start a Prefect server (timed: the cold start), then run the flow on ``cfg``."""
+    # prefect is imported here, after main() has set its environment (no telemetry)
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.timing import recording
+    from flows.training_pipeline import training_pipeline  # imported before the clock
+
+    t = time.perf_counter()
+    with prefect_test_harness(server_startup_timeout=180):
+        cold_start_s = time.perf_counter() - t
+        print(f"Prefect server up in {cold_start_s:.1f} s", flush=True)
+        try:
+            with recording() as bodies:
+                t0 = time.perf_counter()
+                state = training_pipeline(
+                    config=str(tmp / "cfg.yaml"),
+                    source=str(tmp / "digits"),
+                    return_state=True,
+                )
+                wall = time.perf_counter() - t0
+        finally:
+            # the deploy step started TorchServe and its nginx front: both stop,
+            # whatever happened (the folder they run from is about to be deleted)
+            LocalDeployer(LocalStore(tmp / "store"), cfg.serve, tmp / "serve").stop()
+        if not state.is_completed():
+            raise SystemExit(f"the pipeline did not complete: {state.message}")
+        spans = asyncio.run(task_run_spans(state.state_details.flow_run_id))
+        accuracy = state.result()["accuracy"]
+    return PipelineRun(cold_start_s, t0, wall, bodies, spans, accuracy)
+
+
+def per_task_overhead(run: PipelineRun) -> tuple[dict[str, dict], float]:
+    """Each task's gap before its body, body and span; and the time after the last body."""
+    # The flow calls its tasks one after another, so the flow's wall time is the task
+    # bodies plus the gaps between them: each gap is what Prefect spent between one
+    # step's code finishing and the next one's starting (result persistence and state
+    # changes of the one, cache-key hashing, creation and state changes of the next).
+    per_task, previous_end = {}, run.t0
+    for b in sorted(run.bodies, key=lambda b: b.started):
+        task_run = run.spans.get(b.task_run_id or "", {})
+        span = task_run.get("span_s")
+        name = b.task if b.task not in per_task else f"{b.task}-{len(per_task)}"
+        per_task[name] = {
+            "task_run": task_run.get("name"),
+            "overhead_s": round(b.started - previous_end, 3),
+            "body_s": round(b.seconds, 3),
+            "span_s": round(span, 3) if span is not None else None,
+            "overhead_within_run_s": round(span - b.seconds, 3) if span is not None else None,
+        }
+        previous_end = b.started + b.seconds
+    return per_task, run.t0 + run.wall - previous_end
+
+
+def main() -> None:
+    args, overrides = parse_args()
+    # no telemetry from a benchmark (the Makefile sets this too)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_digits_sample(tmp / "digits", 30 if args.smoke else None)
@@ -98,50 +167,12 @@ def main() -> None:
             **overrides,
         )
         (tmp / "cfg.yaml").write_text(cfg.to_yaml())
-        from flows.training_pipeline import training_pipeline  # imported before the clock
+        run = run_pipeline(tmp, cfg)
 
-        t = time.perf_counter()
-        with prefect_test_harness(server_startup_timeout=180):
-            cold_start_s = time.perf_counter() - t
-            print(f"Prefect server up in {cold_start_s:.1f} s", flush=True)
-            try:
-                with recording() as bodies:
-                    t0 = time.perf_counter()
-                    state = training_pipeline(
-                        config=str(tmp / "cfg.yaml"),
-                        source=str(tmp / "digits"),
-                        return_state=True,
-                    )
-                    wall = time.perf_counter() - t0
-            finally:
-                # the deploy step started TorchServe and its nginx front: both stop,
-                # whatever happened (the folder they run from is about to be deleted)
-                LocalDeployer(LocalStore(tmp / "store"), cfg.serve, tmp / "serve").stop()
-            if not state.is_completed():
-                raise SystemExit(f"the pipeline did not complete: {state.message}")
-            spans = asyncio.run(task_run_spans(state.state_details.flow_run_id))
-            accuracy = state.result()["accuracy"]
-
-    body_s = sum(b.seconds for b in bodies)
+    body_s = sum(b.seconds for b in run.bodies)
+    wall, cold_start_s = run.wall, run.cold_start_s
     overhead = wall - body_s
-    # The flow calls its tasks one after another, so the flow's wall time is the task
-    # bodies plus the gaps between them: each gap is what Prefect spent between one
-    # step's code finishing and the next one's starting (result persistence and state
-    # changes of the one, cache-key hashing, creation and state changes of the next).
-    per_task, previous_end = {}, t0
-    for b in sorted(bodies, key=lambda b: b.started):
-        run = spans.get(b.task_run_id or "", {})
-        span = run.get("span_s")
-        name = b.task if b.task not in per_task else f"{b.task}-{len(per_task)}"
-        per_task[name] = {
-            "task_run": run.get("name"),
-            "overhead_s": round(b.started - previous_end, 3),
-            "body_s": round(b.seconds, 3),
-            "span_s": round(span, 3) if span is not None else None,
-            "overhead_within_run_s": round(span - b.seconds, 3) if span is not None else None,
-        }
-        previous_end = b.started + b.seconds
-    after_last = t0 + wall - previous_end
+    per_task, after_last = per_task_overhead(run)
     write_result(
         "pipeline",
         {
@@ -157,10 +188,12 @@ def main() -> None:
             "after_last_task_s": round(after_last, 3),
             "per_task": per_task,
             "untimed_task_runs": sorted(
-                v["name"] for k, v in spans.items() if k not in {b.task_run_id for b in bodies}
+                v["name"]
+                for k, v in run.spans.items()
+                if k not in {b.task_run_id for b in run.bodies}
             ),
             "epochs": cfg.train.epochs,
-            "accuracy": accuracy,
+            "accuracy": run.accuracy,
             "target": "overhead_s_excl_cold_start < 5",
         },
         args.results_dir,

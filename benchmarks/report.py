@@ -31,6 +31,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "src/visionline/training",
     ),
     "capture": (
+        "benchmarks/serve_arms.py",
         "handlers",
         "src/visionline/monitoring",
         "src/visionline/model/predictor.py",
@@ -39,6 +40,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "ingest": ("src/visionline/data/ingest.py", "src/visionline/storage.py"),
     "pipeline": ("flows",),
     "serve": (
+        "benchmarks/serve_arms.py",
         "handlers",
         "src/visionline/data/images.py",
         "src/visionline/data/transforms.py",

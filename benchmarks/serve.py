@@ -44,30 +44,36 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
-import multiprocessing as mp
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import requests
 import torch
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
+from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import add_common_args, arm_order, paired, write_result
+from benchmarks.serve_arms import (
+    InProcess,
+    Pinning,
+    load,
+    make_inputs,
+    percentiles,
+    worker_load_seconds,
+    worker_plan,
+)
 from tests.support.ports import serve_ports
-from visionline.config import ServeConfig, parse_config
-from visionline.data.samples import draw_shape
+from visionline.config import PipelineConfig, ServeConfig, parse_config
+from visionline.data.images import decode_image
+from visionline.data.transforms import Preprocessing, eval_transform
 from visionline.model.architectures import build_model
 from visionline.serving.packaging import archiver_command, build_mar, handler_files
 from visionline.serving.torchserve import ServedModel, TorchServe
@@ -85,46 +91,8 @@ ARMS = {
 BATCH_DELAY_MS = 10
 
 
-# --------------------------------------------------------------------------- inputs
-def photo_jpeg(rng: np.random.Generator, width: int = 640, height: int = 480) -> bytes:
-    """A photo-sized JPEG whose size and decode cost resemble a camera picture's."""
-    field = rng.integers(0, 256, (height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8)
-    im = Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(im)
-    for _ in range(12):
-        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        w, h = int(rng.integers(20, 200)), int(rng.integers(20, 200))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + w, y + h], colour)
-    im = im.filter(ImageFilter.GaussianBlur(1.2))
-    noisy = np.asarray(im, dtype=np.float32) + rng.normal(0, 7, (height, width, 3))
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def make_inputs(names: list[str], count: int = 16) -> dict[str, list[bytes]]:
-    rng = np.random.default_rng(0)
-    out: dict[str, list[bytes]] = {}
-    for name in names:
-        if name == "photo":
-            out[name] = [photo_jpeg(rng) for _ in range(count)]
-        elif name == "small":
-            imgs = []
-            for i in range(count):
-                buf = io.BytesIO()
-                draw_shape(["circle", "square", "star", "cross"][i % 4], 320, rng).save(
-                    buf, "JPEG", quality=90
-                )
-                imgs.append(buf.getvalue())
-            out[name] = imgs
-        else:
-            raise SystemExit(f"--inputs: unknown input set {name!r} (photo, small)")
-    return out
-
-
 # --------------------------------------------------------------------------- the model
-def make_run(store: LocalStore, arch: str = "resnet18"):
+def make_run(store: LocalStore, arch: str = "resnet18") -> PipelineConfig:
     cfg = parse_config(
         {
             "store": store.uri,
@@ -183,157 +151,10 @@ def stock_mar(our_mar_src: Path, out: Path) -> Path:
     return out / "stock.mar"
 
 
-# --------------------------------------------------------------------------- CPU pinning
-def split_cores(pin: bool) -> tuple[set[int], set[int]] | None:
-    """(client cores, server cores), or None when pinning is off or impossible."""
-    cores = sorted(os.sched_getaffinity(0))
-    if not pin or len(cores) < 2:
-        return None
-    return {cores[0]}, set(cores[1:])
-
-
-# --------------------------------------------------------------------------- in-process arm
-def _forward_worker(conn, arch: str, state_path: str, cores: list[int] | None) -> None:
-    """The in-process arm, in its own process so it can sit on the server's cores."""
-    if cores:
-        os.sched_setaffinity(0, cores)
-        torch.set_num_threads(len(cores))
-    from visionline.config import ModelConfig
-    from visionline.serving.inference import plan_cpu_inference
-
-    base = build_model(ModelConfig(arch=arch), len(CLASSES), 3, 224).eval()
-    base.load_state_dict(torch.load(state_path, weights_only=True))
-    plans: dict[int, torch.nn.Module] = {}
-    while True:
-        msg = conn.recv()
-        if msg[0] == "stop":
-            return
-        if msg[0] == "plan":
-            _, bs, mode = msg
-            plan = plan_cpu_inference(base, (3, 224, 224), batch_sizes=(1, bs), mode=mode)
-            plans[bs] = plan.model
-            conn.send({"choice": plan.choice, "threads": torch.get_num_threads()})
-        elif msg[0] == "run":
-            _, bs, images = msg
-            x = torch.randn(bs, 3, 224, 224, generator=torch.Generator().manual_seed(bs))
-            calls = max(1, math.ceil(images / bs))
-            with torch.inference_mode():
-                plans[bs](x)
-                t = time.perf_counter()
-                for _ in range(calls):
-                    plans[bs](x)
-                seconds = time.perf_counter() - t
-            conn.send(calls * bs / seconds)
-
-
-class InProcess:
-    def __init__(self, arch: str, state_path: Path, cores: set[int] | None) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_forward_worker,
-            args=(child, arch, str(state_path), sorted(cores) if cores else None),
-            daemon=True,
-        )
-        self.proc.start()
-
-    def plan(self, bs: int, mode: str) -> dict:
-        self.conn.send(("plan", bs, mode))
-        return self.conn.recv()
-
-    def rate(self, bs: int, images: int) -> float:
-        self.conn.send(("run", bs, images))
-        return self.conn.recv()
-
-    def close(self) -> None:
-        self.conn.send(("stop",))
-        self.proc.join(30)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-
-# --------------------------------------------------------------------------- load
-def load(url: str, token: str, images: list[bytes], clients: int, per_client: int) -> dict:
-    """``clients`` threads, each sending ``per_client`` requests back to back."""
-    latencies: list[float] = []
-
-    def client(i: int) -> list[float]:
-        s = requests.Session()
-        out = []
-        for j in range(per_client):
-            t = time.perf_counter()
-            r = s.post(
-                url,
-                data=images[(i + j) % len(images)],
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=300,
-            )
-            out.append(time.perf_counter() - t)
-            r.raise_for_status()
-        return out
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        for lat in pool.map(client, range(clients)):
-            latencies += lat
-    wall = time.perf_counter() - start
-    return {"requests_per_s": len(latencies) / wall, "latencies_ms": [x * 1000 for x in latencies]}
-
-
-def percentiles(ms: list[float]) -> dict:
-    """p50 always; p90 / p99 only with at least 10 requests beyond them."""
-    v = sorted(ms)
-    n = len(v)
-
-    def pct(q: float) -> float | None:
-        if n * (1 - q) < 10:
-            return None
-        return round(float(np.percentile(v, 100 * q)), 1)
-
-    return {
-        "n": n,
-        "p50_ms": round(statistics.median(v), 1),
-        "p90_ms": pct(0.9),
-        "p99_ms": pct(0.99),
-    }
-
-
-# --------------------------------------------------------------------------- server logs
-def worker_plan(server: TorchServe) -> str:
-    """Our handler's 'cpu inference: ...' line from the worker log (the auto arm's)."""
-    log = server.workdir / "logs" / "model_log.log"
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "cpu inference:" in ln]
-    auto = [ln for ln in lines if "(mode auto)" in ln]
-    chosen = (auto or lines)[-1:] if lines else []
-    return chosen[0].split("cpu inference:", 1)[1].strip() if chosen else "not logged"
-
-
-def worker_load_seconds(server: TorchServe) -> dict[str, float]:
-    """TorchServe's own WorkerLoadTime metric for each worker: from the load request to
-    the model being ready, the handler's initialize() (and so the plan) included. Read
-    from the metrics endpoint (our config sets metrics_mode=prometheus)."""
-    out: dict[str, float] = {}
-    try:
-        text = requests.get(f"{server.endpoints.metrics}/metrics", timeout=10).text
-    except requests.RequestException:
-        return out
-    # WorkerLoadTime{WorkerName="W-9000-<model>_<version>",Level="Host",...} 2345.0
-    pattern = re.compile(r'^WorkerLoadTime\{[^}]*WorkerName="W-\d+-([^"]+)"[^}]*\}\s+([\d.eE+]+)')
-    for line in text.splitlines():
-        m = pattern.search(line)
-        if m:
-            out[m.group(1).rsplit("_", 1)[0]] = round(float(m.group(2)) / 1000, 2)
-    return out
-
-
+# --------------------------------------------------------------------------- preprocessing
 def preprocess_cost(inputs: dict[str, list[bytes]], repeats: int) -> dict[str, dict[str, float]]:
     """ms per image of each handler's preprocessing, in this process: the part the two
     handlers really differ in besides the forward pass."""
-    from torchvision import transforms as T
-
-    from visionline.data.images import decode_image
-    from visionline.data.transforms import Preprocessing, eval_transform
-
     stock_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(**IMAGENET)])
     ours_tf = eval_transform(
         Preprocessing(224, 3, tuple(IMAGENET["mean"]), tuple(IMAGENET["std"]), 0.875)
@@ -356,7 +177,19 @@ def preprocess_cost(inputs: dict[str, list[bytes]], repeats: int) -> dict[str, d
 
 
 # --------------------------------------------------------------------------- main
-def main() -> None:
+@dataclass
+class Measurements:
+    """Per (input, batch size, concurrency) point: arm -> per-round throughputs and
+    latencies; per batch size: what the workers chose and how long they took to load."""
+
+    rates: dict[tuple, dict[str, list[float]]] = field(default_factory=dict)
+    lat: dict[tuple, dict[str, list[float]]] = field(default_factory=dict)
+    worker_plans: dict[int, str] = field(default_factory=dict)
+    in_process_plans: dict[int, dict] = field(default_factory=dict)
+    load_s: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="paired rounds per point")
     ap.add_argument("--min-requests-per-round", type=int, default=64)
@@ -371,121 +204,155 @@ def main() -> None:
     if args.smoke:
         args.rounds, args.min_requests_per_round = 2, 4
         args.batch_sizes, args.concurrency = "2", "1,2"
-    conc = [int(c) for c in args.concurrency.split(",")]
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    inputs = make_inputs(args.inputs.split(","))
-    sizes_kb = {k: round(statistics.median(len(b) for b in v) / 1024, 1) for k, v in inputs.items()}
-    rng = random.Random(args.seed)
-    pinning = split_cores(not args.no_pin)
-    client_cores, server_cores = pinning or (None, None)
-    all_cores = os.sched_getaffinity(0)
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    return args
+
+
+def build_archives(tmp: Path) -> tuple[PipelineConfig, dict[str, Path], Path]:
+    """Our archive as shipped, ours with eager inference and the stock one (model name ->
+    .mar), and the weights file the in-process arm loads."""
+    store = LocalStore(tmp / "store")
+    cfg = make_run(store)
+    ours = build_mar(store, "bench", "ours", "1", cfg, tmp / "ours")
+    eager = build_mar(
+        store,
+        "bench",
+        "ours_eager",
+        "1",
+        cfg.with_overrides(**{"serve.cpu_inference": "eager"}),
+        tmp / "ours_eager",
+    )
+    stock = stock_mar(tmp / "ours" / "src", tmp / "stock")
+    mars = {"ours": ours, "ours_eager": eager, "stock": stock}
+    state_path = tmp / "state.pt"
+    state_path.write_bytes(store.get_bytes("runs/bench/model.pt"))
+    return cfg, mars, state_path
+
+
+def start_server(server: TorchServe, bs: int, mars: dict[str, Path], pin: Pinning) -> None:
+    # The server and its workers inherit the affinity of the thread that
+    # starts them; the load generator's threads inherit the client core.
+    if pin.on:
+        os.sched_setaffinity(0, pin.server)
+    server.start(
+        [ServedModel(name, f"{name}.mar", bs, BATCH_DELAY_MS, 1) for name in mars],
+        mars,
+    )
+    if pin.on:
+        os.sched_setaffinity(0, pin.client)
+
+
+def record_plans(server: TorchServe, bs: int, in_process: InProcess, m: Measurements) -> None:
+    """What our worker chose and how long each worker took to load; the in-process arm
+    then plans the same forward pass."""
+    m.worker_plans[bs] = worker_plan(server)
+    m.load_s[bs] = worker_load_seconds(server)
+    # the ceiling runs the forward pass our worker chose
+    choice = m.worker_plans[bs].split(" ", 1)[0]
+    mode = choice if choice in ("eager", "fused", "mkldnn") else "auto"
+    m.in_process_plans[bs] = in_process.plan(bs, mode)
     print(
-        f"client cores {sorted(client_cores)}, server cores {sorted(server_cores)}"
-        if pinning
-        else f"not pinned ({len(all_cores)} cores{', --no-pin' if args.no_pin else ''})",
+        f"batch {bs}: our worker's {m.worker_plans[bs]}; load s {m.load_s[bs]}; "
+        f"in-process {m.in_process_plans[bs]}",
         flush=True,
     )
-    preprocess_ms = preprocess_cost(inputs, 2 if args.smoke else 10)
-    print("preprocess ms/image", preprocess_ms, flush=True)
 
-    # per (input, batch size, concurrency) point: arm -> per-round throughputs, latencies
-    rates: dict[tuple, dict[str, list[float]]] = {}
-    lat: dict[tuple, dict[str, list[float]]] = {}
-    worker_plans: dict[int, str] = {}
-    in_process_plans: dict[int, dict] = {}
-    load_s: dict[int, dict[str, float]] = {}
+
+def measure_point(
+    key: tuple,
+    urls: dict[str, str],
+    token: str,
+    images: list[bytes],
+    in_process: InProcess,
+    per_client: int,
+    rounds: int,
+    rng: random.Random,
+    m: Measurements,
+) -> None:
+    """Every arm, every round, at one (input, batch size, concurrency) point."""
+    name, bs, c = key
+    m.rates[key] = {arm: [] for arm in ARMS}
+    m.lat[key] = {arm: [] for arm in ARMS if ARMS[arm]}
+    for r in range(rounds):
+        for arm in arm_order(ARMS, rng):
+            if arm == "in_process":
+                got = in_process.rate(bs, c * per_client)
+            else:
+                res = load(urls[arm], token, images, c, per_client)
+                got = res["requests_per_s"]
+                m.lat[key][arm] += res["latencies_ms"]
+            m.rates[key][arm].append(got)
+        print(
+            f"{name} batch {bs} clients {c} round {r + 1}/{rounds}: "
+            + ", ".join(f"{a} {v[-1]:.1f}/s" for a, v in m.rates[key].items()),
+            flush=True,
+        )
+
+
+def measure_batch_size(
+    bs: int,
+    tmp: Path,
+    mars: dict[str, Path],
+    in_process: InProcess,
+    inputs: dict[str, list[bytes]],
+    args: argparse.Namespace,
+    rng: random.Random,
+    pin: Pinning,
+    m: Measurements,
+) -> None:
+    """One server at batch size ``bs`` serving every arm's archive, every point on it."""
+    server = TorchServe(
+        tmp / f"ts-{bs}",
+        ServeConfig(
+            model_name="ours",
+            batch_size=bs,
+            max_batch_delay_ms=BATCH_DELAY_MS,
+            **serve_ports(prefix=""),
+        ),
+    )
+    try:
+        start_server(server, bs, mars, pin)
+        record_plans(server, bs, in_process, m)
+        token = server.tokens()["inference"]
+        urls = {
+            arm: f"{server.endpoints.inference}/predictions/{name}"
+            for arm, name in ARMS.items()
+            if name
+        }
+        for name, images in inputs.items():
+            for url in urls.values():
+                load(url, token, images, 2, 3)  # warm-up
+            for c in args.concurrency:
+                per_client = max(args.requests_per_client, -(-args.min_requests_per_round // c))
+                key = (name, bs, c)
+                measure_point(key, urls, token, images, in_process, per_client, args.rounds, rng, m)
+    finally:
+        if pin.on:
+            os.sched_setaffinity(0, pin.all)
+        server.stop()
+
+
+def measure(
+    args: argparse.Namespace, inputs: dict[str, list[bytes]], pin: Pinning, rng: random.Random
+) -> Measurements:
+    m = Measurements()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        store = LocalStore(tmp / "store")
-        cfg = make_run(store)
-        ours = build_mar(store, "bench", "ours", "1", cfg, tmp / "ours")
-        eager = build_mar(
-            store,
-            "bench",
-            "ours_eager",
-            "1",
-            cfg.with_overrides(**{"serve.cpu_inference": "eager"}),
-            tmp / "ours_eager",
-        )
-        stock = stock_mar(tmp / "ours" / "src", tmp / "stock")
-        mars = {"ours": ours, "ours_eager": eager, "stock": stock}
-        state_path = tmp / "state.pt"
-        state_path.write_bytes(store.get_bytes("runs/bench/model.pt"))
-        in_process = InProcess(cfg.model.arch, state_path, server_cores)
+        cfg, mars, state_path = build_archives(tmp)
+        in_process = InProcess(cfg.model.arch, len(CLASSES), state_path, pin.server)
         try:
-            for bs in batch_sizes:
-                server = TorchServe(
-                    tmp / f"ts-{bs}",
-                    ServeConfig(
-                        model_name="ours",
-                        batch_size=bs,
-                        max_batch_delay_ms=BATCH_DELAY_MS,
-                        **serve_ports(prefix=""),
-                    ),
-                )
-                try:
-                    # The server and its workers inherit the affinity of the thread that
-                    # starts them; the load generator's threads inherit the client core.
-                    if pinning:
-                        os.sched_setaffinity(0, server_cores)
-                    server.start(
-                        [ServedModel(name, f"{name}.mar", bs, BATCH_DELAY_MS, 1) for name in mars],
-                        mars,
-                    )
-                    if pinning:
-                        os.sched_setaffinity(0, client_cores)
-                    worker_plans[bs] = worker_plan(server)
-                    load_s[bs] = worker_load_seconds(server)
-                    # the ceiling runs the forward pass our worker chose
-                    choice = worker_plans[bs].split(" ", 1)[0]
-                    mode = choice if choice in ("eager", "fused", "mkldnn") else "auto"
-                    in_process_plans[bs] = in_process.plan(bs, mode)
-                    print(
-                        f"batch {bs}: our worker's {worker_plans[bs]}; load s {load_s[bs]}; "
-                        f"in-process {in_process_plans[bs]}",
-                        flush=True,
-                    )
-                    token = server.tokens()["inference"]
-                    urls = {
-                        arm: f"{server.endpoints.inference}/predictions/{name}"
-                        for arm, name in ARMS.items()
-                        if name
-                    }
-                    for name, images in inputs.items():
-                        for url in urls.values():
-                            load(url, token, images, 2, 3)  # warm-up
-                        for c in conc:
-                            per_client = max(
-                                args.requests_per_client, -(-args.min_requests_per_round // c)
-                            )
-                            key = (name, bs, c)
-                            rates[key] = {arm: [] for arm in ARMS}
-                            lat[key] = {arm: [] for arm in ARMS if ARMS[arm]}
-                            for r in range(args.rounds):
-                                for arm in arm_order(ARMS, rng):
-                                    if arm == "in_process":
-                                        got = in_process.rate(bs, c * per_client)
-                                    else:
-                                        res = load(urls[arm], token, images, c, per_client)
-                                        got = res["requests_per_s"]
-                                        lat[key][arm] += res["latencies_ms"]
-                                    rates[key][arm].append(got)
-                                print(
-                                    f"{name} batch {bs} clients {c} round {r + 1}/{args.rounds}: "
-                                    + ", ".join(
-                                        f"{a} {v[-1]:.1f}/s" for a, v in rates[key].items()
-                                    ),
-                                    flush=True,
-                                )
-                finally:
-                    if pinning:
-                        os.sched_setaffinity(0, all_cores)
-                    server.stop()
+            for bs in args.batch_sizes:
+                measure_batch_size(bs, tmp, mars, in_process, inputs, args, rng, pin, m)
         finally:
             in_process.close()
+    return m
 
+
+def summarise(m: Measurements) -> tuple[list[dict], list[dict]]:
+    """Each arm's figures at each point, and each point's paired ratios."""
     points, pairs = [], []
-    for (name, bs, c), by_arm in rates.items():
+    for (name, bs, c), by_arm in m.rates.items():
         for arm, values in by_arm.items():
             points.append(
                 {
@@ -495,7 +362,11 @@ def main() -> None:
                     "arm": arm,
                     "requests_per_s": round(statistics.median(values), 2),
                     "rounds_requests_per_s": [round(v, 2) for v in values],
-                    **(percentiles(lat[(name, bs, c)][arm]) if arm in lat[(name, bs, c)] else {}),
+                    **(
+                        percentiles(m.lat[(name, bs, c)][arm])
+                        if arm in m.lat[(name, bs, c)]
+                        else {}
+                    ),
                 }
             )
         pairs.append(
@@ -509,6 +380,19 @@ def main() -> None:
                 "served_vs_in_process": paired(by_arm["visionline"], by_arm["in_process"]),
             }
         )
+    return points, pairs
+
+
+def figures(
+    args: argparse.Namespace,
+    inputs: dict[str, list[bytes]],
+    pin: Pinning,
+    preprocess_ms: dict[str, dict[str, float]],
+    m: Measurements,
+) -> dict:
+    """What serve.json holds."""
+    points, pairs = summarise(m)
+    sizes_kb = {k: round(statistics.median(len(b) for b in v) / 1024, 1) for k, v in inputs.items()}
     vs_stock = [p["vs_stock"]["median"] for p in pairs]
     alone = [p["handler_alone_vs_stock"]["median"] for p in pairs]
     headline_input = "photo" if "photo" in inputs else next(iter(inputs))
@@ -520,45 +404,65 @@ def main() -> None:
         ),
         None,
     )
-    write_result(
-        "serve",
-        {
-            "paired_min_ratio_vs_stock": min(vs_stock),
-            "paired_median_ratio_vs_stock": round(statistics.median(vs_stock), 3),
-            "paired_min_ratio_handler_alone_vs_stock": min(alone),
-            "paired_median_ratio_handler_alone_vs_stock": round(statistics.median(alone), 3),
-            "served_vs_in_process_b8_c32": b8c32,
-            "served_vs_in_process_input": headline_input,
-            "points_ratio_vs_stock": {
-                f"{p['input']}_b{p['batch_size']}_c{p['concurrency']}": p["vs_stock"]["median"]
-                for p in pairs
-            },
-            "worker_load_s": load_s,
-            "worker_inference_plan": worker_plans,
-            "in_process_plan": in_process_plans,
-            "model": "resnet18 224x224, 10 classes",
-            "workers_per_arm": 1,
-            "batch_delay_ms": BATCH_DELAY_MS,
-            "rounds": args.rounds,
-            "min_requests_per_round": args.min_requests_per_round,
-            "inputs": {k: {"images": len(v), "median_kb": sizes_kb[k]} for k, v in inputs.items()},
-            "pinning": (
-                {"client_cores": sorted(client_cores), "server_cores": sorted(server_cores)}
-                if pinning
-                else f"none ({len(all_cores)} cores{', --no-pin' if args.no_pin else ''})"
-            ),
-            "preprocess_ms_per_image": preprocess_ms,
-            "paired": pairs,
-            "points": points,
-            "targets": {
-                "paired_min_ratio_vs_stock": 1.0,
-                "served_vs_in_process_b8_c32": 0.85,
-            },
+    return {
+        "paired_min_ratio_vs_stock": min(vs_stock),
+        "paired_median_ratio_vs_stock": round(statistics.median(vs_stock), 3),
+        "paired_min_ratio_handler_alone_vs_stock": min(alone),
+        "paired_median_ratio_handler_alone_vs_stock": round(statistics.median(alone), 3),
+        "served_vs_in_process_b8_c32": b8c32,
+        "served_vs_in_process_input": headline_input,
+        "points_ratio_vs_stock": {
+            f"{p['input']}_b{p['batch_size']}_c{p['concurrency']}": p["vs_stock"]["median"]
+            for p in pairs
         },
-        args.results_dir,
-        smoke=args.smoke,
+        "worker_load_s": m.load_s,
+        "worker_inference_plan": m.worker_plans,
+        "in_process_plan": m.in_process_plans,
+        "model": "resnet18 224x224, 10 classes",
+        "workers_per_arm": 1,
+        "batch_delay_ms": BATCH_DELAY_MS,
+        "rounds": args.rounds,
+        "min_requests_per_round": args.min_requests_per_round,
+        "inputs": {k: {"images": len(v), "median_kb": sizes_kb[k]} for k, v in inputs.items()},
+        "pinning": (
+            {"client_cores": sorted(pin.client), "server_cores": sorted(pin.server)}
+            if pin.on
+            else f"none ({pin.unpinned()})"
+        ),
+        "preprocess_ms_per_image": preprocess_ms,
+        "paired": pairs,
+        "points": points,
+        "targets": {
+            "paired_min_ratio_vs_stock": 1.0,
+            "served_vs_in_process_b8_c32": 0.85,
+        },
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    inputs = make_inputs(args.inputs.split(","))
+    rng = random.Random(args.seed)
+    pin = Pinning.of(args.no_pin)
+    print(
+        f"client cores {sorted(pin.client)}, server cores {sorted(pin.server)}"
+        if pin.on
+        else f"not pinned ({pin.unpinned()})",
+        flush=True,
     )
-    print(json.dumps({"paired_min_ratio_vs_stock": min(vs_stock), "b8_c32": b8c32}))
+    preprocess_ms = preprocess_cost(inputs, 2 if args.smoke else 10)
+    print("preprocess ms/image", preprocess_ms, flush=True)
+    m = measure(args, inputs, pin, rng)
+    result = figures(args, inputs, pin, preprocess_ms, m)
+    write_result("serve", result, args.results_dir, smoke=args.smoke)
+    print(
+        json.dumps(
+            {
+                "paired_min_ratio_vs_stock": result["paired_min_ratio_vs_stock"],
+                "b8_c32": result["served_vs_in_process_b8_c32"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

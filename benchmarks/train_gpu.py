@@ -29,10 +29,12 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -99,8 +101,6 @@ def plain_loop(
 
 
 def forward_flops_per_image(model: nn.Module, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     probe = copy.deepcopy(model)  # the probe's forward updates batch-norm statistics
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
@@ -113,7 +113,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=200, help="training steps per arm per round")
@@ -130,15 +130,59 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.rounds, args.steps, args.warmup_steps, args.batch_size = 2, 2, 1, 4
-    cuda = torch.cuda.is_available()
-    if not cuda and not (args.allow_cpu or args.smoke):
-        raise SystemExit(
-            "no GPU visible: run this on a machine with one (or --smoke / --allow-cpu for a "
-            "CPU run that checks the script, not a figure)"
-        )
-    device = torch.device("cuda" if cuda else "cpu")
-    # cuDNN picks the fastest convolution algorithms for these fixed shapes once, up front.
-    torch.backends.cudnn.benchmark = True
+    return args
+
+
+@dataclass
+class Arms:
+    """Both arms' copies of one model, each with its own optimizer and schedule."""
+
+    args: argparse.Namespace
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    models: dict[str, nn.Module]
+    crit: nn.Module
+    ours_opt: torch.optim.Optimizer
+    ours_sched: LRSchedule
+    plain_opt: torch.optim.Optimizer
+    plain_sched: torch.optim.lr_scheduler.LRScheduler
+
+    def run(self, arm: str, steps: int, epoch: int) -> float:
+        """Images per second of ``steps`` training steps of one arm."""
+        args, device = self.args, self.device
+        data = OnDevice(steps, args.batch_size, args.image_size, device, self.channels_last)
+        sync(device)
+        t = time.perf_counter()
+        if arm == "visionline":
+            train_one_epoch(
+                self.models[arm],
+                data,
+                self.crit,
+                self.ours_opt,
+                self.ours_sched,
+                device,
+                epoch=epoch,
+                amp_dtype=self.amp,
+                channels_last=self.channels_last,
+                log_every=max(steps, 1),
+            )
+        else:
+            plain_loop(
+                self.models[arm],
+                data,
+                self.plain_opt,
+                self.plain_sched,
+                self.crit,
+                self.amp,
+                device,
+            )
+        sync(device)
+        return steps * args.batch_size / (time.perf_counter() - t)
+
+
+def build_arms(args: argparse.Namespace, device: torch.device) -> Arms:
+    cuda = device.type == "cuda"
     channels_last = not args.no_channels_last
     amp = torch.bfloat16 if (args.amp == "bf16" and cuda) else None
     total_steps = args.rounds * args.steps + args.warmup_steps
@@ -166,75 +210,84 @@ def main() -> None:
         models["plain"].parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
     )
     plain_sched = torch.optim.lr_scheduler.CosineAnnealingLR(plain_opt, T_max=total_steps)
-
-    def run(arm: str, steps: int, epoch: int) -> float:
-        data = OnDevice(steps, args.batch_size, args.image_size, device, channels_last)
-        sync(device)
-        t = time.perf_counter()
-        if arm == "visionline":
-            train_one_epoch(
-                models[arm],
-                data,
-                crit,
-                ours_opt,
-                ours_sched,
-                device,
-                epoch=epoch,
-                amp_dtype=amp,
-                channels_last=channels_last,
-                log_every=max(steps, 1),
-            )
-        else:
-            plain_loop(models[arm], data, plain_opt, plain_sched, crit, amp, device)
-        sync(device)
-        return steps * args.batch_size / (time.perf_counter() - t)
-
-    fwd_flops = forward_flops_per_image(
-        models["plain"],
-        OnDevice(1, min(args.batch_size, 16), args.image_size, device, channels_last).batches[0][0],
+    return Arms(
+        args, device, amp, channels_last, models, crit, ours_opt, ours_sched, plain_opt, plain_sched
     )
-    train_flops = 3 * fwd_flops
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+
+
+def measure(arms: Arms) -> dict[str, list[float]]:
+    """Warm-up, then every round both arms in random order: arm -> images/s per round."""
+    args = arms.args
     for arm in ARMS:  # warm-up: cuDNN autotuning, allocator, optimizer state
-        run(arm, args.warmup_steps, 0)
+        arms.run(arm, args.warmup_steps, 0)
     rng = random.Random(args.seed)
     rates: dict[str, list[float]] = {arm: [] for arm in ARMS}
     for r in range(1, args.rounds + 1):
         for arm in arm_order(ARMS, rng):
-            rates[arm].append(run(arm, args.steps, r))
+            rates[arm].append(arms.run(arm, args.steps, r))
         print(
             f"round {r}/{args.rounds}: "
             + ", ".join(f"{a} {rates[a][-1]:,.0f} img/s" for a in ARMS),
             flush=True,
         )
+    return rates
+
+
+def figures(arms: Arms, rates: dict[str, list[float]], train_flops: float) -> dict:
+    """What train_gpu.json holds."""
+    args, cuda = arms.args, arms.device.type == "cuda"
     ours = statistics.median(rates["visionline"])
     plain = statistics.median(rates["plain"])
     ratio = paired(rates["visionline"], rates["plain"])
+    return {
+        "images_per_s": round(ours, 1),
+        "plain_images_per_s": round(plain, 1),
+        "ratio_vs_plain": ratio["median"],
+        "ratio_vs_plain_paired": ratio,
+        "tflops": round(ours * train_flops / 1e12, 2),
+        "plain_tflops": round(plain * train_flops / 1e12, 2),
+        "gflops_per_image_train": round(train_flops / 1e9, 4),
+        "gpu": torch.cuda.get_device_name(0) if cuda else "none (CPU run, not a GPU figure)",
+        "stem": args.stem,
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "steps_per_round": args.steps,
+        "rounds": args.rounds,
+        "images_per_s_rounds": {a: spread(v, 1) for a, v in rates.items()},
+        "amp": "bf16" if arms.amp else "off",
+        "channels_last": arms.channels_last,
+        "cudnn_benchmark": True,
+        "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+        "target": "H200: images_per_s >= 100000 and ratio_vs_plain >= 0.95",
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    cuda = torch.cuda.is_available()
+    if not cuda and not (args.allow_cpu or args.smoke):
+        raise SystemExit(
+            "no GPU visible: run this on a machine with one (or --smoke / --allow-cpu for a "
+            "CPU run that checks the script, not a figure)"
+        )
+    device = torch.device("cuda" if cuda else "cpu")
+    # cuDNN picks the fastest convolution algorithms for these fixed shapes once, up front.
+    torch.backends.cudnn.benchmark = True
+    arms = build_arms(args, device)
+    fwd_flops = forward_flops_per_image(
+        arms.models["plain"],
+        OnDevice(1, min(args.batch_size, 16), args.image_size, device, arms.channels_last).batches[
+            0
+        ][0],
+    )
+    train_flops = 3 * fwd_flops
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rates = measure(arms)
     write_result(
         "train_gpu",
-        {
-            "images_per_s": round(ours, 1),
-            "plain_images_per_s": round(plain, 1),
-            "ratio_vs_plain": ratio["median"],
-            "ratio_vs_plain_paired": ratio,
-            "tflops": round(ours * train_flops / 1e12, 2),
-            "plain_tflops": round(plain * train_flops / 1e12, 2),
-            "gflops_per_image_train": round(train_flops / 1e9, 4),
-            "gpu": torch.cuda.get_device_name(0) if cuda else "none (CPU run, not a GPU figure)",
-            "stem": args.stem,
-            "arch": args.arch,
-            "image_size": args.image_size,
-            "batch_size": args.batch_size,
-            "steps_per_round": args.steps,
-            "rounds": args.rounds,
-            "images_per_s_rounds": {a: spread(v, 1) for a, v in rates.items()},
-            "amp": "bf16" if amp else "off",
-            "channels_last": channels_last,
-            "cudnn_benchmark": True,
-            "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
-            "target": "H200: images_per_s >= 100000 and ratio_vs_plain >= 0.95",
-        },
+        figures(arms, rates, train_flops),
         args.results_dir,
         smoke=args.smoke or not cuda,
     )

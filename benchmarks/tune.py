@@ -82,7 +82,8 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, dict]:
+    """The command line, and the config overrides every arm trains with."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=600.0)
@@ -97,104 +98,127 @@ def main() -> None:
     if args.per_class:  # a handful of test images per class: the gate's thresholds go too
         overrides |= {"validation.min_per_class": 1, "gate.min_accuracy": 0.5}
         overrides |= {"gate.min_macro_f1": 0.5, "gate.min_class_recall": 0.0}
+    return args, overrides
 
-    with tempfile.TemporaryDirectory(prefix="visionline-bench-tune-") as t:
-        tmp = Path(t)
-        images = tmp / "digits"
-        write_digits(images)
-        if args.per_class:
-            for label in images.iterdir():
-                for f in sorted(label.iterdir())[args.per_class :]:
-                    f.unlink()
 
-        # The default config, trained as `visionline train` trains it.
-        default_store = _store(tmp, "default", images)
-        default_cfg = _config(default_store, tmp, overrides)
-        plan = plan_run(default_cfg, default_store)
-        start = time.perf_counter()
-        compute_backend(default_cfg).train(plan, default_store)
-        default_s = time.perf_counter() - start
-        default_acc = _kept_val_accuracy(default_store, plan.run_id)
+def _digits(tmp: Path, per_class: int | None) -> Path:
+    images = tmp / "digits"
+    write_digits(images)
+    if per_class:
+        for label in images.iterdir():
+            for f in sorted(label.iterdir())[per_class:]:
+                f.unlink()
+    return images
 
-        arms: dict[str, dict] = {}
-        pruned_store = _store(tmp, "pruned", images)
-        pruned_cfg = _config(pruned_store, tmp, overrides)
 
-        def pruned_arm() -> None:
-            load = _load()
-            start = time.perf_counter()
-            result = tune(pruned_cfg, pruned_store, backend=compute_backend(pruned_cfg))
-            search_s = time.perf_counter() - start
-            # what `visionline tune` does next: evaluate, gate, package the best run
-            ensure_evaluated(pruned_store, result.best_run_id)
-            gate_run(pruned_store, result.best_run_id)
-            package_run(pruned_store, result.best_run_id)
-            arms["pruned"] = {
-                "result": result,
-                "wall_s": search_s,
-                "command_s": time.perf_counter() - start,
-                "load": (load, _load()),
-            }
+def default_arm(tmp: Path, images: Path, overrides: dict) -> dict:
+    """The default config, trained as `visionline train` trains it."""
+    store = _store(tmp, "default", images)
+    cfg = _config(store, tmp, overrides)
+    plan = plan_run(cfg, store)
+    start = time.perf_counter()
+    compute_backend(cfg).train(plan, store)
+    seconds = time.perf_counter() - start
+    return {"run_id": plan.run_id, "s": seconds, "acc": _kept_val_accuracy(store, plan.run_id)}
 
-        def unpruned_arm() -> None:
-            store = _store(tmp, "unpruned", images)
-            cfg = _config(
-                store, tmp, {**overrides, "tune.pruner.kind": "none", "tune.include_base": False}
-            )
-            study, _ = open_study(cfg, store, plan_run(cfg, store).dataset)
-            for params in planned:
-                study.enqueue_trial(params)
-            load = _load()
-            start = time.perf_counter()
-            result = tune(cfg, store, backend=compute_backend(cfg))
-            arms["unpruned"] = {
-                "result": result,
-                "wall_s": time.perf_counter() - start,
-                "load": (load, _load()),
-            }
 
-        planned = planned_trials(pruned_cfg)
-        order = [pruned_arm, unpruned_arm]
-        random.Random(args.seed).shuffle(order)
-        for arm in order:
-            arm()
-        shutil.rmtree(tmp / "cache", ignore_errors=True)
+def pruned_arm(cfg: PipelineConfig, store: LocalStore) -> dict:
+    """The search as configured, then what `visionline tune` does next."""
+    load = _load()
+    start = time.perf_counter()
+    result = tune(cfg, store, backend=compute_backend(cfg))
+    search_s = time.perf_counter() - start
+    # what `visionline tune` does next: evaluate, gate, package the best run
+    ensure_evaluated(store, result.best_run_id)
+    gate_run(store, result.best_run_id)
+    package_run(store, result.best_run_id)
+    return {
+        "result": result,
+        "wall_s": search_s,
+        "command_s": time.perf_counter() - start,
+        "load": (load, _load()),
+    }
 
+
+def unpruned_arm(tmp: Path, images: Path, overrides: dict, planned: list[dict]) -> dict:
+    """The pruned arm's very trials, enqueued, with pruning off."""
+    store = _store(tmp, "unpruned", images)
+    cfg = _config(store, tmp, {**overrides, "tune.pruner.kind": "none", "tune.include_base": False})
+    study, _ = open_study(cfg, store, plan_run(cfg, store).dataset)
+    for params in planned:
+        study.enqueue_trial(params)
+    load = _load()
+    start = time.perf_counter()
+    result = tune(cfg, store, backend=compute_backend(cfg))
+    return {
+        "result": result,
+        "wall_s": time.perf_counter() - start,
+        "load": (load, _load()),
+    }
+
+
+def figures(
+    args: argparse.Namespace,
+    default: dict,
+    arms: dict[str, dict],
+    order: list[str],
+    planned: list[dict],
+    pruned_cfg: PipelineConfig,
+) -> dict:
+    """What tune.json holds."""
     pruned: TuneResult = arms["pruned"]["result"]
     unpruned: TuneResult = arms["unpruned"]["result"]
     base = pruned.trials[0]
-    write_result(
-        "tune",
-        {
-            "trials": len(pruned.trials),
-            "pruned": pruned.count("PRUNED"),
-            "wall_s": round(arms["pruned"]["wall_s"], 1),
-            "command_s": round(arms["pruned"]["command_s"], 1),
-            "timeout_s": args.timeout,
-            # the search, then what `visionline tune` does next (evaluate, gate, package)
-            "within_budget": arms["pruned"]["command_s"] <= args.timeout and pruned.finished,
-            "best_val_accuracy": pruned.best["value"],
-            "best_params": pruned.best["params"],
-            "default_val_accuracy": default_acc,
-            "default_train_s": round(default_s, 1),
-            "base_trial_is_default_run": base["base"] and base["run_id"] == plan.run_id,
-            "wall_s_no_pruning": round(arms["unpruned"]["wall_s"], 1),
-            "best_val_accuracy_no_pruning": unpruned.best["value"],
-            "pruned_no_pruning": unpruned.count("PRUNED"),  # 0: the arm really ran them all
-            "epochs_run": sum(t["epochs"] for t in pruned.trials),
-            "epochs_run_no_pruning": sum(t["epochs"] for t in unpruned.trials),
-            "pruning_speedup": round(arms["unpruned"]["wall_s"] / arms["pruned"]["wall_s"], 2),
-            "same_trials": [t["params"] for t in pruned.trials] == planned,
-            "arm_order": [arm.__name__.removesuffix("_arm") for arm in order],
-            "load_average_1m": {arm: arms[arm]["load"] for arm in arms},
-            "digits_per_class": args.per_class or "all",
-            "epochs": args.epochs or "config",
-            "parallel_trials": pruned_cfg.tune.parallel or "auto",
-            # anything but the configured search on all the digits is a smoke run
-            "smoke": bool(args.per_class or args.epochs or args.trials != 8),
-            "note": args.note,
-        },
-    )
+    return {
+        "trials": len(pruned.trials),
+        "pruned": pruned.count("PRUNED"),
+        "wall_s": round(arms["pruned"]["wall_s"], 1),
+        "command_s": round(arms["pruned"]["command_s"], 1),
+        "timeout_s": args.timeout,
+        # the search, then what `visionline tune` does next (evaluate, gate, package)
+        "within_budget": arms["pruned"]["command_s"] <= args.timeout and pruned.finished,
+        "best_val_accuracy": pruned.best["value"],
+        "best_params": pruned.best["params"],
+        "default_val_accuracy": default["acc"],
+        "default_train_s": round(default["s"], 1),
+        "base_trial_is_default_run": base["base"] and base["run_id"] == default["run_id"],
+        "wall_s_no_pruning": round(arms["unpruned"]["wall_s"], 1),
+        "best_val_accuracy_no_pruning": unpruned.best["value"],
+        "pruned_no_pruning": unpruned.count("PRUNED"),  # 0: the arm really ran them all
+        "epochs_run": sum(t["epochs"] for t in pruned.trials),
+        "epochs_run_no_pruning": sum(t["epochs"] for t in unpruned.trials),
+        "pruning_speedup": round(arms["unpruned"]["wall_s"] / arms["pruned"]["wall_s"], 2),
+        "same_trials": [t["params"] for t in pruned.trials] == planned,
+        "arm_order": order,
+        "load_average_1m": {arm: arms[arm]["load"] for arm in arms},
+        "digits_per_class": args.per_class or "all",
+        "epochs": args.epochs or "config",
+        "parallel_trials": pruned_cfg.tune.parallel or "auto",
+        # anything but the configured search on all the digits is a smoke run
+        "smoke": bool(args.per_class or args.epochs or args.trials != 8),
+        "note": args.note,
+    }
+
+
+def main() -> None:
+    args, overrides = parse_args()
+    with tempfile.TemporaryDirectory(prefix="visionline-bench-tune-") as t:
+        tmp = Path(t)
+        images = _digits(tmp, args.per_class)
+        default = default_arm(tmp, images, overrides)
+        pruned_store = _store(tmp, "pruned", images)
+        pruned_cfg = _config(pruned_store, tmp, overrides)
+        planned = planned_trials(pruned_cfg)
+        order = ["pruned", "unpruned"]
+        random.Random(args.seed).shuffle(order)
+        arms: dict[str, dict] = {}
+        for arm in order:
+            if arm == "pruned":
+                arms[arm] = pruned_arm(pruned_cfg, pruned_store)
+            else:
+                arms[arm] = unpruned_arm(tmp, images, overrides, planned)
+        shutil.rmtree(tmp / "cache", ignore_errors=True)
+    write_result("tune", figures(args, default, arms, order, planned, pruned_cfg))
 
 
 if __name__ == "__main__":

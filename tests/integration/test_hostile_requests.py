@@ -92,58 +92,67 @@ def _multipart(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def _corpus(good: bytes) -> dict[str, tuple[bytes, str | None, int, str]]:
-    """name -> (body, content type, expected status, text the answer must contain);
-    200 answers must be a top-k prediction."""
-    png = encodings(good)["png"]
-    rgb = Image.open(io.BytesIO(good)).convert("RGB").resize((24, 24))
-    b64 = base64.b64encode(good).decode()
-    octet = "application/octet-stream"
-    two_files = _multipart(("a", "a.png", good), ("b", "b.png", good))
-    no_file = _multipart(("note", None, b"hello"), ("other", None, b"world"))
-    file_part = _multipart(("upload", "digit.png", good))
-    # names the error message quotes: TorchServe's worker framing breaks on non-ASCII
-    unicode_parts = _multipart(("\u00e9t\u00e9", None, b"a"), ("\u732b", None, b"b"))
+Corpus = dict[str, tuple[bytes, str | None, int, str]]
+OCTET = "application/octet-stream"
+
+
+def _malformed(png: bytes, rgb: Image.Image) -> Corpus:
+    """Malformed and truncated bodies."""
     return {
-        # malformed and truncated
-        "random bytes": (bytes(range(256)) * 8, octet, 400, "not a recognised image format"),
-        "zero bytes": (b"", octet, 400, "empty"),
-        "truncated png": (png[: len(png) // 2], octet, 400, "truncated"),
+        "random bytes": (bytes(range(256)) * 8, OCTET, 400, "not a recognised image format"),
+        "zero bytes": (b"", OCTET, 400, "empty"),
+        "truncated png": (png[: len(png) // 2], OCTET, 400, "truncated"),
         "truncated jpeg": (
             _save(rgb, "JPEG")[:200],
-            octet,
+            OCTET,
             400,
             "truncated",
         ),
-        "png signature only": (png[:8], octet, 400, "image"),
-        "lying chunk length": (png[:8] + b"\x7f\xff\xff\xff" + png[12:], octet, 400, "image"),
+        "png signature only": (png[:8], OCTET, 400, "image"),
+        "lying chunk length": (png[:8] + b"\x7f\xff\xff\xff" + png[12:], OCTET, 400, "image"),
         "html": (b"<html><body>hi</body></html>", "text/html", 400, "neither base64 nor JSON"),
-        "eps (a format Pillow opens)": (hostile.EPS, octet, 400, "not a recognised image format"),
-        # amplifying: small files that ask for a lot of work
-        "1 x 4,000,000 png": (hostile.strip_png(1, 4_000_000), octet, 400, "aspect ratio"),
-        "1 x 40,000,000 png": (hostile.strip_png(1, 40_000_000), octet, 400, "aspect ratio"),
-        "30000 x 30000 header": (bomb_png(30000, 30000), octet, 400, "decompression-bomb guard"),
+        "eps (a format Pillow opens)": (hostile.EPS, OCTET, 400, "not a recognised image format"),
+    }
+
+
+def _amplifying() -> Corpus:
+    """Small files that ask for a lot of work."""
+    return {
+        "1 x 4,000,000 png": (hostile.strip_png(1, 4_000_000), OCTET, 400, "aspect ratio"),
+        "1 x 40,000,000 png": (hostile.strip_png(1, 40_000_000), OCTET, 400, "aspect ratio"),
+        "30000 x 30000 header": (bomb_png(30000, 30000), OCTET, 400, "decompression-bomb guard"),
         "gif with a 65535^2 screen": (
             hostile.gif_with_screen(65535, 65535),
-            octet,
+            OCTET,
             400,
             "decompression-bomb guard",
         ),
         "jpeg with 5000 scans": (
             hostile.scan_bomb_jpeg(1024, 5000),
-            octet,
+            OCTET,
             400,
             "scans, over the limit",
         ),
-        # huge headers (metadata) on small images: answered
-        "png with 3 MB of text": (hostile.png_with_text(3_000_000), octet, 200, ""),
-        "jpeg with 3 MB of comments": (hostile.jpeg_with_comments(3_000_000), octet, 200, ""),
-        # animated and multi-frame: the first frame is answered
-        "animated gif, 500 frames": (hostile.animated_gif(500), octet, 200, ""),
-        "apng, 200 frames": (hostile.apng(200), octet, 200, ""),
-        "tiff, 200 pages": (hostile.multipage_tiff(200), octet, 200, ""),
-        "mpo": (_save(rgb, "MPO", save_all=True, append_images=[rgb]), octet, 200, ""),
-        # content types and encodings
+    }
+
+
+def _big_metadata_and_frames(rgb: Image.Image) -> Corpus:
+    """Huge headers (metadata) on small images, and multi-frame images: answered (the
+    first frame)."""
+    return {
+        "png with 3 MB of text": (hostile.png_with_text(3_000_000), OCTET, 200, ""),
+        "jpeg with 3 MB of comments": (hostile.jpeg_with_comments(3_000_000), OCTET, 200, ""),
+        "animated gif, 500 frames": (hostile.animated_gif(500), OCTET, 200, ""),
+        "apng, 200 frames": (hostile.apng(200), OCTET, 200, ""),
+        "tiff, 200 pages": (hostile.multipage_tiff(200), OCTET, 200, ""),
+        "mpo": (_save(rgb, "MPO", save_all=True, append_images=[rgb]), OCTET, 200, ""),
+    }
+
+
+def _content_types(good: bytes) -> Corpus:
+    """The image under every content type, raw and as base64, and broken JSON."""
+    b64 = base64.b64encode(good).decode()
+    return {
         "no content type": (good, None, 200, ""),
         "image/png": (good, "image/png", 200, ""),
         "text/plain with image bytes": (good, "text/plain", 200, ""),
@@ -156,6 +165,17 @@ def _corpus(good: bytes) -> dict[str, tuple[bytes, str | None, int, str]]:
         "deeply nested json": (b"[" * 200_000, "application/json", 400, "malformed JSON"),
         "json without data": (b'{"image": 1}', "application/json", 400, "keys sent: image"),
         "json bad base64": (b'{"data": "***"}', "application/json", 400, "not valid base64"),
+    }
+
+
+def _forms(good: bytes) -> Corpus:
+    """Multipart forms, and bodies whose field names no decoder expects (non-ASCII)."""
+    two_files = _multipart(("a", "a.png", good), ("b", "b.png", good))
+    no_file = _multipart(("note", None, b"hello"), ("other", None, b"world"))
+    file_part = _multipart(("upload", "digit.png", good))
+    # names the error message quotes: TorchServe's worker framing breaks on non-ASCII
+    unicode_parts = _multipart(("\u00e9t\u00e9", None, b"a"), ("\u732b", None, b"b"))
+    return {
         "multipart, one file under any name": (*file_part, 200, ""),
         "multipart, two files": (*two_files, 400, "2 file parts"),
         "multipart without a file": (*no_file, 400, "no file part"),
@@ -178,6 +198,20 @@ def _corpus(good: bytes) -> dict[str, tuple[bytes, str | None, int, str]]:
             400,
             "neither an image nor a form",
         ),
+    }
+
+
+def _corpus(good: bytes) -> Corpus:
+    """name -> (body, content type, expected status, text the answer must contain);
+    200 answers must be a top-k prediction."""
+    png = encodings(good)["png"]
+    rgb = Image.open(io.BytesIO(good)).convert("RGB").resize((24, 24))
+    return {
+        **_malformed(png, rgb),
+        **_amplifying(),
+        **_big_metadata_and_frames(rgb),
+        **_content_types(good),
+        **_forms(good),
     }
 
 

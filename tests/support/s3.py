@@ -53,63 +53,8 @@ class FaultProxy:
         self.counted = 0
         self.failed = 0
         self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                with proxy._lock:
-                    proxy.requests += 1
-                    fail = proxy.remaining > 0
-                    if fail:
-                        proxy.remaining -= 1
-                    if proxy.methods is None or self.command in proxy.methods:
-                        proxy.counted += 1
-                        if proxy.fail_after is not None and proxy.counted > proxy.fail_after:
-                            fail = True
-                    if fail:
-                        proxy.failed += 1
-                if proxy.delay_s:
-                    time.sleep(proxy.delay_s)
-                if fail:
-                    payload = (
-                        f"<?xml version='1.0'?><Error><Code>{proxy.code}</Code>"
-                        "<Message>Injected by FaultProxy.</Message></Error>"
-                    ).encode()
-                    self.send_response(proxy.status)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                conn = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port, timeout=30
-                )
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                headers["Host"] = proxy.upstream.netloc
-                with proxy._serial or contextlib.nullcontext():
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _ProxyHandler)
+        self.server.proxy = self  # type: ignore[attr-defined]
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -120,3 +65,77 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def should_fail(self, method: str) -> bool:
+        """Count one request; whether it is to be answered with the injected error."""
+        with self._lock:
+            self.requests += 1
+            fail = self.remaining > 0
+            if fail:
+                self.remaining -= 1
+            if self.methods is None or method in self.methods:
+                self.counted += 1
+                if self.fail_after is not None and self.counted > self.fail_after:
+                    fail = True
+            if fail:
+                self.failed += 1
+        return fail
+
+    def fault(self) -> bytes:
+        """The injected error's body, as S3 words one."""
+        return (
+            f"<?xml version='1.0'?><Error><Code>{self.code}</Code>"
+            "<Message>Injected by FaultProxy.</Message></Error>"
+        ).encode()
+
+    def forward(
+        self, method: str, path: str, body: bytes, headers: list[tuple[str, str]]
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The request sent upstream: (status, headers, body) of the answer."""
+        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
+        upstream_headers = {k: v for k, v in headers if k.lower() != "host"}
+        upstream_headers["Host"] = self.upstream.netloc
+        try:
+            with self._serial or contextlib.nullcontext():
+                conn.request(method, path, body=body, headers=upstream_headers)
+                resp = conn.getresponse()
+                data = resp.read()
+            return resp.status, resp.getheaders(), data
+        finally:
+            conn.close()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """One request through the FaultProxy that serves it (``self.server.proxy``)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a: object) -> None:
+        pass
+
+    def _any(self) -> None:
+        proxy: FaultProxy = self.server.proxy  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        fail = proxy.should_fail(self.command)
+        if proxy.delay_s:
+            time.sleep(proxy.delay_s)
+        if fail:
+            payload = proxy.fault()
+            self.send_response(proxy.status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        status, headers, data = proxy.forward(self.command, self.path, body, self.headers.items())
+        self.send_response(status)
+        for k, v in headers:
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
