@@ -142,4 +142,4 @@ def test_doctor_reports_each_check(tmp_path):
     for name in ("torch", "java", "store", "prefect", "kubernetes", "torchserve", "nginx"):
         assert f"] {name}:" in d.stdout, d.stdout
     assert "[ok  ] store:" in d.stdout
-    assert "[ok  ] nginx:" in d.stdout  # .ci/run installs it: REST through the local front
+    assert "[ok  ] nginx:" in d.stdout  # make test installs it: REST through the local front
