@@ -261,7 +261,7 @@ def _model_ref(spec: str | None, cfg: PipelineConfig):
 
 def cmd_lineage(args: argparse.Namespace) -> int:
     from visionline.backends import deployer
-    from visionline.registry import lineage
+    from visionline.serving.lineage import lineage
     from visionline.storage import open_store
 
     cfg = _config(args)
