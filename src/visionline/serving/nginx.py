@@ -74,8 +74,9 @@ class Backend:
     metrics_port: int
 
 
-# The configuration text lives in these files; the renderer below only fills fields.
-TEMPLATES = files("visionline.serving") / "nginx_templates"
+# The configuration text lives in these files (package data; the folder name is not an
+# identifier, so nothing takes it for a Python package); the renderer only fills fields.
+TEMPLATES = files("visionline.serving") / "nginx-templates"
 # ``{{ name }}``: nginx's own variables are ``$name`` and its blocks ``{ }``. A field alone
 # on its line is a block (whole lines, or nothing: then the line goes too).
 _FIELD = re.compile(r"^\{\{ (\w+) \}\}\n|\{\{ (\w+) \}\}", re.M)
