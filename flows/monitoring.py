@@ -17,7 +17,8 @@ from prefect.deployments import run_deployment
 
 from flows.tasks import IO
 from visionline.config import load_config
-from visionline.registry import Registry, lineage
+from visionline.registry import Registry
+from visionline.serving.lineage import lineage
 from visionline.storage import open_store
 
 RETRAIN_DEPLOYMENT = "training-pipeline/retrain"

@@ -4,6 +4,10 @@ API's errors into errors an operator acts on, kubectl-style YAML, names and labe
 Objects are plain dicts in the API's own JSON shape (camelCase), built by our code and
 sent through the official client; responses are turned back into such dicts, so the
 code reads like the manifests an operator knows.
+
+The kubernetes client is imported where a cluster is talked to, not at the top: it is the
+optional client here. Rendering manifests (dry runs, ``k8s/`` checks) uses the names,
+labels and YAML below without it, and importing it takes about half a second.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from visionline import __version__
 from visionline.errors import VisionlineError
 
 log = logging.getLogger(__name__)
@@ -237,8 +242,6 @@ def label_value(text: str) -> str:
 
 
 def app_labels(component: str, name: str = PART_OF) -> dict[str, str]:
-    from visionline import __version__
-
     return {
         "app.kubernetes.io/name": name,
         "app.kubernetes.io/part-of": PART_OF,

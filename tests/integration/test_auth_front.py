@@ -22,7 +22,7 @@ from tests.support.front import NginxFront, nginx_binary, write_secret_volume
 from tests.support.s3 import free_port
 from visionline.registry import Registry
 from visionline.serving.client import GrpcClient, PredictionError, RestClient
-from visionline.serving.local import fetch_mar
+from visionline.serving.fetch import fetch_mar
 from visionline.serving.nginx import Backend, new_token
 from visionline.serving.torchserve import ServedModel, TorchServe, parse_config
 

@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import digits_config
 from visionline.errors import GateFailedError
 from visionline.evaluation.gate import gate_run
-from visionline.registry import Registry, RegistryError, lineage
+from visionline.registry import Registry, RegistryError
+from visionline.serving.lineage import lineage
 from visionline.serving.packaging import package_run
 from visionline.storage import LocalStore
 

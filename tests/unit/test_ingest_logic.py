@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from visionline.data.ingest import AllowedRoots, bounded_map, name_problem
+from visionline.data.ingest import bounded_map
+from visionline.data.sources import AllowedRoots, name_problem
 from visionline.errors import IngestError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -80,7 +80,10 @@ def test_config_map_is_named_by_its_content():
     assert json.loads(c["data"]["serve.json"])["batch_size"] == 16
 
 
-@pytest.mark.skipif(nginx_binary() is None, reason="nginx not installed (make test installs it: tools/system-deps.sh)")
+@pytest.mark.skipif(
+    nginx_binary() is None,
+    reason="nginx not installed (make test installs it: tools/system-deps.sh)",
+)
 def test_the_pods_nginx_config_is_accepted_by_nginx(tmp_path):
     conf = tmp_path / "nginx.conf"
     text = config_map(_cfg())["data"]["nginx.conf"]

@@ -165,7 +165,10 @@ def test_nginx_listeners_match_the_container_ports(rendered):
     assert listens == sorted(p["containerPort"] for p in front["ports"])
 
 
-@pytest.mark.skipif(which("nginx") is None, reason="nginx not installed (make test installs it: tools/system-deps.sh)")
+@pytest.mark.skipif(
+    which("nginx") is None,
+    reason="nginx not installed (make test installs it: tools/system-deps.sh)",
+)
 def test_nginx_accepts_the_config(tmp_path):
     # /tmp/nginx is an emptyDir in the pod; here a directory of the test's.
     conf = tmp_path / "nginx.conf"

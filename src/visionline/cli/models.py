@@ -9,7 +9,8 @@ import json
 from visionline.backends import deployer
 from visionline.cli.common import MODEL_HELP, Command, model_ref, pipeline_config
 from visionline.errors import VisionlineError
-from visionline.registry import Registry, lineage, parse_model_ref, resolve_model_ref
+from visionline.registry import Registry, parse_model_ref, resolve_model_ref
+from visionline.serving.lineage import lineage
 from visionline.serving.packaging import package_run
 from visionline.storage import open_store
 

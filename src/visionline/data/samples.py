@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from sklearn.datasets import load_digits
 
 SHAPES = ("circle", "square", "triangle", "cross", "star", "ring", "ellipse", "diamond")
 
 
 def write_digits(out_dir: str | Path) -> int:
     """Write scikit-learn's 1,797 8x8 digits as grayscale PNGs, one folder per class."""
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     out = Path(out_dir)
     for i, (pixels, target) in enumerate(zip(digits.images, digits.target, strict=True)):

@@ -7,7 +7,8 @@ Three batches are validated by one checkpoint:
 - ``class_counts``: one row per class, for the imbalance ratio.
 
 GX renders Data Docs (HTML); both they and the raw result are stored under
-``reports/validation/<dataset>/<version>/<run>/`` in the artifact store.
+``reports/validation/<dataset>/<version>/<run>/`` in the artifact store (the layout and
+the result types are in ``validation_results``, which does not import GX).
 """
 
 from __future__ import annotations
@@ -15,61 +16,28 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import great_expectations as gx
+import great_expectations.expectations as gxe
 import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
 from visionline.config import PipelineConfig
 from visionline.data.images import is_convertible
 from visionline.data.manifest import SPLITS, DatasetRef, read_manifest
-from visionline.errors import DataValidationError
+from visionline.data.validation_results import (
+    Failure,
+    ValidationReport,
+    latest_result_prefix,
+    reports_prefix,
+    validation_fingerprint,
+)
 from visionline.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
-MAX_LISTED = 10
-
-
-@dataclass
-class Failure:
-    check: str
-    expectation: str
-    column: str | None
-    unexpected_count: int
-    offending: list[str]
-
-
-@dataclass
-class ValidationReport:
-    dataset: str
-    success: bool
-    evaluated: int
-    failures: list[Failure] = field(default_factory=list)
-    report_prefix: str | None = None
-    docs_url: str | None = None
-
-    def summary(self) -> str:
-        head = "PASSED" if self.success else "FAILED"
-        lines = [
-            f"validation of {self.dataset}: {head} "
-            f"({self.evaluated - len(self.failures)}/{self.evaluated} expectations met)"
-        ]
-        for f in self.failures:
-            where = f" [{f.column}]" if f.column else ""
-            lines.append(f"  x {f.check}{where}: {f.unexpected_count} offending ({f.expectation})")
-            for name in f.offending[:MAX_LISTED]:
-                lines.append(f"      - {name}")
-            if f.unexpected_count > MAX_LISTED:
-                lines.append(f"      ... and {f.unexpected_count - MAX_LISTED} more")
-        if self.docs_url:
-            lines.append(f"Data Docs: {self.docs_url}")
-        return "\n".join(lines)
-
-    def raise_for_failure(self) -> None:
-        if not self.success:
-            raise DataValidationError(self.summary(), failures=[f.__dict__ for f in self.failures])
 
 
 def validation_frames(
@@ -113,8 +81,6 @@ def validation_frames(
 
 
 def _suites(cfg: PipelineConfig, classes: list[str]) -> dict[str, list[tuple[str, Any]]]:
-    import great_expectations.expectations as gxe
-
     v = cfg.validation
     images = [
         ("no null keys", gxe.ExpectColumnValuesToNotBeNull(column="key")),
@@ -176,9 +142,6 @@ def run_suite(
     frames: dict[str, pd.DataFrame], cfg: PipelineConfig, classes: list[str], docs_dir: Path
 ) -> tuple[bool, int, list[Failure], Path | None]:
     """Run the GX checkpoint in a throwaway file context rooted at ``docs_dir``."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
     ctx = gx.get_context(mode="file", project_root_dir=str(docs_dir))
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     ctx.enable_analytics(False)  # no phoning home from pipelines; this also saves variables
@@ -232,16 +195,6 @@ def run_suite(
     return not failures, evaluated, failures, site if site.is_dir() else None
 
 
-def validation_fingerprint(cfg: PipelineConfig, classes: list[str]) -> str:
-    """What a validation result depends on besides the (immutable) dataset version."""
-    import hashlib
-
-    blob = json.dumps(
-        {"validation": cfg.validation.model_dump(mode="json"), "classes": classes}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _classes_for(
     store: ArtifactStore, ref: DatasetRef, cfg: PipelineConfig, manifest: pd.DataFrame | None = None
 ) -> list[str]:
@@ -252,20 +205,6 @@ def _classes_for(
         return list(info["classes"])
     manifest = manifest if manifest is not None else read_manifest(store, ref)
     return sorted(manifest["label"].unique())
-
-
-def _reports(ref: DatasetRef) -> str:
-    return f"reports/validation/{ref.name}/{ref.version}"
-
-
-def latest_result_prefix(store: ArtifactStore, ref: DatasetRef) -> str | None:
-    """Where the newest validation of ``ref`` is stored (result.json, data_docs/), if any."""
-    latest = f"{_reports(ref)}/LATEST"
-    return (
-        f"{_reports(ref)}/{store.get_bytes(latest).decode().strip()}"
-        if store.exists(latest)
-        else None
-    )
 
 
 def ensure_validated(
@@ -306,7 +245,7 @@ def validate_dataset(
         report = ValidationReport(str(ref), success, evaluated, failures)
         if store_report:
             run = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-            prefix = f"{_reports(ref)}/{run}"
+            prefix = f"{reports_prefix(ref)}/{run}"
             if site is not None:
                 store.copy_tree_from(site, f"{prefix}/data_docs")
                 report.docs_url = store.url(f"{prefix}/data_docs/index.html")
@@ -325,6 +264,6 @@ def validate_dataset(
                 },
             )
             # The newest result per dataset version, for lineage and for the flows.
-            store.put_bytes(f"{_reports(ref)}/LATEST", run.encode())
+            store.put_bytes(f"{reports_prefix(ref)}/LATEST", run.encode())
     log.info("%s", json.dumps({"dataset": str(ref), "success": success}))
     return report

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from visionline.config import PipelineConfig, SplitConfig
-from visionline.data.ingest import SourceFile, _inspect, dataset_version
+from visionline.data.ingest import dataset_version, inspect_file
 from visionline.data.manifest import (
     MANIFEST_COLUMNS,
     DatasetRef,
@@ -24,6 +24,7 @@ from visionline.data.manifest import (
     read_manifest,
     resolve_dataset,
 )
+from visionline.data.sources import SourceFile
 from visionline.data.validation import validate_dataset
 from visionline.errors import MonitoringError
 from visionline.storage import ArtifactStore, PutItem, sha256_bytes
@@ -174,7 +175,7 @@ def _new_rows(
         row = dict(
             zip(
                 MANIFEST_COLUMNS,
-                _inspect(
+                inspect_file(
                     SourceFile(name, item.label, None, _Bytes(data), name),
                     ratios,
                     cfg.data.max_image_pixels,

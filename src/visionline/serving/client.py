@@ -6,9 +6,12 @@ import base64
 import json
 from typing import Any, Protocol
 
+import grpc
 import requests
+from google.protobuf import empty_pb2
 
 from visionline.errors import ServingError
+from visionline.serving.proto import inference_pb2, inference_pb2_grpc
 
 
 class PredictionError(ServingError):
@@ -63,12 +66,6 @@ class GrpcClient:
     """TorchServe's ``InferenceAPIsService`` through our stubs (serving/proto)."""
 
     def __init__(self, target: str, model: str, token: str | None, timeout: float = 60) -> None:
-        import grpc
-
-        from visionline.serving.proto import inference_pb2, inference_pb2_grpc
-
-        self._pb2 = inference_pb2
-        self._grpc = grpc
         self.channel = grpc.insecure_channel(target)
         self.stub = inference_pb2_grpc.InferenceAPIsServiceStub(self.channel)
         self.model = model
@@ -76,17 +73,15 @@ class GrpcClient:
         self.timeout = timeout
 
     def ping(self) -> str:
-        from google.protobuf import empty_pb2
-
         return self.stub.Ping(
             empty_pb2.Empty(), timeout=self.timeout, metadata=self.metadata
         ).health
 
     def predict(self, image: bytes) -> dict[str, float]:
-        req = self._pb2.PredictionsRequest(model_name=self.model, input={"data": image})
+        req = inference_pb2.PredictionsRequest(model_name=self.model, input={"data": image})
         try:
             resp = self.stub.Predictions(req, timeout=self.timeout, metadata=self.metadata)
-        except self._grpc.RpcError as e:
+        except grpc.RpcError as e:
             raise PredictionError(f"gRPC {e.code().name}: {e.details()}") from e
         result = json.loads(resp.prediction)
         # gRPC carries no per-request status from a batch: the handler's error body is it.

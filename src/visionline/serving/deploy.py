@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from visionline.errors import ServingError
-from visionline.registry import ModelRef, Registry
+from visionline.registry import ModelRef, Registry, RegistryError
 from visionline.serving.client import InferenceClient
 from visionline.serving.parity import ParityReport, parity_check
 from visionline.storage import ArtifactStore
@@ -96,8 +96,6 @@ def rollback_champion(
     reg = Registry(store, name)
     previous = reg.aliases().get("previous")
     if previous is None:
-        from visionline.registry import RegistryError
-
         raise RegistryError(f"model {name} has no previous champion to roll back to")
     ref = ModelRef(name, previous)
     client = deployer.deploy(ref)

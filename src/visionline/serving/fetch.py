@@ -22,7 +22,11 @@ import logging
 import sys
 from pathlib import Path
 
-from visionline.errors import EXIT_CONFIG_ERROR, VisionlineError
+from visionline.config import ServeConfig
+from visionline.errors import EXIT_CONFIG_ERROR, IntegrityError, VisionlineError
+from visionline.registry import ModelRef, Registry, parse_model_ref
+from visionline.serving.torchserve import ServedModel, mar_version, render_config
+from visionline.storage import ArtifactStore, open_store, sha256_file
 
 log = logging.getLogger("visionline.serving.fetch")
 
@@ -36,12 +40,18 @@ POD_BACKEND_PORTS = {
 }
 
 
-def fetch(store_uri: str, model: str, dest: Path, sha256: str | None = None) -> Path:
-    from visionline.errors import IntegrityError
-    from visionline.registry import Registry, parse_model_ref
-    from visionline.serving.local import fetch_mar
-    from visionline.storage import open_store, sha256_file
+def fetch_mar(store: ArtifactStore, ref: ModelRef, dest_dir: Path) -> Path:
+    """Download the archive and check it against the sha256 recorded at packaging."""
+    info = Registry(store, ref.name).info(ref.version)
+    dest = store.get_file(
+        ref.mar_key, Path(dest_dir) / f"{ref.name}-{ref.version}.mar", verify=True
+    )
+    if sha256_file(dest) != info["sha256"]:
+        raise IntegrityError(f"{store.url(ref.mar_key)} does not match its registered sha256")
+    return dest
 
+
+def fetch(store_uri: str, model: str, dest: Path, sha256: str | None = None) -> Path:
     name, version = parse_model_ref(model)
     if version is None:
         raise VisionlineError(f"--model {model!r}: expected NAME:VERSION or NAME:ALIAS")
@@ -64,9 +74,6 @@ def fetch(store_uri: str, model: str, dest: Path, sha256: str | None = None) -> 
 
 def pod_torchserve_config(serve_json: Path, model: str, mar: Path) -> str:
     """config.properties for TorchServe inside the pod: loopback ports, auth off."""
-    from visionline.config import ServeConfig
-    from visionline.serving.torchserve import ServedModel, mar_version, render_config
-
     serve = ServeConfig.model_validate({**json.loads(serve_json.read_text()), **POD_BACKEND_PORTS})
     name = model.partition(":")[0]
     served = ServedModel(

@@ -36,6 +36,7 @@ from typing import get_args
 
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse, optimize_for_inference, remove_dropout
 
 from visionline.config import CpuInference
 
@@ -72,14 +73,10 @@ class InferencePlan:
 
 
 def _fused(model: nn.Module) -> nn.Module:
-    from torch.fx.experimental.optimization import fuse, remove_dropout
-
     return remove_dropout(fuse(model))
 
 
 def _mkldnn(model: nn.Module) -> nn.Module:
-    from torch.fx.experimental.optimization import optimize_for_inference
-
     # torch.utils.mkldnn's prepacked modules are ScriptModules, which warn about
     # TorchScript's deprecation on construction; they work on the pinned torch.
     with warnings.catch_warnings():

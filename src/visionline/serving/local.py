@@ -22,10 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from visionline.config import ServeConfig
-from visionline.errors import IntegrityError, ServingError
-from visionline.registry import ModelRef, Registry
+from visionline.errors import ServingError
+from visionline.registry import ModelRef
 from visionline.serving.client import RestClient
 from visionline.serving.deploy import DeploymentStatus
+from visionline.serving.fetch import fetch_mar
 from visionline.serving.nginx import Backend, NginxProcess, nginx_binary, render_nginx_conf
 from visionline.serving.torchserve import (
     LOOPBACK,
@@ -34,7 +35,7 @@ from visionline.serving.torchserve import (
     TorchServe,
     max_body_bytes,
 )
-from visionline.storage import ArtifactStore, sha256_file
+from visionline.storage import ArtifactStore
 
 DEFAULT_WORKDIR = ".visionline/serve"
 log = logging.getLogger(__name__)
@@ -44,17 +45,6 @@ def _free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
-
-
-def fetch_mar(store: ArtifactStore, ref: ModelRef, dest_dir: Path) -> Path:
-    """Download the archive and check it against the sha256 recorded at packaging."""
-    info = Registry(store, ref.name).info(ref.version)
-    dest = store.get_file(
-        ref.mar_key, Path(dest_dir) / f"{ref.name}-{ref.version}.mar", verify=True
-    )
-    if sha256_file(dest) != info["sha256"]:
-        raise IntegrityError(f"{store.url(ref.mar_key)} does not match its registered sha256")
-    return dest
 
 
 def _parse_ref(text: str | None) -> ModelRef | None:

@@ -42,8 +42,10 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
+import psutil
 import requests
 
 from visionline.errors import ServingError
@@ -72,6 +74,22 @@ class Backend:
     metrics_port: int
 
 
+# The configuration text lives in these files (package data; the folder name is not an
+# identifier, so nothing takes it for a Python package); the renderer only fills fields.
+TEMPLATES = files("visionline.serving") / "nginx-templates"
+# ``{{ name }}``: nginx's own variables are ``$name`` and its blocks ``{ }``. A field alone
+# on its line is a block (whole lines, or nothing: then the line goes too).
+_FIELD = re.compile(r"^\{\{ (\w+) \}\}\n|\{\{ (\w+) \}\}", re.M)
+
+
+def fill_template(name: str, **fields: object) -> str:
+    """Template ``name`` from ``TEMPLATES`` with its fields filled (once: a value is
+    never searched for fields itself). A field the template names but ``fields`` lacks
+    is a KeyError."""
+    text = (TEMPLATES / name).read_text()
+    return _FIELD.sub(lambda m: str(fields[m.group(1) or m.group(2)]), text)
+
+
 def render_nginx_conf(
     *,
     credentials_dir: str | Path | None,
@@ -96,147 +114,49 @@ def render_nginx_conf(
     a TorchServe with its own token auth (one machine); without ``grpc_port`` it has no
     gRPC listener (clients reach TorchServe's gRPC port directly).
     """
-    tmp = str(tmp_dir).rstrip("/")
+    fields: dict[str, object] = {
+        "tmp": str(tmp_dir).rstrip("/"),
+        "listen_host": listen_host,
+        "rest_port": rest_port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+        "backend_host": backend.host,
+        "backend_inference_port": backend.inference_port,
+        "backend_grpc_port": backend.grpc_port,
+        "backend_metrics_port": backend.metrics_port,
+        "max_body_bytes": max_body_bytes,
+        "max_image_bytes": max_image_bytes,
+        "timeout_s": timeout_s,
+        "health_path": health_path,
+        "form_urlencoded": FORM_URLENCODED,
+        "sent_as_header": SENT_AS_HEADER,
+        "grpc_service": GRPC_SERVICE,
+        # In a pod nginx runs unprivileged and never switches user; started as root it
+        # would hand its workers to a default user, who must be able to read the credentials.
+        "user": f"user {run_as};\n" if run_as else "",
+    }
     if credentials_dir is None:
-        auth = unauthorized = ""
-        check = "            # the credential is TorchServe's own token: passed on as sent"
-        grpc_check = check
+        fields["role"] = f"the front of TorchServe\n# (on {backend.host}, checking its own tokens)."
+        fields["auth"] = fields["unauthorized"] = ""
+        rest_check = grpc_check = fill_template("credential-passed-on.conf")
     else:
-        cred = str(credentials_dir).rstrip("/")
+        fields["role"] = (
+            "the authenticating front\n# of TorchServe (which listens on "
+            f"{backend.host} only, its own token auth off)."
+        )
         # The check nginx runs on every request (an internal subrequest): a bearer token
         # of the accepted shape that names a file in the credential directory.
-        auth = f"""
-        location = /_visionline_auth {{
-            internal;
-            if ($visionline_token = "") {{ return 401; }}
-            if (!-f {cred}/$visionline_token) {{ return 401; }}
-            return 204;
-        }}"""
-        unauthorized = """
-        error_page 401 = @unauthorized;
-        location @unauthorized {
-            add_header WWW-Authenticate 'Bearer realm="visionline"' always;
-            default_type application/json;
-            return 401 '{"code": 401, "message": "a valid Authorization: Bearer <token> is required"}';
-        }"""
-        check = '            auth_request /_visionline_auth;\n            proxy_set_header Authorization "";'
-        grpc_check = '            auth_request /_visionline_auth;\n            grpc_set_header Authorization "";'
-    too_large = f"""
-        error_page 413 = @too_large;
-        location @too_large {{
-            default_type application/json;
-            return 413 '{{"code": 413, "message": "the request body is over {max_body_bytes} bytes, the most this server accepts (an image of at most {max_image_bytes} bytes, raw or as base64)"}}';
-        }}"""
-    # An inference call: the credential check, then the body as the client sent it.
-    inference = f"""{check}
-            proxy_set_header Content-Type $visionline_content_type;
-            proxy_set_header {SENT_AS_HEADER} $visionline_sent_as;
-            proxy_pass http://{backend.host}:{backend.inference_port};"""
-    ts_rest = f"http://{backend.host}:{backend.inference_port}"
-    metrics = (
-        f"""
-    # Metrics for the scraper a NetworkPolicy admits; no credential, nothing else here.
-    server {{
-        listen {listen_host}:{metrics_port};
-        location = /metrics {{ proxy_pass http://{backend.host}:{backend.metrics_port}/metrics; }}
-        location / {{ return 404; }}
-    }}
-"""
-        if metrics_port
-        else ""
+        fields["auth"] = fill_template(
+            "auth.conf", credentials_dir=str(credentials_dir).rstrip("/")
+        )
+        fields["unauthorized"] = fill_template("unauthorized.conf")
+        rest_check = fill_template("credential-check.conf", directive="proxy")
+        grpc_check = fill_template("credential-check.conf", directive="grpc")
+    grpc = fill_template("grpc.conf", **fields, check=grpc_check) if grpc_port else ""
+    metrics = fill_template("metrics.conf", **fields) if metrics_port else ""
+    return fill_template(
+        "nginx.conf", **fields, check=rest_check, grpc_server=grpc, metrics_server=metrics
     )
-    grpc = (
-        f"""
-    # gRPC inference (HTTP/2): TorchServe's own inference service.
-    server {{
-        listen {listen_host}:{grpc_port} http2;
-{auth}
-
-        location /{GRPC_SERVICE}/ {{
-{grpc_check}
-            grpc_pass grpc://{backend.host}:{backend.grpc_port};
-        }}
-        location / {{
-            return 404;
-        }}
-    }}
-"""
-        if grpc_port
-        else ""
-    )
-    # In a pod nginx runs unprivileged and never switches user; started as root it would
-    # hand its workers to a default user, who must be able to read the credentials.
-    user = f"user {run_as};\n" if run_as else ""
-    role = (
-        "the authenticating front\n# of TorchServe (which listens on "
-        f"{backend.host} only, its own token auth off)."
-        if credentials_dir is not None
-        else f"the front of TorchServe\n# (on {backend.host}, checking its own tokens)."
-    )
-    return f"""# Generated by visionline.serving.nginx.render_nginx_conf: {role}
-{user}worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log stderr warn;
-
-events {{
-    worker_connections 1024;
-}}
-
-http {{
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    # no Authorization header in the log
-    log_format visionline '$remote_addr "$request" $status $body_bytes_sent $request_time';
-    access_log /dev/stdout visionline;
-    server_tokens off;
-    client_max_body_size {max_body_bytes};
-    proxy_read_timeout {timeout_s}s;
-    grpc_read_timeout {timeout_s}s;
-
-    map $http_authorization $visionline_token {{
-        default "";
-        "~^Bearer (?<t>[A-Za-z0-9_-]{{16,256}})$" $t;
-    }}
-    # TorchServe parses a form-encoded body into fields and image bytes do not survive:
-    # forward it unparsed, saying how it was sent (the handler parses real forms itself).
-    map $http_content_type $visionline_content_type {{
-        default $http_content_type;
-        "~*^application/x-www-form-urlencoded" "application/octet-stream";
-    }}
-    map $http_content_type $visionline_sent_as {{
-        default "";
-        "~*^application/x-www-form-urlencoded" "{FORM_URLENCODED}";
-    }}
-
-    # REST inference: /predictions/<model>, /explanations/<model> and /ping.
-    server {{
-        listen {listen_host}:{rest_port};
-{auth}{unauthorized}{too_large}
-
-        location = {health_path} {{
-            access_log off;
-            default_type text/plain;
-            return 200 "ok\\n";
-        }}
-        location /predictions/ {{
-{inference}
-        }}
-        location /explanations/ {{
-{inference}
-        }}
-        location = /ping {{
-{check}
-            proxy_pass {ts_rest};
-        }}
-        location / {{
-            return 404;
-        }}
-    }}
-{grpc}{metrics}}}
-"""
 
 
 def nginx_binary() -> str | None:
@@ -261,8 +181,6 @@ class NginxProcess:
         return self.tmp / "nginx.pid"  # where render_nginx_conf(tmp_dir=self.tmp) puts it
 
     def _pid(self) -> int | None:
-        import psutil
-
         try:
             pid = int(self.pid_file.read_text().strip())
             return pid if "nginx" in psutil.Process(pid).name() else None
@@ -306,8 +224,6 @@ class NginxProcess:
 
     def stop(self, timeout: float = 15) -> None:
         """Graceful (in-flight requests finish), then forceful after ``timeout``."""
-        import psutil
-
         pid = self._pid()
         if pid is None:
             return

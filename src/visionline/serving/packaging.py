@@ -7,19 +7,24 @@ the state_dict, our handler, ``index_to_name.json``, ``model_spec.json`` and
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from visionline.config import PipelineConfig
+from visionline.data.manifest import DatasetRef, read_manifest
 from visionline.errors import GateFailedError, VisionlineError
+from visionline.evaluation.report import decision_markdown, metrics_markdown
 from visionline.model.runs import RunPaths, load_run_config, load_run_info, load_torch
+from visionline.monitoring.archive import write_archive_files
 from visionline.registry import ModelRef, Registry
 from visionline.storage import ArtifactStore, sha256_file
 from visionline.version import code_version
@@ -30,8 +35,6 @@ PARITY_IMAGES = 16
 def handler_files() -> tuple[Path, Path]:
     """The handler and the archive's model file, as installed (package data of
     ``visionline_handlers``, whose source is the repository's ``handlers/``)."""
-    from importlib.resources import files
-
     root = files("visionline_handlers")
     handler, model = root / "image_classifier.py", root / "visionline_model.py"
     if not (handler.is_file() and model.is_file()):
@@ -45,8 +48,6 @@ class PackagingError(VisionlineError):
 
 def archiver_command() -> list[str]:
     """torch-model-archiver under this interpreter (no reliance on PATH)."""
-    import importlib.util
-
     if importlib.util.find_spec("model_archiver.model_packaging") is None:
         raise PackagingError(
             "torch-model-archiver not found: pip install torch-model-archiver==0.12.0"
@@ -56,16 +57,12 @@ def archiver_command() -> list[str]:
 
 def parity_keys(store: ArtifactStore, run: dict[str, Any], n: int = PARITY_IMAGES) -> list[str]:
     """Pinned validation images for the parity check: the first n val images by hash."""
-    from visionline.data.manifest import DatasetRef, read_manifest
-
     m = read_manifest(store, DatasetRef(run["dataset_name"], run["dataset_version"]))
     val = m[(m["split"] == "val") & m["decodable"] & m["label"].isin(run["classes"])]
     return val.sort_values("sha256")["key"].head(n).tolist()
 
 
 def model_card(ref: ModelRef, run: dict, metrics: dict, decision: dict, sha: str) -> str:
-    from visionline.evaluation.report import decision_markdown, metrics_markdown
-
     pre = run["preprocessing"]
     return f"""# Model card: {ref}
 
@@ -120,8 +117,6 @@ def build_mar(
             }
         )
     )
-    from visionline.monitoring.archive import write_archive_files
-
     extra = ",".join(
         [str(work / f) for f in ("model_spec.json", "index_to_name.json", "serving.json")]
         + [str(p) for p in write_archive_files(store, run_id, cfg, work)]  # request capture

@@ -12,6 +12,7 @@ the pid file and the workers' sockets: two servers on one host do not collide.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -24,8 +25,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
 import requests
 
+import visionline
 from visionline.config import ServeConfig
 from visionline.errors import ServingError
 
@@ -220,8 +223,6 @@ class TorchServe:
         }
         # The worker processes must import visionline (the handler does): put the
         # directory visionline is imported from (site-packages or a checkout's src/) first.
-        import visionline
-
         src = str(Path(visionline.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
         env.pop("TS_CONFIG_FILE", None)
@@ -230,8 +231,6 @@ class TorchServe:
     def _torchserve(self) -> list[str]:
         """TorchServe's launcher under this interpreter: the Java frontend then starts its
         Python workers with the same interpreter, which imports this visionline."""
-        import importlib.util
-
         if importlib.util.find_spec("ts.model_server") is None:
             raise ServingError("torchserve not found: pip install torchserve==0.12.0")
         return [sys.executable, "-m", "ts.model_server"]
@@ -367,8 +366,6 @@ class TorchServe:
 
     def is_running(self) -> bool:
         # Not an HTTP probe: with token auth on, TorchServe 0.12 refuses even /ping.
-        import psutil
-
         try:
             pid = int(self._pid_file.read_text().strip())
             return (
@@ -379,8 +376,6 @@ class TorchServe:
             return False
 
     def _process_tree(self) -> list:
-        import psutil
-
         try:
             root = psutil.Process(int(self._pid_file.read_text().strip()))
             return [root, *root.children(recursive=True)]
@@ -390,8 +385,6 @@ class TorchServe:
     def stop(self, quiet: bool = False, timeout: float = 60) -> None:
         """Stop the server and wait until the JVM and every Python worker have exited, so
         the next server (and its CPU) starts clean."""
-        import psutil
-
         if not self._pid_file.exists():
             return
         procs = self._process_tree()

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import torch.distributed as dist
 
 from visionline.config import PipelineConfig
-from visionline.data.validation import latest_result_prefix
+from visionline.data.validation_results import latest_result_prefix
 from visionline.errors import TrainingError
 from visionline.model.runs import RunPaths, load_torch, save_torch
 from visionline.storage import ArtifactStore
