@@ -9,6 +9,7 @@ crashed run is continued by submitting the same plan again.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Protocol
 
 from visionline.config import PipelineConfig
@@ -52,8 +53,6 @@ class ComputeBackend(Protocol):
 def config_key(cfg: PipelineConfig) -> str:
     """Where ``publish_config`` puts ``cfg``: content-addressed (the whole config,
     execution settings included), so a dry run can name it without writing it."""
-    import hashlib
-
     return f"configs/{hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:16]}.yaml"
 
 
