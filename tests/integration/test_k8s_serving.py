@@ -1,5 +1,5 @@
 """Serving on Kubernetes against an API server over HTTP (kmock's emulator with the
-API-server semantics of tests/support/k8s.py) and the official client; the test plays
+API-server semantics of tests/support/k8s/) and the official client; the test plays
 the Deployment controller (``DeploymentController``)."""
 
 from __future__ import annotations

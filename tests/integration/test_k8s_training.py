@@ -1,5 +1,5 @@
 """Training as a Kubernetes Job, against an API server over HTTP (kmock's emulator with
-the API-server semantics in tests/support/k8s.py) and the official client.
+the API-server semantics in tests/support/k8s/) and the official client.
 
 The test plays the Job controller and the kubelet (``JobController``): it creates the
 pods our Job asks for, applies the failure policy we posted, and either runs the pod's

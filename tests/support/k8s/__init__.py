@@ -1,0 +1,49 @@
+"""A Kubernetes API over HTTP for tests, driven by the official client.
+
+``Cluster`` (cluster.py) serves ``ApiServer`` (api_server.py), kmock's
+``KubernetesEmulator`` (an in-memory API server), from a background thread, and adds
+what our code relies on from a real API server:
+
+- server-filled metadata (uid, resourceVersion, generation, creationTimestamp) and a
+  generation bump when a spec changes;
+- label and field selectors on lists (objects.py);
+- JSON merge patches (kmock's own patch semantics: ``null`` deletes, lists replace);
+- deletion with ``propagationPolicy``: Background/Foreground delete the dependents
+  (``ownerReferences``), the API default for Jobs (orphan) leaves them;
+- pod logs (``pods/<name>/log`` with follow, timestamps, tailLines, sinceSeconds; logs.py);
+- RBAC refusals: ``deny("create", "jobs")`` answers 403 as the API server does;
+- every object written is validated against the real 1.31 schemas (kubernetes-validate,
+  strict) and refused with 422 when it does not validate, so nothing our code sends can
+  be silently wrong.
+
+``JobController`` (jobs.py) plays the Job controller, and its ``Kubelet`` (kubelet.py) a
+one-node kubelet: it creates pods for Jobs, applies their ``podFailurePolicy``,
+``backoffLimit``, ``activeDeadlineSeconds`` and ``suspend``, and either runs a pod's
+container command as a real local process (its env resolved from the pod spec, Secrets
+included) or gives the pod a scripted ``Fate`` (OOMKilled, evicted, image pull failure,
+unschedulable). ``DeploymentController`` (deployments.py) rolls Deployments out. The
+controllers talk to the emulator only through the API, like the real ones.
+"""
+
+from .api_server import ApiServer
+from .cluster import Cluster, dumps, job_from_requests
+from .deployments import DeploymentController
+from .jobs import JobController
+from .kubelet import Fate, Kubelet
+from .logs import PodLog
+from .objects import SCHEMA_VERSION, now_rfc3339, validate
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ApiServer",
+    "Cluster",
+    "DeploymentController",
+    "Fate",
+    "JobController",
+    "Kubelet",
+    "PodLog",
+    "dumps",
+    "job_from_requests",
+    "now_rfc3339",
+    "validate",
+]
