@@ -210,10 +210,19 @@ def as_dict(client: Any, obj: Any) -> dict[str, Any]:
     return client.sanitize_for_serialization(obj)
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No anchors: containers that share one env list or probe would otherwise print as
+    ``&id001`` / ``*id001``, which kubectl never shows and a reviewer cannot diff."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump_yaml(objects: Iterable[dict[str, Any]]) -> str:
     """Objects as kubectl prints them: YAML documents separated by ``---``."""
     return "---\n".join(
-        yaml.safe_dump(o, sort_keys=False, default_flow_style=False) for o in objects
+        yaml.dump(o, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
+        for o in objects
     )
 
 

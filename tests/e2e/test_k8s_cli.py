@@ -68,6 +68,9 @@ def test_deploy_dry_run_prints_valid_objects(tmp_path):
     cfg_path.write_text(digits_config(store.uri).to_yaml())
     r = _cli(cfg_path, "deploy", "digits", "--target", "kubernetes", "--dry-run", "-o", "yaml")
     assert r.returncode == 0, r.stderr
+    # printed as kubectl prints objects: the containers' shared env and probes written out,
+    # not as YAML anchors
+    assert "&id" not in r.stdout and "*id" not in r.stdout
     objects = _validates(r.stdout, tmp_path)
     assert [o["kind"] for o in objects] == ["ConfigMap", "Deployment", "Service"]
     svc = objects[2]
