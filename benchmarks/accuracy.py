@@ -47,7 +47,7 @@ from visionline.data.manifest import DatasetRef, read_manifest
 from visionline.evaluation import evaluate_run, load_predictions
 from visionline.evaluation.gate import mcnemar
 from visionline.storage import LocalStore
-from visionline.training import fit
+from visionline.training.loop import fit
 from visionline.training.plan import plan_run
 
 C_GRID = (0.3, 1, 3, 10, 30, 100)

@@ -37,7 +37,12 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "src/visionline/model/predictor.py",
         "src/visionline/serving/packaging.py",
     ),
-    "ingest": ("src/visionline/data/ingest.py", "src/visionline/storage.py"),
+    "ingest": (
+        "src/visionline/data/ingest.py",
+        "src/visionline/data/sources.py",
+        "src/visionline/data/stream.py",
+        "src/visionline/storage",
+    ),
     "pipeline": ("flows",),
     "serve": (
         "benchmarks/serve_arms.py",

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import add_common_args, arm_order, paired, spread, write_result
 from visionline.config import ModelConfig, TrainConfig
 from visionline.model.architectures import build_model
-from visionline.training import LRSchedule, build_optimizer, train_one_epoch
+from visionline.training.loop import train_one_epoch
+from visionline.training.optim import LRSchedule, build_optimizer
 
 ARMS = ("visionline", "plain")
 

@@ -56,7 +56,8 @@ from visionline.config import PipelineConfig, load_config
 from visionline.data.ingest import ingest
 from visionline.model.architectures import build_model
 from visionline.storage import LocalStore
-from visionline.training import build_optimizer, fit, train_one_epoch
+from visionline.training.loop import fit, train_one_epoch
+from visionline.training.optim import build_optimizer
 from visionline.training.plan import plan_run
 
 

@@ -13,6 +13,7 @@ from visionline.evaluation.report import decision_markdown, metrics_markdown
 from visionline.model.runs import RunPaths
 from visionline.registry import ModelRef
 from visionline.storage import ArtifactStore, open_store
+from visionline.tuning import trials_markdown
 
 
 def _link(store: ArtifactStore, key: str, name: str) -> str:
@@ -77,7 +78,6 @@ def publish(
 @task
 def publish_search(search: dict, metrics: dict, decision: dict, model: ModelRef | None) -> None:
     """The trials table and a summary of the search's outcome."""
-    from visionline.tuning import trials_markdown
 
     best = search["best"]
     create_table_artifact(

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flows.training_pipeline import training_pipeline
-from visionline.backends import deployer
+from visionline.backends import local_server
 from visionline.config import load_config
 from visionline.data.manifest import read_manifest, resolve_dataset
 from visionline.data.samples import write_digits
@@ -35,6 +35,12 @@ def main() -> int:
     start = time.perf_counter()
     config = str(Path(args.config).resolve())
     cfg = load_config(config)
+    if cfg.deploy.target != "local" or cfg.compute.backend != "local":
+        # it stops what it served at the end: never a cluster's Deployment
+        ap.error(
+            f"{args.config}: the demo runs on this machine (compute.backend and deploy.target "
+            f"local), not {cfg.compute.backend}/{cfg.deploy.target}"
+        )
     samples = Path(cfg.data.source or ".visionline/samples/digits")
     if not samples.is_dir():
         print(f"writing the digits sample set to {samples} ...")
@@ -43,7 +49,7 @@ def main() -> int:
     result = training_pipeline(config=config, source=str(samples), deploy=True)
 
     store = open_store(cfg.store)
-    server = deployer(cfg, store)  # where the pipeline deployed: deploy.target
+    server = local_server(cfg, store)  # where the pipeline deployed
     try:
         served = server.status()
         assert served.model is not None and served.ready, served.detail
@@ -57,9 +63,8 @@ def main() -> int:
         print(f"test accuracy    {result['accuracy']:.4f}")
         print(f"gate             {result['gate']}")
         print(f"model            {result['model']} (champion)")
-        # a local TorchServe also says where its gRPC endpoint is
-        grpc = f"  (gRPC {server.endpoints.grpc_inference})" if hasattr(server, "endpoints") else ""
-        print(f"endpoint         {server.endpoint()}/predictions/{name}{grpc}")
+        grpc = server.endpoints.grpc_inference
+        print(f"endpoint         {server.endpoint()}/predictions/{name}  (gRPC {grpc})")
         print(
             f"parity           {result['deployment']['parity_images']} images, max |dp| "
             f"{result['deployment']['parity_max_abs_diff']:.1e}"

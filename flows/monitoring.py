@@ -17,6 +17,7 @@ from prefect.deployments import run_deployment
 
 from flows.tasks import IO
 from visionline.config import load_config
+from visionline.monitoring.scheduled import scheduled_check
 from visionline.registry import Registry
 from visionline.serving.lineage import lineage
 from visionline.storage import open_store
@@ -36,7 +37,6 @@ def served_model_report(config: str) -> dict:
 
 @task(**{**IO, "persist_result": False})  # a check is never reused: it looks at "now"
 def check_and_decide(config: str, window_hours: float | None) -> dict:
-    from visionline.monitoring.scheduled import scheduled_check
 
     cfg = load_config(config)
     store = open_store(cfg.store)

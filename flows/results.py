@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio.to_thread
 from prefect.filesystems import WritableFileSystem
+from prefect.runtime import flow_run
 
 from visionline.config import load_config
 from visionline.errors import KeyNotFoundError
@@ -47,7 +48,6 @@ class PipelineStoreResults(WritableFileSystem):
     _block_type_name = "Visionline Pipeline Store"
 
     def _store(self) -> ArtifactStore:
-        from prefect.runtime import flow_run
 
         params = flow_run.parameters or {}
         if "config" not in params:

@@ -5,15 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect import get_run_logger
+from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.timing import task
+from visionline.backends import compute_backend, deployer
 from visionline.config import PipelineConfig, load_config
-from visionline.data.manifest import DatasetRef
-from visionline.errors import StoreError
+from visionline.data.ingest import ingest as run_ingest
+from visionline.data.manifest import DatasetRef, resolve_dataset
+from visionline.data.validation import ensure_validated
+from visionline.errors import GateFailedError, StoreError, TuningError
+from visionline.evaluation import ensure_evaluated
+from visionline.evaluation.gate import champion_run_id, gate_run
 from visionline.registry import ModelRef
+from visionline.serving.deploy import deploy_checked
+from visionline.serving.packaging import package_run
 from visionline.storage import open_store
-from visionline.training.plan import RunPlan
+from visionline.training.plan import RunPlan, dataset_spec, plan_run
+from visionline.tuning import tune
 
 
 def _io_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -42,9 +52,6 @@ def load(config: str, overrides: dict[str, Any] | None = None) -> PipelineConfig
 
 @task(**IO)
 def ingest(cfg: PipelineConfig, source: str | None) -> DatasetRef:
-    from visionline.data.ingest import ingest as run_ingest
-    from visionline.data.manifest import resolve_dataset
-    from visionline.training.plan import dataset_spec
 
     store = open_store(cfg.store)
     if source:
@@ -62,7 +69,6 @@ def ingest(cfg: PipelineConfig, source: str | None) -> DatasetRef:
 
 @task(**IO)
 def validate(cfg: PipelineConfig, dataset: DatasetRef) -> dict:
-    from visionline.data.validation import ensure_validated
 
     report = ensure_validated(open_store(cfg.store), dataset, cfg)
     docs = f"{report.report_prefix}/data_docs/index.html" if report.report_prefix else None
@@ -76,10 +82,6 @@ def validate(cfg: PipelineConfig, dataset: DatasetRef) -> dict:
 
 @task(persist_result=True)
 def train(cfg: PipelineConfig, dataset: DatasetRef) -> RunPlan:
-    from prefect.runtime import flow_run
-
-    from visionline.backends import compute_backend
-    from visionline.training.plan import plan_run
 
     store = open_store(cfg.store)
     plan = plan_run(cfg, store, dataset)
@@ -92,15 +94,12 @@ def train(cfg: PipelineConfig, dataset: DatasetRef) -> RunPlan:
 
 @task(**IO)
 def evaluate(cfg: PipelineConfig, run: RunPlan) -> dict:
-    from visionline.evaluation import ensure_evaluated
 
     return ensure_evaluated(open_store(cfg.store), run.run_id)
 
 
 @task(**IO)
 def gate(cfg: PipelineConfig, run: RunPlan) -> dict:
-    from visionline.errors import GateFailedError
-    from visionline.evaluation.gate import champion_run_id, gate_run
 
     store = open_store(cfg.store)
     decision = gate_run(
@@ -113,15 +112,12 @@ def gate(cfg: PipelineConfig, run: RunPlan) -> dict:
 
 @task(**IO)
 def package(cfg: PipelineConfig, run: RunPlan) -> ModelRef:
-    from visionline.serving.packaging import package_run
 
     return package_run(open_store(cfg.store), run.run_id, cfg.serve.model_name)
 
 
 @task(persist_result=True)
 def deploy(cfg: PipelineConfig, model: ModelRef) -> dict:
-    from visionline.backends import deployer
-    from visionline.serving.deploy import deploy_checked
 
     store = open_store(cfg.store)
     result = deploy_checked(deployer(cfg, store), store, model)
@@ -139,17 +135,10 @@ def search(cfg: PipelineConfig, dataset: DatasetRef) -> tuple[RunPlan, dict]:
     """The search of ``cfg.tune`` (continued if an earlier flow run died); the best
     trial's run plan and the search's summary. Not retried as a whole: a re-run of the
     flow continues the stored study instead."""
-    from prefect import get_run_logger
-
-    from visionline.backends import compute_backend
-    from visionline.training.plan import plan_run
-    from visionline.tuning import tune
 
     store = open_store(cfg.store)
     result = tune(cfg, store, dataset, backend=compute_backend(cfg), on_event=get_run_logger().info)
     if result.best_config is None:
-        from visionline.errors import TuningError
-
         raise TuningError(f"study {result.study}: no trial finished, nothing to evaluate")
     best = plan_run(result.best_config, store, dataset)
     summary = {

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import prefect
+from prefect.context import TaskRunContext
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,6 @@ def _record(fn: Callable, started: float, ok: bool) -> None:
     seconds = time.perf_counter() - started
     if not _recorders:
         return
-    from prefect.context import TaskRunContext
 
     ctx = TaskRunContext.get()
     entry = BodyTime(fn.__name__, str(ctx.task_run.id) if ctx else None, started, seconds, ok)

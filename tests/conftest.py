@@ -102,7 +102,7 @@ def trained_digits(digits_dir, tmp_path_factory):
     from visionline.data.ingest import ingest
     from visionline.evaluation import evaluate_run
     from visionline.storage import LocalStore
-    from visionline.training import fit
+    from visionline.training.loop import fit
     from visionline.training.plan import plan_run
 
     root = tmp_path_factory.mktemp("trained")

@@ -17,7 +17,7 @@ from visionline.serving.deploy import Deployer
 from visionline.serving.kubernetes import KubernetesDeployer
 from visionline.serving.local import LocalDeployer
 from visionline.storage import ArtifactStore
-from visionline.training import fit
+from visionline.training.loop import fit
 from visionline.training.plan import RunPlan
 
 

@@ -58,7 +58,10 @@ class ModelRef:
 class Registry:
     def __init__(self, store: ArtifactStore, name: str) -> None:
         if not _NAME.fullmatch(name):
-            raise RegistryError(f"invalid model name {name!r}: expected {MODEL_REF_FORMS}")
+            raise RegistryError(
+                f"invalid model name {name!r}: a name is letters, digits, _ and -, starting "
+                "with a letter or digit (no :VERSION here)"
+            )
         self.store = store
         self.name = name
 

@@ -17,7 +17,7 @@ from visionline.serving.local import LocalDeployer
 from visionline.serving.packaging import package_run
 from visionline.serving.parity import parity_check
 from visionline.storage import LocalStore, sha256_bytes
-from visionline.training import fit
+from visionline.training.loop import fit
 from visionline.training.plan import plan_run
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]

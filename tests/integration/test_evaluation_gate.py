@@ -11,7 +11,7 @@ from visionline.config import GateConfig
 from visionline.evaluation import compute_metrics, evaluate_run
 from visionline.evaluation.gate import decide, gate_run, mcnemar
 from visionline.model.runs import RunPaths
-from visionline.training import fit
+from visionline.training.loop import fit
 from visionline.training.plan import plan_run
 
 

@@ -51,7 +51,7 @@ def test_packaging_is_idempotent_per_run(packaged_digits):
 def test_failed_gate_packages_nothing(small_digits_dir, tmp_path):
     from visionline.data.ingest import ingest
     from visionline.evaluation import evaluate_run
-    from visionline.training import fit
+    from visionline.training.loop import fit
     from visionline.training.plan import plan_run
 
     store = LocalStore(tmp_path / "store")

@@ -16,7 +16,7 @@ from tests.conftest import REPO, digits_config
 from visionline.data.ingest import ingest
 from visionline.model.runs import RunPaths
 from visionline.storage import LocalStore
-from visionline.training import fit
+from visionline.training.loop import fit
 from visionline.training.plan import plan_run
 
 VENV_BIN = Path(sys.executable).parent

@@ -60,11 +60,11 @@ def lint_imports(root: Path) -> tuple[int, dict[str, str], str]:
 
 
 def test_a_prefect_import_in_the_core_breaks_lint(checkout):
-    """The unmodified copy keeps the no-Prefect contract; one `import prefect` in the data
-    stage breaks it and fails the run. (Only this contract is asserted kept: while the
-    restructuring lands, other contracts may still be broken by the tree itself.)"""
+    """The unmodified copy keeps every contract; one `import prefect` in the data stage
+    breaks the no-Prefect one, by name, and fails the run."""
     rc, verdicts, out = lint_imports(checkout)
-    assert verdicts[NO_PREFECT] == "KEPT", out
+    assert rc == 0, out
+    assert len(verdicts) == 4 and set(verdicts.values()) == {"KEPT"}, out
 
     split = checkout / "src" / "visionline" / "data" / "split.py"
     split.write_text("import prefect  # noqa: F401\n" + split.read_text())

@@ -42,6 +42,11 @@ def test_one_process_trains_here_more_start_torchrun(tmp_path):
     two = LocalBackend(nproc=2, train_here=lambda *a: ran.append("here"))
     cmd = two.command("cfg.yaml", store.uri, "r")
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    # two processes never train here: torchrun starts real trainers, which fail on a
+    # dataset that is not in the store
+    with pytest.raises(TrainingError):
+        two.train(_plan(2), store)
+    assert ran == ["r"]
 
 
 def test_the_factory_gives_the_configured_nproc():

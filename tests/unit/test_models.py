@@ -4,7 +4,7 @@ import torch
 from visionline.config import ModelConfig, TrainConfig
 from visionline.errors import TrainingError
 from visionline.model.architectures import TORCHVISION_ARCHS, build_model, set_backbone_trainable
-from visionline.training import LRSchedule, build_optimizer
+from visionline.training.optim import LRSchedule, build_optimizer
 
 
 @pytest.mark.parametrize("arch", ["simple_cnn", *TORCHVISION_ARCHS])

@@ -19,7 +19,7 @@ from visionline.cli.common import (
     with_target,
 )
 from visionline.config import PipelineConfig
-from visionline.errors import VisionlineError
+from visionline.errors import EXIT_FAILED, EXIT_USAGE, VisionlineError
 from visionline.registry import MODEL_REF_FORMS, parse_model_ref
 from visionline.serving.client import GrpcClient, RestClient
 from visionline.serving.deploy import deploy_checked, rollback_champion
@@ -144,7 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         endpoint = args.endpoint or f"127.0.0.1:{cfg.serve.grpc_inference_port}"
         if "://" in endpoint:
             print(f"--grpc takes host:port, not a URL: {endpoint}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         client = GrpcClient(endpoint, model, token)
     else:
         endpoint = args.endpoint or f"http://127.0.0.1:{cfg.serve.inference_port}"
@@ -157,7 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         except (OSError, VisionlineError) as e:
             failed += 1
             print(f"{image}: error: {e}", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else 0
 
 
 COMMANDS = {

@@ -10,7 +10,7 @@ import optuna
 
 from visionline.backends import compute_backend, training_manifests
 from visionline.cli.common import Command, dry_run_flags, pipeline_config, print_objects
-from visionline.errors import EXIT_PREEMPTED, Preempted, VisionlineError
+from visionline.errors import EXIT_FAILED, EXIT_PREEMPTED, Preempted, VisionlineError
 from visionline.evaluation import ensure_evaluated
 from visionline.evaluation.gate import champion_run_id, gate_run
 from visionline.model.runs import RunPaths, is_complete, load_run_info
@@ -91,7 +91,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print("the search is not finished: run the same command again to continue it")
     if result.best_config is None:
         print("error: no trial finished: nothing to evaluate", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"best config: {store.url(result.paths.best_config)}")
     print(result.best_config.to_yaml())
     if args.no_package:
@@ -106,7 +106,7 @@ def _evaluate_gate_package(store, run_id: str, model_name: str) -> int:
     decision = gate_run(store, run_id, champion_run=champion_run_id(store, model_name))
     print(decision.summary())
     if not decision.passed:
-        return 1
+        return EXIT_FAILED
     ref = package_run(store, run_id, model_name)
     print(f"packaged run {run_id} as {ref}: {store.url(ref.mar_key)}")
     return 0

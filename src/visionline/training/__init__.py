@@ -21,19 +21,7 @@ The rooms: ``plan`` (config, store, dataset -> the run plan ``fit`` takes), ``de
 share), ``loop`` (``fit``, ``run_epoch``, ``train_one_epoch``, ``evaluate``),
 ``checkpoint`` (save, restore, finish), ``resume`` (what makes any batch a resume
 point) and ``entry`` (the process's command line, run by ``__main__``).
+
+Nothing is imported here: ``visionline.training.plan`` is what compute backends and the
+tuner need, and importing it must not load the loop and torch's training stack.
 """
-
-from visionline.training.checkpoint import FitResult
-from visionline.training.entry import main
-from visionline.training.loop import evaluate, fit, train_one_epoch
-from visionline.training.optim import LRSchedule, build_optimizer
-
-__all__ = [
-    "FitResult",
-    "LRSchedule",
-    "build_optimizer",
-    "evaluate",
-    "fit",
-    "main",
-    "train_one_epoch",
-]
