@@ -122,7 +122,9 @@ def test_models_promote_accepts_name_version(store, capsys):
 
 def test_commands_about_a_whole_model_refuse_a_version(store, capsys):
     assert main(_cli(store, "models", "log", "digits:2")) == 2
-    assert "models log takes a model NAME, not 'digits:2'" in capsys.readouterr().err
+    assert "models log acts on a whole model: expected NAME, not 'digits:2'" in (
+        capsys.readouterr().err
+    )
     assert main(_cli(store, "models", "list", "digits")) == 0
     assert "digits:3" in capsys.readouterr().out
     assert main(_cli(store, "rollback", "digits:2")) == 2

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train (or resume) a run on compute.backend: on this machine, or as a Kubernetes Job",
     ),
     "tune": (
-        "train",
+        "tune",
         "search architectures and hyperparameters (the config's tune: section); the "
         "best run is evaluated, gated and packaged",
     ),

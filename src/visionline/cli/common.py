@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from visionline.config import DataConfig, PipelineConfig, load_config
+from visionline.errors import VisionlineError
 from visionline.kube import dump_yaml
-from visionline.registry import ModelRef, resolve_model_ref
+from visionline.registry import ModelRef, parse_model_ref, resolve_model_ref
 from visionline.storage import ArtifactStore
 
 DEFAULT_CONFIG = "configs/digits.yaml"
@@ -49,6 +50,17 @@ def with_target(cfg: PipelineConfig, args: argparse.Namespace) -> PipelineConfig
 def model_ref(store: ArtifactStore, spec: str | None, cfg: PipelineConfig) -> ModelRef:
     """A model as the user typed it (default: the champion of serve.model_name)."""
     return resolve_model_ref(store, spec, cfg.serve.model_name)
+
+
+def model_name(spec: str | None, default_name: str, what: str) -> str:
+    """A command about a model as a whole takes a NAME (default ``default_name``): a
+    version or alias is refused with the reason, never dropped unseen."""
+    if not spec:
+        return default_name
+    name, selector = parse_model_ref(spec, default_name)
+    if selector is not None:
+        raise VisionlineError(f"{what} acts on a whole model: expected NAME, not {spec!r}")
+    return name
 
 
 def print_objects(objects: list[dict], output: str) -> None:

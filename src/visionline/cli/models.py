@@ -7,9 +7,9 @@ import argparse
 import json
 
 from visionline.backends import deployer
-from visionline.cli.common import MODEL_HELP, Command, model_ref, pipeline_config
+from visionline.cli.common import MODEL_HELP, Command, model_name, model_ref, pipeline_config
 from visionline.errors import VisionlineError
-from visionline.registry import Registry, parse_model_ref, resolve_model_ref
+from visionline.registry import Registry, resolve_model_ref
 from visionline.serving.lineage import lineage
 from visionline.serving.packaging import package_run
 from visionline.storage import open_store
@@ -55,19 +55,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         reason = args.reason or "manual promotion"
         print(json.dumps(Registry(store, ref.name).promote(ref.version, reason), indent=2))
     else:
-        reg = Registry(store, _model_name(args.action, args.model, default_name))
+        reg = Registry(store, model_name(args.model, default_name, f"models {args.action}"))
         _registry_action(reg, args.action, args.reason)
     return 0
-
-
-def _model_name(action: str, spec: str | None, default_name: str) -> str:
-    """list, rollback and log are about a model, not one of its versions."""
-    if not spec:
-        return default_name
-    name, selector = parse_model_ref(spec, default_name)
-    if selector is not None:
-        raise VisionlineError(f"models {action} takes a model NAME, not {spec!r}")
-    return name
 
 
 def _registry_action(reg: Registry, action: str, reason: str | None) -> None:

@@ -7,7 +7,7 @@ import argparse
 import sys
 from datetime import datetime
 
-from visionline.cli.common import MODEL_HELP, Command, model_ref, pipeline_config
+from visionline.cli.common import MODEL_HELP, Command, model_name, model_ref, pipeline_config
 from visionline.errors import EXIT_DRIFT, VisionlineError
 from visionline.monitoring.capture_windows import parse_window
 from visionline.monitoring.check import check_images, check_window
@@ -19,7 +19,7 @@ from visionline.monitoring.labels import (
     record_feedback,
 )
 from visionline.monitoring.policy import decision_log
-from visionline.registry import Registry, parse_model_ref
+from visionline.registry import Registry
 from visionline.storage import ArtifactStore, open_store
 
 
@@ -38,7 +38,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     cfg = pipeline_config(args)
     store = open_store(cfg.store)
     if args.action == "log":
-        name = parse_model_ref(args.model or cfg.serve.model_name, cfg.serve.model_name)[0]
+        name = model_name(args.model, cfg.serve.model_name, "monitor log")
         entries = decision_log(store, name)
         for d in entries:
             head = "RETRAIN" if d["retrain"] else "hold   "

@@ -12,15 +12,14 @@ from visionline.cli.common import (
     MODEL_HELP,
     Command,
     dry_run_flags,
+    model_name,
     model_ref,
     pipeline_config,
     print_objects,
     target_flag,
     with_target,
 )
-from visionline.config import PipelineConfig
 from visionline.errors import EXIT_FAILED, EXIT_USAGE, VisionlineError
-from visionline.registry import MODEL_REF_FORMS, parse_model_ref
 from visionline.serving.client import GrpcClient, RestClient
 from visionline.serving.deploy import deploy_checked, rollback_champion
 from visionline.serving.torchserve import key_file_path, read_tokens
@@ -88,21 +87,10 @@ def rollback_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_rollback(args: argparse.Namespace) -> int:
     cfg = with_target(pipeline_config(args), args)
     store = open_store(cfg.store)
-    name = _model_name(args.model, cfg, "rollback serves the previous champion of a model")
+    name = model_name(args.model, cfg.serve.model_name, "rollback")
     result = rollback_champion(deployer(cfg, store), store, name, args.reason or "")
     print(f"rolled back: {result.ref} is serving at {result.endpoint} and is the champion again")
     return 0
-
-
-def _model_name(spec: str | None, cfg: PipelineConfig, why: str) -> str:
-    """A command about a model as a whole: NAME (NAME:VERSION and NAME:ALIAS are refused
-    with the reason, instead of dropping the version unseen)."""
-    if not spec:
-        return cfg.serve.model_name
-    name, selector = parse_model_ref(spec)
-    if selector is not None:
-        raise VisionlineError(f"{why}: expected NAME, not {spec!r} (one of {MODEL_REF_FORMS})")
-    return name
 
 
 def status_arguments(p: argparse.ArgumentParser) -> None:
@@ -137,7 +125,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     token = args.token
     if token is None and key_file_path(args.workdir).is_file():
         token = read_tokens(key_file_path(args.workdir))["inference"]
-    model = _model_name(args.model, cfg, "predict asks the served model")
+    model = model_name(args.model, cfg.serve.model_name, "predict (it asks the served model)")
     # The default endpoint is the local server this config describes: the gRPC client
     # takes host:port, the REST one a URL.
     if args.grpc:
