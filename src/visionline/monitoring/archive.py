@@ -1,9 +1,7 @@
 """Monitoring's files in a model archive: the capture settings and the run's embedding
 projection, which the serving worker's capture reads (``visionline.monitoring.capture``).
-
-Packaging a run is where monitoring first needs the run, so its reference is built here
-too: a served model can be checked against it from the first window on.
-"""
+The run's reference is built by packaging (``package_run``), not here: an archive can be
+built from a run's weights alone (the serving benchmarks do)."""
 
 from __future__ import annotations
 
@@ -15,7 +13,7 @@ import numpy as np
 
 from visionline.config import PipelineConfig
 from visionline.monitoring.capture_settings import MONITOR_FILE, PROJECTION_FILE, CaptureSettings
-from visionline.monitoring.reference import ensure_projection, ensure_reference
+from visionline.monitoring.reference import ensure_projection
 from visionline.storage import ArtifactStore
 
 
@@ -24,8 +22,7 @@ def write_archive_files(
 ) -> list[Path]:
     """The files the serving worker's capture reads from the archive: its settings and
     the run's embedding projection. Captures go to this store unless ``monitor.store``
-    names another. Builds the run's reference first, when it has none yet."""
-    ensure_reference(store, run_id)
+    names another."""
     settings = CaptureSettings.from_config(cfg, store.uri)
     (dest / MONITOR_FILE).write_text(json.dumps(asdict(settings)))
     np.save(dest / PROJECTION_FILE, ensure_projection(store, run_id, cfg), allow_pickle=False)

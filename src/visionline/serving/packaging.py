@@ -25,6 +25,7 @@ from visionline.errors import GateFailedError, VisionlineError
 from visionline.evaluation.report import decision_markdown, metrics_markdown
 from visionline.model.runs import RunPaths, load_run_config, load_run_info, load_torch
 from visionline.monitoring.archive import write_archive_files
+from visionline.monitoring.reference import ensure_reference
 from visionline.registry import ModelRef, Registry
 from visionline.storage import ArtifactStore, sha256_file
 from visionline.version import code_version
@@ -169,6 +170,8 @@ def package_run(store: ArtifactStore, run_id: str, name: str | None = None) -> M
         return ModelRef(name, existing)
     run = load_run_info(store, run_id)
     metrics = store.get_json(paths.evaluation_metrics)
+    # what monitoring compares the served model's windows with, from the first one on
+    ensure_reference(store, run_id)
     version = reg.allocate_version(run_id)  # unique even with packagers running at once
     ref = ModelRef(name, version)
     with tempfile.TemporaryDirectory(prefix="visionline-mar-") as tmp:
