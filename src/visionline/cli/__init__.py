@@ -17,7 +17,7 @@ from visionline.errors import EXIT_USAGE, VisionlineError
 COMMANDS: dict[str, tuple[str, str]] = {
     "samples": ("data", "write a sample image set as an ImageFolder"),
     "ingest": ("data", "ingest an ImageFolder, s3:// prefix or CSV"),
-    "validate": ("data", "run the Great Expectations data gate"),
+    "validate": ("validate", "run the Great Expectations data gate"),
     "train": (
         "train",
         "train (or resume) a run on compute.backend: on this machine, or as a Kubernetes Job",

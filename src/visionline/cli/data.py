@@ -1,5 +1,4 @@
-"""``visionline samples``, ``ingest`` and ``validate``: images into the store, and the
-data gate."""
+"""``visionline samples`` and ``ingest``: images into the store."""
 
 from __future__ import annotations
 
@@ -7,9 +6,7 @@ import argparse
 
 from visionline.cli.common import Command, pipeline_config
 from visionline.data.ingest import ingest
-from visionline.data.manifest import resolve_dataset
 from visionline.data.samples import write_digits, write_shapes
-from visionline.data.validation import validate_dataset
 from visionline.storage import open_store
 
 
@@ -64,20 +61,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="NAME or NAME:VERSION")
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    cfg = pipeline_config(args)
-    store = open_store(cfg.store)
-    report = validate_dataset(store, resolve_dataset(store, args.dataset), cfg)
-    print(report.summary())
-    return 0 if report.success else 1
-
-
 COMMANDS = {
     "samples": Command(samples_arguments, cmd_samples),
     "ingest": Command(ingest_arguments, cmd_ingest),
-    "validate": Command(validate_arguments, cmd_validate),
 }
