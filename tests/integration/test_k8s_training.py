@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 
 import pytest
 
@@ -242,8 +243,90 @@ def test_cancel_deletes_the_job_and_its_pods(cluster, controller, s3_store, moto
     assert handle.poll() == "failed" and "cancelled" in handle.failure
     # deleted with a propagation policy that takes the pods (the API's default orphans them)
     assert ("jobs", job_name(plan.run_id), "Foreground") in cluster.deletions
-    assert not client.BatchV1Api(cluster.api_client()).list_namespaced_job(NS).items
+    # in the foreground: the Job goes once its pod has stopped (the kubelet confirms it)
+    batch = client.BatchV1Api(cluster.api_client())
+    _until(lambda: not batch.list_namespaced_job(NS).items)
     assert not core.list_namespaced_pod(NS, label_selector=selector).items
+
+
+def _until(check, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_resubmit_right_after_cancel_waits_for_the_job_to_go(
+    cluster, controller, s3_digits, moto_server, caplog
+):
+    from kubernetes import client
+
+    _secret(cluster)
+    plan = _plan(s3_digits, moto_server)
+    # the first pod takes seconds to stop once deleted (a slow shutdown), so the
+    # cancelled Job lingers in foreground deletion while the run is submitted again
+    kubelet = controller([Fate("image_pull", stop_seconds=3), Fate("run")])
+    backend = KubernetesBackend(plan.cfg, api_client=cluster.api_client())
+    name = job_name(plan.run_id)
+    batch, core = client.BatchV1Api(cluster.api_client()), client.CoreV1Api(cluster.api_client())
+    first = backend.submit(plan, s3_digits)
+    selector = f"batch.kubernetes.io/job-name={name}"
+    _until(lambda: core.list_namespaced_pod(NS, label_selector=selector).items)
+    old_uid = batch.read_namespaced_job(name, NS).metadata.uid
+    first.cancel()
+    assert batch.read_namespaced_job(name, NS).metadata.deletion_timestamp is not None
+    with caplog.at_level(logging.INFO, logger="visionline"):
+        second = backend.submit(plan, s3_digits)
+        second.wait(timeout=300)  # before the fix: "Job ... is gone"
+    assert second.poll() == "succeeded" and second.failure is None
+    assert batch.read_namespaced_job(name, NS).metadata.uid != old_uid  # created anew
+    assert any("still being deleted" in r.getMessage() for r in caplog.records)
+    old_pod, _ = kubelet.pod_fates
+    # the resubmit came while the old pod lingered (409), and created the Job anew
+    # only once the kubelet had confirmed that pod's end
+    sent = [(m, p) for m, p, _ in cluster.requests() if m in ("POST", "DELETE")]
+    confirmed = sent.index(("DELETE", f"/api/v1/namespaces/{NS}/pods/{old_pod}"))
+    jobs = f"/apis/batch/v1/namespaces/{NS}/jobs"
+    posted = [i for i, r in enumerate(sent) if r == ("POST", jobs)]
+    assert len(posted) == 3 and posted[1] < confirmed < posted[2]
+
+
+def test_resubmit_gives_up_on_a_job_stuck_in_deletion(cluster, controller, s3_store, moto_server):
+    from kubernetes import client
+
+    plan = _plan(s3_store, moto_server)
+    controller([Fate("image_pull", stop_seconds=60)])  # a pod that will not stop soon
+    backend = KubernetesBackend(plan.cfg, api_client=cluster.api_client())
+    handle = backend.submit(plan, s3_store)
+    name = job_name(plan.run_id)
+    core = client.CoreV1Api(cluster.api_client())
+    selector = f"batch.kubernetes.io/job-name={name}"
+    _until(lambda: core.list_namespaced_pod(NS, label_selector=selector).items)
+    handle.cancel()
+    backend.deletion_timeout = 1.0
+    with pytest.raises(TrainingError) as e:
+        backend.submit(plan, s3_store)
+    text = str(e.value)
+    for words in (f"Job {NS}/{name} is still being deleted", "get pods", "--force", "again"):
+        assert words in text
+
+
+def test_multi_node_service_is_collected_with_its_job(cluster, controller, s3_store, moto_server):
+    from kubernetes import client
+
+    plan = _plan(s3_store, moto_server, nodes=2)
+    controller([Fate("image_pull"), Fate("image_pull")])
+    KubernetesBackend(plan.cfg, api_client=cluster.api_client()).submit(plan, s3_store)
+    assert not cluster.rejected
+    name = job_name(plan.run_id)
+    batch, core = client.BatchV1Api(cluster.api_client()), client.CoreV1Api(cluster.api_client())
+    job = batch.read_namespaced_job(name, NS)
+    [ref] = core.read_namespaced_service(name, NS).metadata.owner_references
+    assert (ref.kind, ref.name, ref.uid) == ("Job", name, job.metadata.uid)
+    # as `kubectl delete job` does it: the Job at once, its dependents after it
+    batch.delete_namespaced_job(name, NS, propagation_policy="Background")
+    _until(lambda: not core.list_namespaced_service(NS).items)
 
 
 def test_rbac_refusal_names_verb_resource_namespace_and_role(cluster, s3_store, moto_server):

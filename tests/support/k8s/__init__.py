@@ -8,8 +8,12 @@ what our code relies on from a real API server:
   generation bump when a spec changes;
 - label and field selectors on lists (objects.py);
 - JSON merge patches (kmock's own patch semantics: ``null`` deletes, lists replace);
-- deletion with ``propagationPolicy``: Background/Foreground delete the dependents
-  (``ownerReferences``), the API default for Jobs (orphan) leaves them;
+- deletion as a real cluster does it (gc.py): ``Foreground`` leaves the owner visible
+  with a ``deletionTimestamp`` and the ``foregroundDeletion`` finalizer until its
+  blocking dependents are gone, ``Background`` deletes the dependents after the owner,
+  ``Orphan`` (the API default for Jobs) strips their ``ownerReferences``; an object
+  whose owners are all gone is garbage-collected; a pod on a node is deleted
+  gracefully (its kubelet stops it, then confirms); finalizers hold objects;
 - pod logs (``pods/<name>/log`` with follow, timestamps, tailLines, sinceSeconds; logs.py);
 - RBAC refusals: ``deny("create", "jobs")`` answers 403 as the API server does;
 - every object written is validated against the real 1.31 schemas (kubernetes-validate,
@@ -21,7 +25,8 @@ one-node kubelet: it creates pods for Jobs, applies their ``podFailurePolicy``,
 ``backoffLimit``, ``activeDeadlineSeconds`` and ``suspend``, and either runs a pod's
 container command as a real local process (its env resolved from the pod spec, Secrets
 included) or gives the pod a scripted ``Fate`` (OOMKilled, evicted, image pull failure,
-unschedulable). ``DeploymentController`` (deployments.py) rolls Deployments out. The
+unschedulable); a deleted pod gets SIGTERM, SIGKILL at its grace period, and is gone
+once it stopped (``Fate.stop_seconds`` makes a shutdown slow). ``DeploymentController`` (deployments.py) rolls Deployments out. The
 controllers talk to the emulator only through the API, like the real ones.
 """
 

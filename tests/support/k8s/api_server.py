@@ -1,7 +1,8 @@
 """The API server: kmock's in-memory ``KubernetesEmulator`` with the semantics our code
 relies on from a real one (listed in the package docstring). ``_handle`` routes each
-request: the RBAC check first (``_authorize``), then pod logs, create, patch and delete;
-what it does not take over goes to kmock's own store."""
+request: the RBAC check first (``_authorize``), then pod logs, create, patch and delete
+(deletion and the garbage collector: gc.py); what it does not take over goes to kmock's
+own store."""
 
 from __future__ import annotations
 
@@ -15,14 +16,12 @@ import aiohttp.web
 from kmock._internal import dicts
 from kmock._internal.k8s import KubernetesEmulator, KubernetesError
 
+from .gc import GarbageCollector
 from .logs import PodLog, serve_log
 from .objects import field_matches, now_rfc3339, selector_matches, validate
 
-# the propagation policies under which deleting an owner deletes its dependents
-_DELETE_DEPENDENTS = ("Background", "Foreground")
 
-
-class ApiServer(KubernetesEmulator):
+class ApiServer(GarbageCollector, KubernetesEmulator):
     """kmock's emulator with the API-server semantics listed in the package docstring."""
 
     def __attrs_post_init__(self) -> None:
@@ -70,7 +69,13 @@ class ApiServer(KubernetesEmulator):
                 return await self._on_delete(request)
             elif request.method and str(request.method.value).upper() == "PUT":
                 self._refuse(405, "MethodNotAllowed", "this test API server takes PATCH, not PUT")
-        return await super()._handle(request)
+        response = await super()._handle(request)
+        if action in ("create", "update"):
+            # a new object may name an owner that is gone, a patch may have released
+            # the last finalizer holding an owner's dependent: the collector runs after
+            async with self._lock:
+                await self._collect()
+        return response
 
     def _authorize(self, request: Any, verb: str) -> None:
         """Refuse with 403 what ``Cluster.deny`` denied (a resource, or one subresource)."""
@@ -141,30 +146,18 @@ class ApiServer(KubernetesEmulator):
     # -- deletion --------------------------------------------------------------------
     async def _on_delete(self, request: Any) -> Any:
         key = self._key(request)
-        obj = self._current(key)
-        if obj is None:
+        if self._current(key) is None:
             self._refuse(404, "NotFound", f'{request.resource.plural} "{request.name}" not found')
         body = request.data if isinstance(request.data, dict) else {}
-        policy = request.params.get("propagationPolicy") or body.get("propagationPolicy")
-        if policy is None and request.resource.plural == "jobs":
-            policy = "Orphan"  # batch/v1's default, kept for compatibility
-        self.deletions.append((request.resource.plural, request.name, policy))
-        if policy in _DELETE_DEPENDENTS:
-            await self._delete_dependents(obj)
-        self.objects[key].delete()
-        return aiohttp.web.json_response(obj)
-
-    async def _delete_dependents(self, owner: dict[str, Any]) -> None:
-        """Delete at once every object ``owner`` owns (``ownerReferences`` by uid). Note
-        the DELETED event carries the owner's body, not the dependent's."""
-        uid = owner["metadata"]["uid"]
-        for dkey, dobj in list(self.objects.items()):
-            if dobj.deleted:
-                continue
-            owners = dobj.raw.get("metadata", {}).get("ownerReferences") or []
-            if any(o.get("uid") == uid for o in owners):
-                dobj.delete()
-                await self._buses[dkey[0]].put({"type": "DELETED", "object": owner})
+        asked = request.params.get("propagationPolicy") or body.get("propagationPolicy")
+        self.deletions.append((request.resource.plural, request.name, asked))
+        # batch/v1's default for Jobs orphans their pods, kept for compatibility
+        policy = asked or ("Orphan" if request.resource.plural == "jobs" else "Background")
+        grace = request.params.get("gracePeriodSeconds", body.get("gracePeriodSeconds"))
+        async with self._lock:
+            answer = await self._delete_object(key, policy, None if grace is None else int(grace))
+            await self._collect()
+        return aiohttp.web.json_response(answer)
 
     @property
     def deletions(self) -> list[tuple[str, str, str | None]]:

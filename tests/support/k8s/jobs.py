@@ -18,6 +18,7 @@ from .kubelet import Fate, Kubelet
 from .objects import now_rfc3339
 
 _MERGE_PATCH = "application/merge-patch+json"
+NODE = "node-1"  # the kubelet's one node
 
 
 def _terminal(job: dict[str, Any]) -> bool:
@@ -150,8 +151,8 @@ class JobController(threading.Thread):
     def _sync(self, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
         spec = job["spec"]
-        if _terminal(job) or spec.get("suspend"):
-            return
+        if _terminal(job) or spec.get("suspend") or job["metadata"].get("deletionTimestamp"):
+            return  # a Job being deleted gets no new pods
         pods = self.pods(name)
         active = [
             p for p in pods if p.get("status", {}).get("phase") in (None, "Pending", "Running")
@@ -261,8 +262,11 @@ class JobController(threading.Thread):
             }
         ]
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]}
-        self.core.create_namespaced_pod(self.namespace, pod)
         fate = self.fates.pop(0) if self.fates else Fate()
+        if fate.kind != "unschedulable":
+            # bound to this one node at once: its deletion is then graceful, as on a node
+            pod["spec"]["nodeName"] = NODE
+        self.core.create_namespaced_pod(self.namespace, pod)
         self.pod_fates[name] = fate
         self.kubelet.start(name, pod, fate)
 

@@ -2,7 +2,9 @@
 container command as a real local process (its env resolved from the pod spec, Secrets
 included) and writes its output as the pod's log, or gives the pod a scripted ``Fate``
 (OOMKilled, evicted, image pull failure, unschedulable, a plain exit). Pod statuses are
-written as the real kubelet writes them."""
+written as the real kubelet writes them. A pod being deleted is stopped as the kubelet
+stops it: SIGTERM, SIGKILL at its grace period, and once it has stopped the deletion is
+confirmed (``gracePeriodSeconds: 0``) and the pod goes."""
 
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ class Fate:
     # for evict: SIGTERM the running process once a log line contains this
     evict_after: str | None = None
     lines: list[str] = field(default_factory=list)
+    # once deleted, the pod takes this long to stop (a slow shutdown; at most its grace
+    # period): until then it stays, and so does an owner deleted in the foreground
+    stop_seconds: float = 0.0
 
 
 # -- pod statuses, as the real kubelet and scheduler write them -------------------------
@@ -136,9 +141,13 @@ class Kubelet:
         self.procs: dict[str, subprocess.Popen] = {}
         self.grace_exits: dict[str, float] = {}
         self._threads: list[threading.Thread] = []
+        self._pods: dict[str, Fate] = {}  # the pods on this node, until they are gone
+        self._stopping: dict[str, float] = {}  # pod -> when its termination began
+        self._lock = threading.Lock()  # a pod's process starts, or its termination does
 
     def start(self, name: str, pod: dict[str, Any], fate: Fate) -> None:
         """Run the pod just created as ``name`` on its own thread."""
+        self._pods[name] = fate
         t = threading.Thread(target=self._kubelet, args=(name, pod, fate), daemon=True)
         self._threads.append(t)
         t.start()
@@ -235,16 +244,20 @@ class Kubelet:
         home = self.workdir / name
         (home / "tmp").mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable if c == "python" else c for c in container["command"]]
-        proc = subprocess.Popen(
-            cmd,
-            cwd=home,
-            env=self._env(container, home),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.procs[name] = proc
+        env = self._env(container, home)
+        with self._lock:
+            if name in self._stopping:
+                return  # deleted before its container started: it never will
+            proc = subprocess.Popen(
+                cmd,
+                cwd=home,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            self.procs[name] = proc
         grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
         sigterm_at = self._stream_output(name, proc, fate, grace)
         rc = proc.wait()
@@ -252,7 +265,7 @@ class Kubelet:
             self.grace_exits[name] = time.monotonic() - sigterm_at
         self.cluster.end_log(self.namespace, name)
         if self._gone(name):
-            return
+            return  # deleted: its end is the deletion's, confirmed by reap_deleted_pods
         if fate.kind == "evict" and sigterm_at is not None:
             self._patch_pod_status(name, evicted_status(rc, container["image"], now_rfc3339()))
             return
@@ -293,15 +306,16 @@ class Kubelet:
         )
 
     def _gone(self, name: str) -> bool:
+        """Whether the pod is gone or being deleted."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.core.read_namespaced_pod(name, self.namespace)
-            return False
+            pod = self.core.read_namespaced_pod(name, self.namespace)
         except ApiException as e:
             if e.status == 404:
                 return True
             raise
+        return pod.metadata.deletion_timestamp is not None
 
     def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
         """Signal the pod's process, if it still runs."""
@@ -310,10 +324,49 @@ class Kubelet:
             proc.send_signal(sig)
 
     def reap_deleted_pods(self) -> None:
-        """A deleted pod's process gets SIGTERM, as the kubelet sends it."""
-        for name, proc in list(self.procs.items()):
-            if proc.poll() is None and self._gone(name):
-                proc.send_signal(signal.SIGTERM)
+        """Stop the pods being deleted, as the kubelet does: SIGTERM at the first sight of
+        the ``deletionTimestamp``, SIGKILL at the grace period, and once the container
+        has stopped (and the ``Fate``'s ``stop_seconds`` have passed) confirm the
+        deletion, so the pod goes. A pod deleted at once only gets the SIGTERM."""
+        from kubernetes.client.exceptions import ApiException
+
+        if not self._pods:
+            return
+        listed = self.api.sanitize_for_serialization(self.core.list_namespaced_pod(self.namespace))
+        live = {p["metadata"]["name"]: p for p in listed.get("items") or []}
+        for name, fate in list(self._pods.items()):
+            pod = live.get(name)
+            if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+                continue
+            # a pod deleted at once still gets the kubelet's minimum grace period
+            grace = float((pod or {}).get("metadata", {}).get("deletionGracePeriodSeconds") or 2)
+            began = self._begin_stop(name, grace)
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is None:
+                continue
+            if pod is not None and time.monotonic() - began < min(fate.stop_seconds, grace):
+                continue
+            self._pods.pop(name)
+            if pod is not None:
+                try:
+                    self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
+                except ApiException as e:
+                    if e.status != 404:
+                        raise
+
+    def _begin_stop(self, name: str, grace: float) -> float:
+        """SIGTERM the pod's process (SIGKILL after ``grace``) once; when that was."""
+        with self._lock:
+            if name in self._stopping:
+                return self._stopping[name]
+            self._stopping[name] = time.monotonic()
+            proc = self.procs.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            timer = threading.Timer(grace, lambda: proc.poll() is None and proc.kill())
+            timer.daemon = True  # a test's end never waits out a grace period
+            timer.start()
+        return self._stopping[name]
 
     def kill_all(self) -> None:
         """SIGKILL every process still running and wait for it."""

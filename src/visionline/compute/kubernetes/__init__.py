@@ -21,11 +21,14 @@ Failures are the Job controller's to count, with rules that match what the train
 ``KubernetesRun`` watches the Job by polling it and its pods, streams each pod's log into
 the ``visionline.compute.kubernetes`` loggers (the flow run's log), and on failure says
 why in the words an operator acts on. ``cancel()`` deletes the Job with foreground
-propagation, so its pods go too (the API's default for Jobs orphans them).
+propagation, so its pods go too (the API's default for Jobs orphans them); the Job stays,
+being deleted, until they have stopped, and submitting the same run meanwhile waits for
+it to go before creating it anew.
 
 More than one node (``nodes > 1``): an Indexed Job whose pods find each other through a
-headless Service (``<job>-0.<service>`` is rank 0), ``torchrun`` with a static rendezvous
-and ``--node-rank`` from the pod's completion index.
+headless Service (``<job>-0.<service>`` is rank 0; created after the Job and owned by it,
+so it is garbage-collected with it), ``torchrun`` with a static rendezvous and
+``--node-rank`` from the pod's completion index.
 
 The rooms: ``manifest`` (the objects), ``diagnosis`` (pod and Job status in operator
 words), ``watch`` (the run), ``backend`` (submit).

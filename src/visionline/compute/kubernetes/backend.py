@@ -1,7 +1,7 @@
 """``KubernetesBackend``: the ComputeBackend that runs each training run as a Kubernetes
 Job. It publishes the run's config to the store, creates the run's objects (attaching to
-the same run's Job when one is still there, replacing it when it failed) and hands back a
-``KubernetesRun`` to watch."""
+the same run's Job when one is still there, replacing it when it failed, waiting for it
+when it is still being deleted) and hands back a ``KubernetesRun`` to watch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from visionline.compute import config_key, publish_config
 from visionline.compute.kubernetes.diagnosis import true_condition
-from visionline.compute.kubernetes.manifest import build_manifests, job_name
+from visionline.compute.kubernetes.manifest import build_manifests, job_name, owned_by_job
 from visionline.compute.kubernetes.watch import KubernetesRun
 from visionline.errors import ConfigError, TrainingError
 from visionline.kube import KubeAccess, KubernetesConflictError, KubernetesNotFoundError, as_dict
@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How much longer than its pods' grace period a Job's deletion may take: the kubelet
+# confirms each pod's end, then the garbage collector removes the Job.
+DELETION_MARGIN_SECONDS = 60
+
 
 class KubernetesBackend(KubeAccess):
     """ComputeBackend that runs each training run as a Kubernetes Job."""
@@ -32,6 +36,8 @@ class KubernetesBackend(KubeAccess):
         self.cfg = cfg
         self.k = cfg.compute.kubernetes
         self._client = api_client
+        # the longest submit waits for the same run's Job to be deleted
+        self.deletion_timeout = self.k.termination_grace_period_seconds + DELETION_MARGIN_SECONDS
 
     def manifests(
         self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
@@ -60,11 +66,12 @@ class KubernetesBackend(KubeAccess):
             return KubernetesRun(self, run_id, name, already_done=True)
         publish_config(plan.cfg, store)
         objects = self.manifests(plan, store, origin)
+        job = self._create_job(next(o for o in objects if o["kind"] == "Job"), run_id)
         for obj in objects:
             if obj["kind"] == "Service":
-                self._create_if_absent(obj)  # kept when the same run's Service is there
-        job = objects[-1]
-        self._create_job(job, run_id)
+                # after the Job, whose uid it names: it is garbage-collected with the Job
+                # (kept when the same run's Service is there)
+                self._create_if_absent(owned_by_job(obj, job))
         return KubernetesRun(self, run_id, name)
 
     def train(
@@ -72,12 +79,13 @@ class KubernetesBackend(KubeAccess):
     ) -> None:
         self.submit(plan, store, origin).wait()
 
-    def _create_job(self, job: dict[str, Any], run_id: str) -> None:
+    def _create_job(self, job: dict[str, Any], run_id: str) -> dict[str, Any]:
+        """Create the run's Job, or attach to the one there; the Job as the server has it."""
         name = job["metadata"]["name"]
         for _ in range(3):
             try:
                 with self._call("create", "jobs"):
-                    self.batch.create_namespaced_job(self.k.namespace, job)
+                    created = self.batch.create_namespaced_job(self.k.namespace, job)
                 log.info(
                     "training run %s: created Job %s/%s (watch it: kubectl -n %s get pods "
                     "-l batch.kubernetes.io/job-name=%s -w)",
@@ -87,34 +95,60 @@ class KubernetesBackend(KubeAccess):
                     self.k.namespace,
                     name,
                 )
-                return
+                return as_dict(self.client, created)
             except KubernetesConflictError:
-                with self._call("get", "jobs"):
-                    existing = as_dict(
-                        self.client, self.batch.read_namespaced_job(name, self.k.namespace)
+                existing = self._read_job(name)
+                if existing is None:
+                    continue  # deleted meanwhile: create it anew
+                if existing["metadata"].get("deletionTimestamp"):
+                    # a cancelled (or replaced) run's Job whose pods are still stopping:
+                    # attaching would only watch it vanish
+                    log.info(
+                        "training run %s: Job %s is still being deleted (its pods are "
+                        "stopping); waiting up to %.0fs to create it anew",
+                        run_id,
+                        name,
+                        self.deletion_timeout,
                     )
+                    self._wait_gone(name)
+                    continue
                 if not true_condition(existing, "Failed"):
                     # still running (or done): never start a second pod for one run
                     log.info("training run %s: attaching to the existing Job %s", run_id, name)
-                    return
+                    return existing
                 log.info("training run %s: replacing the failed Job %s", run_id, name)
-                with self._call("delete", "jobs"):
-                    self.batch.delete_namespaced_job(
-                        name, self.k.namespace, propagation_policy="Foreground"
-                    )
+                try:
+                    with self._call("delete", "jobs"):
+                        self.batch.delete_namespaced_job(
+                            name, self.k.namespace, propagation_policy="Foreground"
+                        )
+                except KubernetesNotFoundError:
+                    pass
                 self._wait_gone(name)
         raise TrainingError(f"could not create Job {name} for run {run_id}: it keeps existing")
 
-    def _wait_gone(self, name: str, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with self._call("get", "jobs"):
-                    self.batch.read_namespaced_job(name, self.k.namespace)
-            except KubernetesNotFoundError:
-                return
+    def _read_job(self, name: str) -> dict[str, Any] | None:
+        try:
+            with self._call("get", "jobs"):
+                return as_dict(self.client, self.batch.read_namespaced_job(name, self.k.namespace))
+        except KubernetesNotFoundError:
+            return None
+
+    def _wait_gone(self, name: str) -> None:
+        """Wait (at most ``deletion_timeout``) until the Job being deleted is gone."""
+        deadline = time.monotonic() + self.deletion_timeout
+        while self._read_job(name) is not None:
+            if time.monotonic() >= deadline:
+                ns = self.k.namespace
+                raise TrainingError(
+                    f"Job {ns}/{name} is still being deleted after "
+                    f"{self.deletion_timeout:.0f}s (its pods have not stopped), so this run "
+                    f"cannot start again yet. See what holds it: kubectl -n {ns} get pods -l "
+                    f"batch.kubernetes.io/job-name={name}; a pod stuck Terminating on a lost "
+                    f"node goes with kubectl -n {ns} delete pod <pod> --grace-period=0 "
+                    "--force. Then submit the run again"
+                )
             time.sleep(self.k.poll_seconds)
-        raise TrainingError(f"the failed Job {name} was not deleted within {timeout:.0f}s")
 
 
 def _finished(store: ArtifactStore, run_id: str, cfg: PipelineConfig) -> bool:

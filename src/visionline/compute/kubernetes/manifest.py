@@ -288,3 +288,13 @@ def build_manifests(
         objects.append(build_rendezvous_service(cfg, run_id))
     objects.append(build_job(cfg, run_id, config_uri, store_uri, origin))
     return objects
+
+
+def owned_by_job(obj: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with an ownerReference to the created ``job`` (its uid is the server's),
+    so the garbage collector deletes it with the Job. No ``blockOwnerDeletion``: the
+    Job's deletion need not wait for it, and setting it would need a permission on the
+    Job's finalizers where the OwnerReferencesPermissionEnforcement plugin is on."""
+    meta = job["metadata"]
+    ref = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"]}
+    return {**obj, "metadata": {**obj["metadata"], "ownerReferences": [ref]}}
