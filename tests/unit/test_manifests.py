@@ -315,9 +315,12 @@ def test_rbac_is_namespaced_and_least_privilege(rendered):
                 # One named Secret, read-only: the inference credential the deploy checks use.
                 assert rule["resourceNames"] == ["visionline-inference-credentials"], name
                 assert rule["verbs"] == ["get"], name
-            if {"deployments", "services"} & set(rule["resources"]):
+            if "deployments" in rule["resources"]:
                 assert rule["resourceNames"] == [SERVING], name
                 assert "delete" not in rule["verbs"] and "create" not in rule["verbs"], name
+            if "services" in rule["resources"]:
+                # A multi-node run's Service is created; none may be rewritten.
+                assert not {"patch", "update"} & set(rule["verbs"]), name
 
     def allowed(role: str, group: str, resource: str, verb: str) -> bool:
         return any(
@@ -325,18 +328,18 @@ def test_rbac_is_namespaced_and_least_privilege(rendered):
             for r in roles[role]["rules"]
         )
 
-    # What the pipeline does, it may do: start, follow and cancel training Jobs, read logs,
-    # roll the serving Deployment.
+    # What the pipeline does, it may do: start, follow and cancel training Jobs (and a
+    # multi-node run's Service), read logs, roll the serving Deployment. All of it, and
+    # nothing more: tests/unit/test_rbac_usage.py.
     for group, resource, verb in [
         ("batch", "jobs", "create"),
-        ("batch", "jobs", "watch"),
+        ("batch", "jobs", "get"),
         ("batch", "jobs", "delete"),
+        ("", "services", "create"),
         ("", "pods", "list"),
-        ("", "pods", "delete"),
         ("", "pods/log", "get"),
         ("apps", "deployments", "get"),
         ("apps", "deployments", "patch"),
-        ("apps", "deployments", "watch"),
     ]:
         assert allowed("visionline-pipeline", group, resource, verb), (resource, verb)
     # The worker starts flow runs; it does not touch serving.
