@@ -22,6 +22,7 @@ from tests.support.manifests import (
     sh,
     which,
 )
+from tests.support.netpol import selects
 
 pytestmark = pytest.mark.skipif(
     which("kubectl") is None, reason="kubectl not found: run `make tools`"
@@ -198,13 +199,18 @@ def test_metrics_only_to_the_scraper(rendered):
     assert len(metrics) == 1 and metrics[0]["from"][0]["podSelector"]["matchLabels"]
     assert metrics[0]["from"][0]["namespaceSelector"]["matchLabels"]
     # No other policy opens the serving pods.
+    pod = find(objects, "Deployment", SERVING)["spec"]["template"]["metadata"]["labels"]
     for p in policies:
-        if p is not serving and p["spec"]["podSelector"]:
-            labels = p["spec"]["podSelector"]["matchLabels"]
-            assert labels.get("app.kubernetes.io/component") != "serving", p["metadata"]["name"]
+        if p is not serving and p["spec"].get("ingress"):
+            assert not selects(p["spec"]["podSelector"], pod), p["metadata"]["name"]
 
 
 SECRETISH = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_KEY|ACCESS_KEY", re.I)
+# Settings that name a Secret and its key: tests/unit/test_flow_run_api_key.py.
+SECRET_REFERENCES = {
+    "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_NAME": "visionline-prefect",
+    "PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_KEY_SECRET_KEY": "PREFECT_API_KEY",
+}
 
 
 def _env_values(spec: dict):
@@ -224,6 +230,9 @@ def test_no_secret_values(kustomization, rendered):
         if spec is None:
             continue
         for container, e in _env_values(spec):
+            if e["name"] in SECRET_REFERENCES:
+                assert e["value"] == SECRET_REFERENCES[e["name"]]
+                continue
             if SECRETISH.search(e["name"]):
                 assert "value" not in e, f"{obj['metadata']['name']}/{container}: {e['name']}"
                 assert "secretKeyRef" in e["valueFrom"]
@@ -315,9 +324,12 @@ def test_rbac_is_namespaced_and_least_privilege(rendered):
                 # One named Secret, read-only: the inference credential the deploy checks use.
                 assert rule["resourceNames"] == ["visionline-inference-credentials"], name
                 assert rule["verbs"] == ["get"], name
-            if {"deployments", "services"} & set(rule["resources"]):
+            if "deployments" in rule["resources"]:
                 assert rule["resourceNames"] == [SERVING], name
                 assert "delete" not in rule["verbs"] and "create" not in rule["verbs"], name
+            if "services" in rule["resources"]:
+                # A multi-node run's Service is created; none may be rewritten.
+                assert not {"patch", "update"} & set(rule["verbs"]), name
 
     def allowed(role: str, group: str, resource: str, verb: str) -> bool:
         return any(
@@ -325,18 +337,18 @@ def test_rbac_is_namespaced_and_least_privilege(rendered):
             for r in roles[role]["rules"]
         )
 
-    # What the pipeline does, it may do: start, follow and cancel training Jobs, read logs,
-    # roll the serving Deployment.
+    # What the pipeline does, it may do: start, follow and cancel training Jobs (and a
+    # multi-node run's Service), read logs, roll the serving Deployment. All of it, and
+    # nothing more: tests/unit/test_rbac_usage.py.
     for group, resource, verb in [
         ("batch", "jobs", "create"),
-        ("batch", "jobs", "watch"),
+        ("batch", "jobs", "get"),
         ("batch", "jobs", "delete"),
+        ("", "services", "create"),
         ("", "pods", "list"),
-        ("", "pods", "delete"),
         ("", "pods/log", "get"),
         ("apps", "deployments", "get"),
         ("apps", "deployments", "patch"),
-        ("apps", "deployments", "watch"),
     ]:
         assert allowed("visionline-pipeline", group, resource, verb), (resource, verb)
     # The worker starts flow runs; it does not touch serving.
