@@ -44,6 +44,7 @@ from visionline.serving.explain import explanation, gradient_saliency
 from visionline.serving.inference import plan_cpu_inference
 from visionline.serving.requests import (
     decode_limits,
+    error_message,
     image_bytes,
     status_phrase,
     wants_explanation,
@@ -93,7 +94,7 @@ class ImageClassifier(BaseHandler):
                 image = decode_image(payload, **self._limits)
                 tensors.append(self.predictor.transform(image))
             except ValueError as e:  # RequestError and ImageDecodeError are ones too
-                self._errors[idx] = (getattr(e, "status", 400), str(e))
+                self._errors[idx] = (getattr(e, "status", 400), error_message(e))
                 continue
             captured.append((idx, image.size, payload))
             if wants_explanation(headers):
@@ -122,7 +123,8 @@ class ImageClassifier(BaseHandler):
         for idx in range(self._count):
             if idx in self._errors:
                 status, message = self._errors[idx]
-                self.context.set_response_status(status, status_phrase(message), idx)
+                # the status line is the code's own phrase: the message quotes the client
+                self.context.set_response_status(status, status_phrase(status), idx)
                 out.append({"error": message, "code": status})
                 continue
             p, i = next(answers)

@@ -264,6 +264,22 @@ def test_bodies_over_the_limit(server):
     assert r.json()["code"] == 413 and f"at most {limit} bytes" in r.json()["message"]
 
 
+def test_huge_requests_get_a_short_answer_and_the_codes_own_status_line(server):
+    """200,000 JSON keys once got a 1.7 MB 400, 1,000 multipart parts 6 KB of part
+    names, each with the client's names in the HTTP status line too."""
+    keys = {"a\r\nX-Injected: 1\u732b": 1, **{f"key{i}": 1 for i in range(200_000)}}
+    parts = _multipart(*((f"part-{i}", None, b"x") for i in range(1000)))
+    for body, ctype, text in (
+        (json.dumps(keys).encode(), "application/json", "keys sent: a\\r\\nX-Injected"),
+        (*parts, "1000 parts (part-0, part-1"),
+    ):
+        headers = {**server["auth"], "Content-Type": ctype}
+        r = requests.post(server["url"], data=body, headers=headers, timeout=(5, 60))
+        assert r.status_code == 400 and text in r.json()["error"], r.text[:300]
+        assert len(r.content) < 512, (len(r.content), r.text[:300])
+        assert r.reason == "Bad Request", r.reason[:300]
+
+
 def _curl(*args: str, stdin: bytes | None = None) -> tuple[int, str]:
     out = subprocess.run(
         ["curl", "-s", "-w", "\n%{http_code}", *args],

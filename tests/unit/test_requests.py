@@ -7,6 +7,7 @@ sends the same requests to the real server.
 
 import base64
 import json
+from http import HTTPStatus
 
 import pytest
 
@@ -14,9 +15,13 @@ from tests.support.faults import png_bytes
 from visionline.serving.requests import (
     SENT_AS_HEADER,
     RequestError,
+    error_message,
     image_bytes,
     looks_like_image,
     media_type,
+    quoted,
+    quoted_names,
+    status_phrase,
     wants_explanation,
 )
 
@@ -213,11 +218,56 @@ def test_signatures_cover_every_accepted_format():
     assert not looks_like_image(b"hello") and not looks_like_image(b"")
 
 
-def test_status_phrases_are_one_line_of_ascii():
-    from visionline.serving.requests import status_phrase
+def _answer(row: dict, headers: dict) -> str:
+    """The JSON body the handler answers a refused request with, as it goes on the wire;
+    the refusal's own message, so that it is bounded before the handler's last guard."""
+    with pytest.raises(RequestError) as e:
+        image_bytes(row, headers, LIMIT)
+    assert error_message(e.value) == str(e.value)
+    return json.dumps({"error": str(e.value), "code": e.value.status})
 
-    phrase = status_phrase("parts (\u00e9t\u00e9, \u732b)\r\nX-Injected: 1")
-    assert phrase.isascii() and "\r" not in phrase and "\n" not in phrase
-    assert "\\xe9t\\xe9" in phrase and "X-Injected: 1" in phrase
-    assert len(status_phrase("x" * 1000)) == 300
-    assert status_phrase("plain message") == "plain message"
+
+def test_an_error_quotes_at_most_a_few_hundred_bytes_of_a_huge_request():
+    # 200,000 JSON keys once got a 1.7 MB 400 that listed every one
+    keys = {f"key{i}": 1 for i in range(200_000)}
+    answer = _answer({"body": keys}, _headers("application/json"))
+    assert len(answer.encode()) < 512, len(answer)
+    assert "keys sent: key0, key1" in answer and "and 1999" in answer
+    # 1,000 multipart parts once got 6 KB of part names
+    names = [f"part-{i}" for i in range(1000)]
+    ctype = "multipart/form-data; boundary=----x"
+    headers = _headers(ctype, **{n: {"content-type": ""} for n in names})
+    answer = _answer({n: b"x" for n in names}, headers)
+    assert len(answer.encode()) < 512, len(answer)
+    assert "1000 parts (part-0, part-1" in answer and "no file part" in answer
+    # one name of 100,000 characters, and fields beside a gRPC input
+    long = "n" * 100_000
+    for row in ({long: b"{"}, {long: b"x", "b": b"y"}):
+        answer = _answer(row, _headers())
+        assert len(answer.encode()) < 512 and "more characters" in answer, answer
+
+
+def test_client_text_in_an_error_is_escaped():
+    key = "a\r\nX-Injected: 1\x00\x1b[31m\u00e9\u732b"
+    message = _answer({"body": {key: 1}}, _headers("application/json"))
+    text = json.loads(message)["error"]
+    assert text.isascii() and text.isprintable(), text
+    assert "a\\r\\nX-Injected: 1\\x00\\x1b[31m\\xe9\\u732b" in text
+    ctype = "multipart/form-data; boundary=----x"
+    parts = {"\u00e9t\u00e9\r\n": b"a", "b": b"b"}
+    text = json.loads(_answer(parts, _headers(ctype)))["error"]
+    assert text.isascii() and text.isprintable() and "\\xe9t\\xe9\\r\\n, b" in text
+    # quoting is bounded, counts what it left out, and quoting again changes nothing
+    assert quoted("x" * 1000, 10) == "xxxxxxxxxx... (990 more characters)"
+    assert quoted(quoted(key)) == quoted(key)
+    assert quoted_names([], 0) == "none"
+
+
+def test_the_status_line_is_the_codes_own_phrase_never_the_message():
+    # the reason phrase once carried the message, and with it the client's field names
+    assert status_phrase(400) == "Bad Request"
+    assert status_phrase(415) == "Unsupported Media Type"
+    assert status_phrase(413) == HTTPStatus(413).phrase
+    assert status_phrase(499) == "Error"
+    for code in (400, 413, 415, 499):
+        assert status_phrase(code).isascii() and status_phrase(code).isprintable()

@@ -32,7 +32,8 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -50,6 +51,13 @@ _HOW_TO_SEND = (
     "(curl -H 'Content-Type: application/octet-stream' --data-binary @image.png URL), "
     'as one multipart file (curl -F file=@image.png URL), or as JSON {"data": "<base64>"}'
 )
+# How much of the client's own text an error quotes: one name, and all names together.
+# Enough to recognise a typo; never the request echoed back (200,000 JSON keys once made
+# a 1.7 MB 400), so every error stays a few hundred bytes.
+QUOTE_CHARS = 40
+LIST_CHARS = 160
+# The most any error message says, whatever quoted it (the handler's last guard).
+ERROR_CHARS = 700
 # The first bytes of every format decode_image accepts.
 _SIGNATURES = (
     b"\x89PNG\r\n\x1a\n",
@@ -61,7 +69,6 @@ _SIGNATURES = (
     b"MM\x00*",  # TIFF, big-endian
 )
 _WHITESPACE = re.compile(rb"\s+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _DATA_URI = re.compile(rb"^data:[\w.+/-]*;base64,", re.IGNORECASE)
 
 
@@ -95,17 +102,59 @@ def wants_explanation(headers: Mapping[str, Any]) -> bool:
     return header(headers, "explain") == "True"
 
 
-def status_phrase(message: str, limit: int = 300) -> str:
-    """``message`` made safe as an HTTP reason phrase: printable ASCII, one line.
+def quoted(text: object, budget: int = QUOTE_CHARS) -> str:
+    """Client-supplied text (a field name, a content type) as an error may quote it:
+    printable ASCII on one line, at most ``budget`` characters and a count of the rest.
 
-    TorchServe 0.12's worker frames the phrase with its length in characters but writes
-    it as UTF-8, so a single non-ASCII character desynchronises the frontend, which
-    then kills the worker and fails its whole batch; and a line break is refused by
-    Netty. Messages can quote the client (field names), so every phrase goes through
-    here. The response body keeps the full message (JSON-escaped)."""
-    ascii_only = message.encode("ascii", "backslashreplace").decode("ascii")
-    one_line = _CONTROL.sub(" ", ascii_only).strip()
-    return one_line if len(one_line) <= limit else one_line[: limit - 3] + "..."
+    Line breaks, control characters (terminal escapes included) and non-ASCII are
+    written as Python escapes (``\\r``, ``\\x1b``, ``\\u732b``), so the text can neither
+    forge log lines nor break a protocol that frames it. Printable ASCII, the backslash
+    too, is kept as is: quoting quoted text again changes nothing but its length."""
+    text = text if isinstance(text, str) else str(text)
+    out: list[str] = []
+    used = 0
+    for i, ch in enumerate(text):  # stops at the budget: a 100 MB name costs no more
+        shown = ch if " " <= ch <= "~" else ch.encode("unicode_escape").decode("ascii")
+        if used + len(shown) > budget:
+            return "".join(out) + f"... ({len(text) - i} more characters)"
+        out.append(shown)
+        used += len(shown)
+    return "".join(out)
+
+
+def quoted_names(names: Iterable[object], count: int, budget: int = LIST_CHARS) -> str:
+    """``count`` client-supplied names, in the order sent, each ``quoted``, as many as
+    fit in ``budget`` characters, then how many more there were ('none' for none)."""
+    shown: list[str] = []
+    used = 0
+    for name in names:  # in the order sent: sorting 200,000 names to show five is waste
+        q = quoted(name)
+        if shown and used + len(q) > budget:
+            break
+        shown.append(q)
+        used += len(q) + 2
+    more = count - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "") or "none"
+
+
+def status_phrase(status: int) -> str:
+    """The HTTP reason phrase for ``status``: the standard one, never the message.
+
+    TorchServe makes the phrase a handler sets the status line, which clients and
+    proxies log and some show; the message quotes the client, so it stays in the JSON
+    body. A fixed phrase is also printable ASCII, which TorchServe 0.12 needs: its
+    worker frames the phrase with its length in characters but writes it as UTF-8, so
+    a non-ASCII phrase desynchronises the frontend, which kills the worker."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def error_message(error: Exception) -> str:
+    """What the answer says of a refused request: the error's message, bounded even
+    where a library's message (Pillow's, json's) quoted more than we meant to."""
+    return quoted(str(error), ERROR_CHARS)
 
 
 def looks_like_image(data: bytes) -> bool:
@@ -154,7 +203,7 @@ def _from_json(value: Any, what: str, max_bytes: int, form: bool = False) -> byt
         )
     encoded = value.get("data", value.get("b64"))
     if not isinstance(encoded, str):
-        keys = ", ".join(sorted(map(str, value))) or "none"
+        keys = quoted_names(value, len(value))
         raise RequestError(
             f'JSON body must be {{"data": "<base64-encoded image>"}} (keys sent: {keys})'
         )
@@ -209,7 +258,7 @@ def _from_value(value: Any, what: str, ctype: str, max_bytes: int) -> bytes:
             if e.status == 413:
                 raise
             raise RequestError(
-                f"{what} is text ({ctype or 'no content type'}) that is neither base64 nor "
+                f"{what} is text ({quoted(ctype) or 'no content type'}) that is neither base64 nor "
                 f'JSON {{"data": ...}}: {e}; {_HOW_TO_SEND}'
             ) from e
     return _from_json(value, what, max_bytes)  # parsed JSON (application/json)
@@ -246,8 +295,8 @@ def _form_urlencoded(row: Mapping[str, Any], headers: Mapping[str, Any], max_byt
     data = _image_in_form(row, max_bytes)
     if data is not None:
         return data
-    length = header(headers, "content-length") or "unknown"
-    fields = ", ".join(repr(str(k)[:20]) for k in list(row)[:5]) or "none"
+    length = quoted(header(headers, "content-length") or "unknown", 20)
+    fields = quoted_names(row, len(row))
     raise RequestError(
         f"the body ({length} bytes) was sent as {FORM_URLENCODED}, curl's default for "
         "-d/--data-binary and urllib's for a bytes body: TorchServe parsed it as form "
@@ -296,7 +345,7 @@ def _multipart_part(row: Mapping[str, Any], headers: Mapping[str, Any]) -> str:
         return files[0]
     if "data" in row:
         return "data"
-    names = ", ".join(sorted(map(str, row)))
+    names = quoted_names(row, len(row))
     kind = f"{len(files)} file parts" if files else "no file part"
     raise RequestError(
         f"multipart upload with {len(row)} parts ({names}) and {kind}: send one image per "
@@ -322,14 +371,14 @@ def image_bytes(row: Mapping[str, Any], headers: Mapping[str, Any], max_bytes: i
         raise RequestError(f"empty request: {_HOW_TO_SEND}")
     if ctype == MULTIPART:
         name = _multipart_part(fields, headers)
-        what = f"multipart part '{name}'"
+        what = f"multipart part '{quoted(name)}'"
     elif len(fields) == 1:
         name = next(iter(fields))
-        what = "the request body" if name == "body" else f"field '{name}'"
+        what = "the request body" if name == "body" else f"field '{quoted(name)}'"
     else:  # gRPC inputs or query parameters beside the body: the image is data or body
         name = next((n for n in ("data", "body") if n in fields), "")
         if not name:
-            names = ", ".join(sorted(map(str, fields)))
+            names = quoted_names(fields, len(fields))
             raise RequestError(f"request with fields {names} and none named 'data': {_HOW_TO_SEND}")
-        what = f"field '{name}'"
+        what = f"field '{quoted(name)}'"
     return _from_value(fields[name], what, ctype, max_bytes)
