@@ -77,7 +77,7 @@ demo: system-deps install
 # tools first: the manifest and image checks (checkov, hadolint) run inside pytest.
 test: system-deps lint tools
 	mkdir -p $(PREFECT_HOME)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: system-deps install
 	$(PY) -m pytest -q -m "not slow"
