@@ -54,6 +54,11 @@ class KubernetesConflictError(KubernetesApiError):
     pass
 
 
+def _kubeconfig() -> str:
+    """KUBECONFIG as it is now: the client reads it once, when first imported."""
+    return os.environ.get("KUBECONFIG") or "~/.kube/config"
+
+
 def api_client(context: str | None = None) -> Any:
     """An ApiClient for ``context`` (kubeconfig), else the pod's service account when
     running in a cluster, else the current kubeconfig context."""
@@ -67,7 +72,7 @@ def api_client(context: str | None = None) -> Any:
             except config.ConfigException:
                 pass
         cfg = client.Configuration()
-        config.load_kube_config(context=context, client_configuration=cfg)
+        config.load_kube_config(_kubeconfig(), context=context, client_configuration=cfg)
         return client.ApiClient(cfg)
     except (config.ConfigException, OSError) as e:
         where = f"context {context!r}" if context else "the current context"
@@ -92,8 +97,8 @@ def cluster_version(timeout: float = 5) -> tuple[str, str]:
             config.load_incluster_config()
             where = "in-cluster service account"
         else:
-            _, active = config.list_kube_config_contexts()
-            config.load_kube_config()
+            _, active = config.list_kube_config_contexts(_kubeconfig())
+            config.load_kube_config(_kubeconfig())
             where = f"context {active['name']}"
     except Exception as e:
         raise KubernetesContextError(str(e).splitlines()[0][:120] if str(e) else repr(e)) from e

@@ -41,6 +41,19 @@ def _snapshot(store):
     return {k: store.get_bytes(k) for k in store.list("")}
 
 
+def _visionline_lines(flow_run_id, words) -> list[str]:
+    """visionline's lines in the flow's task runs' logs, once all ``words`` are there."""
+    from tests.integration.test_flow_logs import _run_logs
+
+    def lines(logs):
+        return [g.message for g in logs if g.name.startswith("visionline") and g.task_run_id]
+
+    def complete(logs):
+        return all(any(w in line for line in lines(logs)) for w in words)
+
+    return lines(_run_logs(flow_run_id, complete))
+
+
 def test_happy_path_end_to_end_then_rerun_writes_nothing(prefect_api, small_digits_dir, tmp_path):
     from prefect.client.orchestration import get_client
 
@@ -80,6 +93,11 @@ def test_happy_path_end_to_end_then_rerun_writes_nothing(prefect_api, small_digi
         assert summary.count("](data:image/png;base64,") == 2
         assert "](/" not in summary and "](file:" not in summary
         assert "per-class-metrics" in artifacts
+        # what the run did is in its task runs' logs, not only Prefect's state lines
+        words = ("images (train", '"success": true', "gate for", "parity max")
+        said = _visionline_lines(state.state_details.flow_run_id, words)
+        for w in words:
+            assert any(w in line for line in said), (w, said)
 
         before = _snapshot(store)
         again = run()  # the same inputs once more

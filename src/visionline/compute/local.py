@@ -4,6 +4,7 @@ processes (torchrun), or in this process when a run needs only one."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import re
@@ -45,7 +46,14 @@ class LocalRun:
             text=True,
             env=env,
         )
-        self._relay = threading.Thread(target=self._read, daemon=True, name=f"train-{run_id}")
+        # relayed from a thread that carries the caller's context (a flow's run context
+        # among it), so the lines land in the same run's log
+        self._relay = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._read,),
+            daemon=True,
+            name=f"train-{run_id}",
+        )
         self._relay.start()
 
     def _read(self) -> None:

@@ -242,6 +242,8 @@ def ingest(
         _Upload(f"{ref.prefix}/{k}", sha, files[i]) for k, sha, i in kept.itertuples(index=False)
     )
     _write_version(store, ref, df, info, uploads, len(kept), workers, progress)
+    per_split = ", ".join(f"{s} {sum(info['counts'][s].values())}" for s in SPLITS)
+    log.info("dataset %s written to %s: %d images (%s)", ref, store.uri, len(kept), per_split)
     return IngestResult(ref, len(df), undecodable, created=True)
 
 

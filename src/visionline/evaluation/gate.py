@@ -7,6 +7,7 @@ than ``champion_margin`` *and* the paired test says the difference is not noise.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,8 @@ from visionline.model.predictor import Predictor
 from visionline.model.runs import RunPaths, load_run_config, load_run_info
 from visionline.registry import Registry
 from visionline.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,6 +181,7 @@ def gate_run(
         champion_run = None  # the champion already is this run (a re-run): nothing to compare
     prior = stored_decision(store, run_id, champion_run, cfg)
     if prior is not None:
+        log.info("%s (decided before)", prior.summary())
         return prior
     metrics = ensure_evaluated(store, run_id)
     challenger_correct = champion_correct = None
@@ -200,6 +204,7 @@ def gate_run(
         champion_correct = paired["correct_champion"].to_numpy()
     decision = decide(run_id, metrics, cfg, challenger_correct, champion_correct, champion_run)
     store.put_json(paths.decision, {**decision.to_dict(), "gate_config": cfg.model_dump()})
+    log.info("%s", decision.summary())
     return decision
 
 

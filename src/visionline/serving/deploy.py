@@ -82,10 +82,11 @@ def deploy_checked(
         if isinstance(e, DeploymentError):
             raise
         raise DeploymentError(f"{ref} could not be deployed: {e}") from e
-    reg.promote(
-        ref.version,
-        reason=f"deployed; parity max |dp| {report.max_abs_diff:.1e} on {report.checked} images",
+    reason = f"deployed; parity max |dp| {report.max_abs_diff:.1e} on {report.checked} images"
+    log.info(
+        "%s at %s: smoke test answered %d classes; %s", ref, deployer.endpoint(), len(smoke), reason
     )
+    reg.promote(ref.version, reason=reason)
     return DeployResult(ref, deployer.endpoint(), report, smoke)
 
 

@@ -5,6 +5,7 @@ gives up on pods that waiting cannot help, and cancels by deleting the Job."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import threading
@@ -43,6 +44,9 @@ class _LogFollower(threading.Thread):
         self.last_ts: str | None = None
         self.stop = threading.Event()
         self.finished = threading.Event()
+        # The lines are logged from this thread: carry the submitter's context (an
+        # orchestrator's run context among it), so they land in the same run's log.
+        self._context = contextvars.copy_context()
 
     def _stream_once(self) -> bool:
         """Follow until the stream ends; True when the container is done."""
@@ -86,6 +90,9 @@ class _LogFollower(threading.Thread):
             log.info("[%s] %s", self.pod, text)
 
     def run(self) -> None:
+        self._context.run(self._follow)
+
+    def _follow(self) -> None:
         try:
             while not self.stop.is_set():
                 if self._stream_once():
