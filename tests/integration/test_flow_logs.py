@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import digits_config
 from tests.support.k8s import Cluster, JobController
+from tests.support.k8s.rbac import PIPELINE, token
 from visionline.data.manifest import DatasetRef
 from visionline.storage import S3Store
 
@@ -27,7 +28,7 @@ def _kubeconfig(url: str, path: Path) -> Path:
     path.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
         f"clusters: [{{name: test, cluster: {{server: '{url}'}}}}]\n"
-        "users: [{name: test, user: {token: test}}]\n"
+        f"users: [{{name: test, user: {{token: '{token(PIPELINE)}'}}}}]\n"
         f"contexts: [{{name: test, context: {{cluster: test, user: test, namespace: {NS}}}}}]\n"
     )
     return path
@@ -56,7 +57,7 @@ def _run_logs(flow_run_id, until: Callable[[list], bool], timeout: float = 30.0)
 def _s3_secret(cluster: Cluster) -> None:
     from kubernetes import client
 
-    client.CoreV1Api(cluster.api_client()).create_namespaced_secret(
+    client.CoreV1Api(cluster.admin_client()).create_namespaced_secret(
         NS,
         {
             "apiVersion": "v1",

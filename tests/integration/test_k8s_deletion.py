@@ -25,7 +25,7 @@ def cluster():
 
 @pytest.fixture
 def apis(cluster):
-    api = cluster.api_client()
+    api = cluster.admin_client()
     return client.BatchV1Api(api), client.CoreV1Api(api)
 
 

@@ -44,7 +44,7 @@ def token(cluster):
     from kubernetes import client
 
     value = new_token()
-    client.CoreV1Api(cluster.api_client()).create_namespaced_secret(
+    client.CoreV1Api(cluster.admin_client()).create_namespaced_secret(
         NS,
         {
             "apiVersion": "v1",
@@ -88,7 +88,7 @@ def controller(cluster):
 def _deployment(cluster):
     from kubernetes import client
 
-    api = cluster.api_client()
+    api = cluster.admin_client()
     return api.sanitize_for_serialization(
         client.AppsV1Api(api).read_namespaced_deployment("visionline-torchserve", NS)
     )
@@ -103,7 +103,9 @@ def test_first_deploy_creates_valid_objects_and_reports_status(
 ):
     store, _ = registry
     controller(lambda t: True)
-    deployer = KubernetesDeployer(_cfg(), store, api_client=cluster.api_client())
+    # a first deploy creates every object: an operator's kubeconfig (cluster admin), as on
+    # a cluster without the overlay; the pipeline's account only retargets (tests below)
+    deployer = KubernetesDeployer(_cfg(), store, api_client=cluster.admin_client())
     client = deployer.deploy(ModelRef("digits", "1"))
     assert not cluster.rejected  # ConfigMap, Deployment, Service all validate (1.31 strict)
     assert client.url == f"http://visionline-torchserve.{NS}.svc:8080/predictions/digits"
@@ -130,8 +132,10 @@ def test_rollout_that_never_becomes_available_is_rolled_back_and_champion_stays(
 ):
     store, reg = registry
     kubelet = controller(lambda t: _version(t) != "digits:2")
+    KubernetesDeployer(_cfg(), store, api_client=cluster.admin_client()).deploy(
+        ModelRef("digits", "1")
+    )  # the operator's first deploy; then the pipeline's account rolls out and back
     deployer = KubernetesDeployer(_cfg(), store, api_client=cluster.api_client())
-    deployer.deploy(ModelRef("digits", "1"))
     before = _deployment(cluster)["spec"]["template"]
 
     with pytest.raises(DeploymentError) as e:
@@ -156,7 +160,7 @@ def test_rollout_that_never_becomes_available_is_rolled_back_and_champion_stays(
 def test_rollback_of_a_first_deploy_removes_it(cluster, controller, registry, token):
     store, _ = registry
     controller(lambda t: False)
-    deployer = KubernetesDeployer(_cfg(), store, api_client=cluster.api_client())
+    deployer = KubernetesDeployer(_cfg(), store, api_client=cluster.admin_client())
     with pytest.raises(DeploymentError):
         deployer.deploy(ModelRef("digits", "1"))
     assert deployer.rollback() is None
@@ -166,8 +170,10 @@ def test_rollback_of_a_first_deploy_removes_it(cluster, controller, registry, to
 def test_rbac_refusal_names_verb_resource_and_role(cluster, controller, registry, token):
     store, _ = registry
     controller(lambda t: True)
+    KubernetesDeployer(_cfg(), store, api_client=cluster.admin_client()).deploy(
+        ModelRef("digits", "1")
+    )
     deployer = KubernetesDeployer(_cfg(), store, api_client=cluster.api_client())
-    deployer.deploy(ModelRef("digits", "1"))
     cluster.deny("patch", "deployments")
     with pytest.raises(KubernetesPermissionError) as e:
         deployer.deploy(ModelRef("digits", "2"))
@@ -203,7 +209,7 @@ def test_the_documented_credential_secret_is_what_the_deployer_reads(cluster, re
         timeout=60,
     )
     assert made.returncode == 0, made.stderr
-    client.CoreV1Api(cluster.api_client()).create_namespaced_secret(NS, json.loads(made.stdout))
+    client.CoreV1Api(cluster.admin_client()).create_namespaced_secret(NS, json.loads(made.stdout))
     store, _ = registry
     assert KubernetesDeployer(_cfg(), store, api_client=cluster.api_client()).token() == token
 
@@ -227,7 +233,7 @@ def test_deploy_retargets_an_applied_deployment_and_keeps_its_settings(
     ts = dep["spec"]["template"]["spec"]["containers"][0]
     ts["resources"] = {"requests": {"cpu": "3", "memory": "6Gi"}, "limits": {"memory": "6Gi"}}
     dep["spec"]["replicas"] = 4
-    client.AppsV1Api(cluster.api_client()).create_namespaced_deployment(NS, dep)
+    client.AppsV1Api(cluster.admin_client()).create_namespaced_deployment(NS, dep)
     controller(lambda t: True)
 
     KubernetesDeployer(cfg, store, api_client=cluster.api_client()).deploy(ModelRef("digits", "2"))

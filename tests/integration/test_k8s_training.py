@@ -78,7 +78,7 @@ def _plan(store, moto_url, **kube):
 def _secret(cluster):
     from kubernetes import client
 
-    client.CoreV1Api(cluster.api_client()).create_namespaced_secret(
+    client.CoreV1Api(cluster.admin_client()).create_namespaced_secret(
         NS,
         {
             "apiVersion": "v1",
@@ -232,7 +232,7 @@ def test_cancel_deletes_the_job_and_its_pods(cluster, controller, s3_store, moto
     plan = _plan(s3_store, moto_server)
     kubelet = controller([Fate("image_pull")])  # a pod that stays, so there is one to delete
     handle = KubernetesBackend(plan.cfg, api_client=cluster.api_client()).submit(plan, s3_store)
-    core = client.CoreV1Api(cluster.api_client())
+    core = client.CoreV1Api(cluster.admin_client())
     selector = f"batch.kubernetes.io/job-name={job_name(plan.run_id)}"
     for _ in range(100):
         if core.list_namespaced_pod(NS, label_selector=selector).items:
@@ -244,7 +244,7 @@ def test_cancel_deletes_the_job_and_its_pods(cluster, controller, s3_store, moto
     # deleted with a propagation policy that takes the pods (the API's default orphans them)
     assert ("jobs", job_name(plan.run_id), "Foreground") in cluster.deletions
     # in the foreground: the Job goes once its pod has stopped (the kubelet confirms it)
-    batch = client.BatchV1Api(cluster.api_client())
+    batch = client.BatchV1Api(cluster.admin_client())
     _until(lambda: not batch.list_namespaced_job(NS).items)
     assert not core.list_namespaced_pod(NS, label_selector=selector).items
 
@@ -269,7 +269,10 @@ def test_resubmit_right_after_cancel_waits_for_the_job_to_go(
     kubelet = controller([Fate("image_pull", stop_seconds=3), Fate("run")])
     backend = KubernetesBackend(plan.cfg, api_client=cluster.api_client())
     name = job_name(plan.run_id)
-    batch, core = client.BatchV1Api(cluster.api_client()), client.CoreV1Api(cluster.api_client())
+    batch, core = (
+        client.BatchV1Api(cluster.admin_client()),
+        client.CoreV1Api(cluster.admin_client()),
+    )
     first = backend.submit(plan, s3_digits)
     selector = f"batch.kubernetes.io/job-name={name}"
     _until(lambda: core.list_namespaced_pod(NS, label_selector=selector).items)
@@ -300,7 +303,7 @@ def test_resubmit_gives_up_on_a_job_stuck_in_deletion(cluster, controller, s3_st
     backend = KubernetesBackend(plan.cfg, api_client=cluster.api_client())
     handle = backend.submit(plan, s3_store)
     name = job_name(plan.run_id)
-    core = client.CoreV1Api(cluster.api_client())
+    core = client.CoreV1Api(cluster.admin_client())
     selector = f"batch.kubernetes.io/job-name={name}"
     _until(lambda: core.list_namespaced_pod(NS, label_selector=selector).items)
     handle.cancel()
@@ -320,7 +323,10 @@ def test_multi_node_service_is_collected_with_its_job(cluster, controller, s3_st
     KubernetesBackend(plan.cfg, api_client=cluster.api_client()).submit(plan, s3_store)
     assert not cluster.rejected
     name = job_name(plan.run_id)
-    batch, core = client.BatchV1Api(cluster.api_client()), client.CoreV1Api(cluster.api_client())
+    batch, core = (
+        client.BatchV1Api(cluster.admin_client()),
+        client.CoreV1Api(cluster.admin_client()),
+    )
     job = batch.read_namespaced_job(name, NS)
     [ref] = core.read_namespaced_service(name, NS).metadata.owner_references
     assert (ref.kind, ref.name, ref.uid) == ("Job", name, job.metadata.uid)

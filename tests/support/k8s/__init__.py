@@ -15,7 +15,11 @@ what our code relies on from a real API server:
   whose owners are all gone is garbage-collected; a pod on a node is deleted
   gracefully (its kubelet stops it, then confirms); finalizers hold objects;
 - pod logs (``pods/<name>/log`` with follow, timestamps, tailLines, sinceSeconds; logs.py);
-- RBAC refusals: ``deny("create", "jobs")`` answers 403 as the API server does;
+- RBAC as the API server evaluates it (rbac.py): each request carries a service-account
+  token, and is authorized against the Roles and RoleBindings of the rendered
+  ``k8s/overlays/local``; ``api_client()`` is the pipeline's account (the code under test),
+  ``api_client(as_=...)`` another, ``admin_client()`` the test's own setup and the
+  controllers; ``deny("create", "jobs")`` refuses a verb on top of that;
 - every object written is validated against the real 1.31 schemas (kubernetes-validate,
   strict) and refused with 422 when it does not validate, so nothing our code sends can
   be silently wrong.
@@ -37,9 +41,13 @@ from .jobs import JobController
 from .kubelet import Fate, Kubelet
 from .logs import PodLog
 from .objects import SCHEMA_VERSION, now_rfc3339, validate
+from .rbac import ADMIN, PIPELINE, WORKER, Rbac
 
 __all__ = [
+    "ADMIN",
+    "PIPELINE",
     "SCHEMA_VERSION",
+    "WORKER",
     "ApiServer",
     "Cluster",
     "DeploymentController",
@@ -47,6 +55,7 @@ __all__ = [
     "JobController",
     "Kubelet",
     "PodLog",
+    "Rbac",
     "dumps",
     "job_from_requests",
     "now_rfc3339",

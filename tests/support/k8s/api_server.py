@@ -16,6 +16,7 @@ import aiohttp.web
 from kmock._internal import dicts
 from kmock._internal.k8s import KubernetesEmulator, KubernetesError
 
+from . import rbac
 from .gc import GarbageCollector
 from .logs import PodLog, serve_log
 from .objects import field_matches, now_rfc3339, selector_matches, validate
@@ -28,6 +29,8 @@ class ApiServer(GarbageCollector, KubernetesEmulator):
         super().__attrs_post_init__()
         self.resources.load_bundled()
         self.denied: set[tuple[str, str]] = set()
+        self.rbac: rbac.Rbac | None = None  # Cluster sets the shipped RBAC
+        self.forbidden: list[tuple[str, str, str, str | None]] = []
         self.logs: dict[tuple[str, str], PodLog] = {}
         self.rejected: list[tuple[str, str]] = []
         self._rv = itertools.count(1)
@@ -78,19 +81,36 @@ class ApiServer(GarbageCollector, KubernetesEmulator):
         return response
 
     def _authorize(self, request: Any, verb: str) -> None:
-        """Refuse with 403 what ``Cluster.deny`` denied (a resource, or one subresource)."""
+        """Refuse with 403 what the caller's Roles do not grant (rbac.py), and what
+        ``Cluster.deny`` denied (a resource, or one subresource)."""
         res = request.resource
         sub = f"/{request.subresource}" if request.subresource else ""
+        group = res.group or ""
+        headers = request.headers or {}
+        who = rbac.account(headers.get("Authorization") or headers.get("authorization"))
+        if who is None:
+            self._forbid(request, verb, "system:anonymous", "no service-account token")
+        if self.rbac is not None and not self.rbac.allows(
+            who, verb, group, f"{res.plural}{sub}", request.name
+        ):
+            roles = ", ".join(self.rbac.roles(who)) or "no Role"
+            self._forbid(request, verb, f"system:serviceaccount:{request.namespace}:{who}", roles)
         if (verb, f"{res.plural}{sub}") in self.denied or (verb, res.plural) in self.denied:
-            group = res.group or ""
-            self._refuse(
-                403,
-                "Forbidden",
-                f"{res.plural}{'.' + group if group else ''} is forbidden: User "
-                f'"system:serviceaccount:{request.namespace}:default" cannot {verb} '
-                f'resource "{res.plural}{sub}" in API group "{group}" in the namespace '
-                f'"{request.namespace}"',
-            )
+            self._forbid(request, verb, f"system:serviceaccount:{request.namespace}:default", "")
+
+    def _forbid(self, request: Any, verb: str, user: str, roles: str) -> None:
+        res = request.resource
+        sub = f"/{request.subresource}" if request.subresource else ""
+        group = res.group or ""
+        named = f' "{request.name}"' if request.name else ""
+        self.forbidden.append((user, verb, f"{res.plural}{sub}", request.name))
+        self._refuse(
+            403,
+            "Forbidden",
+            f"{res.plural}{'.' + group if group else ''}{named} is forbidden: User "
+            f'"{user}" cannot {verb} resource "{res.plural}{sub}" in API group "{group}" '
+            f'in the namespace "{request.namespace}"' + (f" (bound: {roles})" if roles else ""),
+        )
 
     # -- writes ----------------------------------------------------------------------
     def _on_create(self, request: Any) -> None:

@@ -14,12 +14,16 @@ import kmock
 
 from .api_server import ApiServer
 from .logs import PodLog, log_ts
+from .rbac import ADMIN, PIPELINE, Rbac, shipped, token
 
 
 class Cluster:
     """The emulator on a loopback port, served from its own thread and event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, rbac: Rbac | str | None = "shipped") -> None:
+        """``rbac``: the RBAC requests are authorized against; by default the Roles the
+        rendered overlay ships (rbac.py), None to authorize every authenticated request."""
+        self._rbac = shipped() if rbac == "shipped" else rbac
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -33,6 +37,7 @@ class Cluster:
             self._stop = asyncio.Event()
             async with ApiServer() as server, kmock.Server(server) as srv:
                 self.server = server
+                server.rbac = self._rbac
                 self.url = str(srv.url).rstrip("/")
                 self._ready.set()
                 await self._stop.wait()
@@ -59,13 +64,26 @@ class Cluster:
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
 
-    def api_client(self) -> Any:
-        """An official-client ``ApiClient`` pointed at this cluster."""
+    def api_client(self, as_: str = PIPELINE) -> Any:
+        """An official-client ``ApiClient`` pointed at this cluster, sending the token of
+        service account ``as_``: the pipeline's, what the code under test runs as."""
         from kubernetes import client  # the optional client, as in the adapters
 
         cfg = client.Configuration()
         cfg.host = self.url
+        cfg.api_key = {"authorization": token(as_)}
+        cfg.api_key_prefix = {"authorization": "Bearer"}
         return client.ApiClient(cfg)
+
+    def admin_client(self) -> Any:
+        """A client with every permission: the test's own setup and checks, the controllers."""
+        return self.api_client(as_=ADMIN)
+
+    @property
+    def forbidden(self) -> list[tuple[str, str, str, str | None]]:
+        """(user, verb, resource, name) of every request refused for lack of a Role."""
+        assert self.server is not None
+        return list(self.server.forbidden)
 
     def deny(self, verb: str, resource: str) -> None:
         """Answer 403 to ``verb`` on ``resource`` (``"jobs"`` or ``"jobs/status"``) from now on."""

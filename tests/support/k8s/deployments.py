@@ -110,7 +110,7 @@ class DeploymentController(threading.Thread):
         super().__init__(name="deployment-controller", daemon=True)
         from kubernetes import client  # the optional client, as in the adapters
 
-        self.api = cluster.api_client()
+        self.api = cluster.admin_client()
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
         self.namespace = namespace

@@ -76,7 +76,7 @@ class JobController(threading.Thread):
 
         self.cluster = cluster
         self.namespace = namespace
-        self.api = cluster.api_client()
+        self.api = cluster.admin_client()
         self.batch = client.BatchV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
         self.fates = list(fates or [])
