@@ -167,3 +167,34 @@ def test_the_alias_matches_setup_py():
     setup = (REPO / "setup.py").read_text()
     for alias, folder in ALIASES.items():
         assert f'"{alias}": "{folder}"' in setup
+
+
+def test_the_documented_commands_run_as_typed():
+    """docs/benchmarks.md: `python -m benchmarks.deps capture`, `python -m benchmarks.report --stale`."""
+    deps = subprocess.run(
+        [sys.executable, "-m", "benchmarks.deps", "capture"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert deps.returncode == 0, deps.stderr
+    assert "handlers/image_classifier.py" in deps.stdout.splitlines()
+    stale = subprocess.run(
+        [sys.executable, "-m", "benchmarks.report", "--stale"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stale.returncode == 0, stale.stderr
+    named = {line.split(":")[0] for line in stale.stderr.splitlines()}
+    assert set(stale.stdout.split()) <= named and "capture" in named
+    unknown = subprocess.run(
+        [sys.executable, "-m", "benchmarks.report", "--stale", "nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unknown.returncode == 2 and "no benchmark named nope" in unknown.stderr
