@@ -198,3 +198,16 @@ def test_the_documented_commands_run_as_typed():
         timeout=120,
     )
     assert unknown.returncode == 2 and "no benchmark named nope" in unknown.stderr
+
+
+def test_only_a_current_result_meets_or_misses_its_goal(copy, tmp_path):
+    repo, rev = copy
+    results = tmp_path / "results"
+    results.mkdir()
+    result(results, "pipeline", rev, overhead_s_excl_cold_start=1.0)
+    result(results, "capture", rev, smoke=True, ratio_capture_on_vs_off=1.0, target=0.95)
+    out = tmp_path / "README.md"
+    assert report(repo, "--out", str(out), results=results).returncode == 0
+    head = out.read_text().split("## Headline figures", 1)[1].split("\n## ", 1)[0]
+    capture = next(ln for ln in head.splitlines() if ln.startswith("| capture | throughput"))
+    assert ">= 0.95 |" in capture and "(met)" not in capture
