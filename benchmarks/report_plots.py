@@ -11,6 +11,7 @@ result gives an unchanged file.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 Draw = Callable[[Figure, dict], bool]  # False: the result holds nothing to draw
 
@@ -26,15 +28,19 @@ def _rounds(d: Any) -> list[float]:
     return list(d.get("rounds") or []) if isinstance(d, dict) else []
 
 
-def _ratio_rounds(ax: Axes, series: dict[str, list[float]], target: float | None) -> None:
+def _ratio_rounds(
+    ax: Axes, series: dict[str, list[float]], targets: dict[str, float | None]
+) -> None:
+    """Each series' rounds as dots, its median as a bar, its own goal as a red dash."""
     for i, (label, values) in enumerate(series.items()):
         ax.plot([i] * len(values), values, "o", alpha=0.6, label=label)
         if values:
             ax.hlines(statistics.median(values), i - 0.25, i + 0.25, color="k")
+        goal = targets.get(label)
+        if goal is not None:
+            ax.hlines(goal, i - 0.4, i + 0.4, color="red", ls="--", lw=1, label=f"goal {goal}")
     ax.set_xticks(range(len(series)), list(series))
     ax.axhline(1.0, color="grey", lw=0.8)
-    if target is not None:
-        ax.axhline(target, color="red", ls="--", lw=1, label=f"goal {target}")
     ax.set_ylabel("ratio per round (bar: median)")
     ax.legend(fontsize=7)
 
@@ -72,16 +78,34 @@ def draw_serve(fig: Figure, r: dict) -> bool:
     return True
 
 
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson 95% interval of a proportion ``p`` of ``n``: honest at 0 or n errors."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
 def draw_accuracy(fig: Figure, r: dict) -> bool:
     seeds = r.get("cnn_seeds") or []
     if not seeds:
         return False
     ax = fig.subplots()
-    ax.plot(range(len(seeds)), seeds, "o", label="CNN, per seed")
+    n = r.get("test_images")
+    xs = list(range(len(seeds)))
+    if isinstance(n, int) and n > 0:
+        bounds = [wilson(a, n) for a in seeds]
+        err = [
+            [a - lo for a, (lo, _) in zip(seeds, bounds, strict=True)],
+            [hi - a for a, (_, hi) in zip(seeds, bounds, strict=True)],
+        ]
+        ax.errorbar(xs, seeds, err, fmt="o", capsize=4, label="CNN per seed, Wilson 95%")
+    else:
+        ax.plot(xs, seeds, "o", label="CNN, per seed")
     if r.get("svc_accuracy") is not None:
         ax.axhline(r["svc_accuracy"], color="red", ls="--", label="CV-tuned SVC")
+    ax.set_xticks(xs)
     ax.set_xlabel("seed")
-    ax.set_ylabel(f"test accuracy ({r.get('test_images', '?')} images)")
+    ax.set_ylabel(f"test accuracy ({n or '?'} images)")
     ax.legend(fontsize=7)
     return True
 
@@ -91,7 +115,7 @@ def draw_capture(fig: Figure, r: dict) -> bool:
     if not rounds:
         return False
     left, right = fig.subplots(1, 2)
-    _ratio_rounds(left, {"capture on / off": rounds}, r.get("target"))
+    _ratio_rounds(left, {"capture on / off": rounds}, {"capture on / off": r.get("target")})
     check = r.get("capture_check")
     if isinstance(check, dict) and check.get("expected"):
         lo, hi = check.get("expected_95") or (check["expected"], check["expected"])
@@ -128,6 +152,7 @@ def draw_ingest(fig: Figure, r: dict) -> bool:
     xs = ([0] if base is not None else []) + [n for n, _ in sizes]
     ys = ([base] if base is not None else []) + [v for _, v in sizes]
     mem.plot(xs, ys, "o-")
+    mem.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     mem.set_xlabel("images ingested")
     mem.set_ylabel("peak RSS (MB; 0 images: imports only)")
     for lat in sorted({p["latency_ms"] for p in r.get("s3_sweep") or []}):
@@ -148,6 +173,7 @@ def draw_ingest(fig: Figure, r: dict) -> bool:
 
 
 def draw_train_overhead(fig: Figure, r: dict) -> bool:
+    t = r.get("targets") or {}
     series = {
         "loop / plain loop": _rounds(r.get("loop_paired")),
         "fit / plain script": _rounds(r.get("fit_paired")),
@@ -155,8 +181,11 @@ def draw_train_overhead(fig: Figure, r: dict) -> bool:
     series = {k: v for k, v in series.items() if v}
     if not series:
         return False
-    targets = r.get("targets") or {}
-    _ratio_rounds(fig.subplots(), series, min(targets.values()) if targets else None)
+    goals = {
+        "loop / plain loop": t.get("ratio_vs_plain_loop"),
+        "fit / plain script": t.get("fit_ratio_vs_plain_script"),
+    }
+    _ratio_rounds(fig.subplots(), series, goals)
     return True
 
 

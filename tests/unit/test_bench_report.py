@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -134,3 +136,13 @@ def test_report_without_results(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "No results yet: run `make bench`." in out.read_text()
+
+
+def test_the_accuracy_plot_interval_is_honest_at_zero_errors():
+    """284 of 284 right still leaves a 95% lower bound near 0.987 (issue #21)."""
+    from benchmarks.report_plots import wilson
+
+    lo, hi = wilson(1.0, 284)
+    assert 0.986 < lo < 0.988 and hi == pytest.approx(1.0)
+    lo, hi = wilson(0.5, 100)
+    assert lo == pytest.approx(0.404, abs=1e-3) and hi == pytest.approx(0.596, abs=1e-3)
