@@ -1,66 +1,40 @@
-"""Writes ``benchmarks/README.md``: every benchmark result with the revision that measured it.
+"""Writes ``benchmarks/README.md``: a headline table of the figures that matter, a plot
+per benchmark where a picture says more, then every result with the revision that
+measured it.
 
     python -m benchmarks.report [--results-dir benchmarks/results] [--out benchmarks/README.md]
+    python -m benchmarks.report --stale [NAME ...]   # which must be measured again
 
 A figure may be cited only at the revision that measured it, so each result is marked:
 
-- ``current``: measured on a clean tree at a revision that contains the last commit to
-  the benchmark's script and to the code it measures (``MEASURES``);
-- ``stale``: that code changed after the measured revision;
+- ``current``: measured on a clean tree, and no file the benchmark depends on differs
+  from that revision (the files are derived from its imports: ``benchmarks.deps``);
+- ``stale``: such a file changed after the measured revision (committed or not);
 - ``dirty``: measured with uncommitted changes to tracked files;
-- ``smoke``: a tiny run that checks the script works, never a figure;
-- ``unknown revision``: the revision is missing or not in this repository.
+- ``smoke``: a reduced run that checks the script works, never a figure;
+- ``unknown revision``: the revision is missing or not in this repository;
+- ``missing``: a benchmark with no result at all.
+
+``--stale`` prints the names (of those given, default every benchmark) whose result is
+anything but current, for ``make bench`` to run; why each is, goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._common import REPO, results_dir
+from benchmarks.deps import dependencies
 
-# What each benchmark's figures are about, besides its own script: a commit to any of
-# these after the measured revision makes the figures stale.
-MEASURES: dict[str, tuple[str, ...]] = {
-    "accuracy": (
-        "configs/digits.yaml",
-        "src/visionline/model/architectures.py",
-        "src/visionline/training",
-    ),
-    "capture": (
-        "benchmarks/serve_arms.py",
-        "handlers",
-        "src/visionline/monitoring",
-        "src/visionline/model/predictor.py",
-        "src/visionline/serving/packaging.py",
-    ),
-    "ingest": (
-        "src/visionline/data/ingest.py",
-        "src/visionline/data/sources.py",
-        "src/visionline/data/stream.py",
-        "src/visionline/storage",
-    ),
-    "pipeline": ("flows",),
-    "serve": (
-        "benchmarks/serve_arms.py",
-        "handlers",
-        "src/visionline/data/images.py",
-        "src/visionline/data/transforms.py",
-        "src/visionline/serving/packaging.py",
-        "src/visionline/serving",
-    ),
-    "train_gpu": ("src/visionline/model/architectures.py", "src/visionline/training"),
-    "train_overhead": (
-        "src/visionline/data",
-        "src/visionline/model/architectures.py",
-        "src/visionline/training",
-    ),
-}
 META = ("smoke", "machine", "git_revision", "measured_at")
 INLINE_CHARS = 80  # longer values are left to the JSON file
+SHOWN_CHANGES = 3  # changed files named in a stale mark; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -78,30 +52,86 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def code_paths(name: str) -> tuple[str, ...]:
-    return (f"benchmarks/{name}.py", *MEASURES.get(name, ()))
+def benchmark_names(repo: Path) -> list[str]:
+    """Every script in benchmarks/ that calls ``write_result`` (a benchmark, not a helper)."""
+    return sorted(p.stem for p in (repo / "benchmarks").glob("*.py") if _writes_result(p))
 
 
-def last_change(repo: Path, name: str) -> str | None:
-    out = _git(repo, "log", "-1", "--format=%H", "HEAD", "--", *code_paths(name))
-    if out.returncode != 0:
+def _writes_result(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "write_result":
+            return True
+    return False
+
+
+def script(name: str) -> str:
+    return f"benchmarks/{name}.py"
+
+
+def code_paths(repo: Path, name: str) -> list[str]:
+    """What the figures of ``name`` depend on (empty when its script is gone)."""
+    if not (repo / script(name)).is_file():
+        return []
+    return dependencies(repo, script(name))
+
+
+def changed_since(repo: Path, revision: str, paths: list[str]) -> list[str] | None:
+    """Which of ``paths`` differ now (working tree, untracked files too) from
+    ``revision``; None when git cannot tell."""
+    if not paths:
+        return (
+            [] if _git(repo, "cat-file", "-e", f"{revision}^{{commit}}").returncode == 0 else None
+        )
+    diff = _git(repo, "diff", "--name-only", revision, "--", *paths)
+    new = _git(repo, "ls-files", "--others", "--exclude-standard", "--", *paths)
+    if diff.returncode or new.returncode:
         return None
-    return out.stdout.strip() or None
+    return sorted(set(diff.stdout.split()) | set(new.stdout.split()))
 
 
-def status(repo: Path, name: str, result: dict) -> Status:
+def status(repo: Path, name: str, result: dict | None) -> Status:
+    if result is None:
+        return Status("missing", "no result: run `make bench`")
     revision = str(result.get("git_revision") or "unknown")
     if result.get("smoke"):
         return Status("smoke", "not a figure")
     base, dirty = revision.removesuffix("+dirty"), revision.endswith("+dirty")
     if base == "unknown" or _git(repo, "cat-file", "-e", f"{base}^{{commit}}").returncode:
         return Status("unknown revision")
-    changed = last_change(repo, name)
-    if changed and _git(repo, "merge-base", "--is-ancestor", changed, base).returncode:
-        return Status("stale", f"code changed in {changed[:10]}")
+    if not (repo / script(name)).is_file():
+        return Status("stale", f"`{script(name)}` is gone")
+    changed = changed_since(repo, base, code_paths(repo, name))
+    if changed is None:
+        return Status("unknown revision")
+    if changed:
+        named = ", ".join(f"`{p}`" for p in changed[:SHOWN_CHANGES])
+        more = f" and {len(changed) - SHOWN_CHANGES} more" if len(changed) > SHOWN_CHANGES else ""
+        return Status("stale", f"changed since: {named}{more}")
     if dirty:
         return Status("dirty", "uncommitted changes when measured")
     return Status("current")
+
+
+def load_results(results: Path) -> dict[str, dict | str]:
+    """name -> the result, or the reason it cannot be read."""
+    out: dict[str, dict | str] = {}
+    for path in sorted(results.glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except ValueError as e:
+            out[path.stem] = f"unreadable: {e}"
+    return out
+
+
+def statuses(repo: Path, results: Path, names: list[str] | None = None) -> dict[str, Status]:
+    """The status of each benchmark (with a script or a result), by name."""
+    loaded = load_results(results)
+    names = names or sorted(set(benchmark_names(repo)) | set(loaded))
+    out = {}
+    for name in names:
+        r = loaded.get(name)
+        out[name] = status(repo, name, r) if not isinstance(r, str) else Status("unreadable", r)
+    return out
 
 
 def fmt(value: object, name: str, key: str) -> str:
@@ -112,58 +142,77 @@ def fmt(value: object, name: str, key: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render(results: Path, repo: Path) -> str:
-    files = sorted(results.glob("*.json"))
-    lines = [
-        "# Benchmark results",
-        "",
-        "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json`"
-        " (do not edit by hand). `make bench` runs every CPU benchmark and then this.",
-        "What each benchmark compares and how is the docstring at the top of"
-        " `benchmarks/<name>.py`.",
-        "",
-        "A figure is cited only at the revision that measured it. Status: **current** ="
-        " measured on a clean tree at a revision that contains the last commit to the"
-        " benchmark and to the code it measures; **stale** = that code changed since;"
-        " **dirty** = measured with uncommitted changes; **smoke** = a tiny run that only"
-        " checks the script works, not a figure; **unknown revision** = not in this"
-        " repository's history.",
-        "",
-    ]
-    if not files:
-        return "\n".join([*lines, "No results yet: run `make bench`.", ""])
+def short_revision(result: dict) -> str:
+    revision = str(result.get("git_revision") or "unknown")
+    return revision[:10] + ("+dirty" if revision.endswith("+dirty") else "")
+
+
+def dump(repo: Path, loaded: dict[str, dict | str], marks: dict[str, Status]) -> list[str]:
+    """Every benchmark's status and what it depends on, then every key of every result."""
     summary = [
-        "| benchmark | revision | status | measured at | machine | code it measures |",
+        "| benchmark | revision | status | measured at | machine | files it depends on |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     table = [
         "| benchmark | figure | value | revision | status |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for path in files:
-        name = path.stem
-        try:
-            result = json.loads(path.read_text())
-        except ValueError as e:
-            summary.append(f"| {name} | | unreadable: {e} | | | |")
+    for name, st in marks.items():
+        result = loaded.get(name)
+        deps = code_paths(repo, name)
+        where = f"{len(deps)} files (`python -m benchmarks.deps {name}`)" if deps else ""
+        if not isinstance(result, dict):
+            summary.append(f"| {name} | | {st} | | | {where} |")
             continue
-        st = status(repo, name, result)
-        revision = str(result.get("git_revision") or "unknown")
-        short = revision[:10] + ("+dirty" if revision.endswith("+dirty") else "")
+        short = short_revision(result)
         m = result.get("machine") or {}
-        where = m.get("gpu") or f"{m.get('cpus', '?')} CPUs"
+        machine = m.get("gpu") or f"{m.get('cpus', '?')} CPUs"
         if "load_avg_1m" in m:
-            where += f", load {m['load_avg_1m']}"
+            machine += f", load {m['load_avg_1m']}"
         summary.append(
-            f"| {name} | `{short}` | {st} | {result.get('measured_at', '?')[:19]} | {where} "
-            f"| {', '.join(f'`{p}`' for p in code_paths(name))} |"
+            f"| {name} | `{short}` | {st} | {str(result.get('measured_at', '?'))[:19]} "
+            f"| {machine} | {where} |"
         )
         for key, value in result.items():
             if key not in META:
                 table.append(
                     f"| {name} | `{key}` | {fmt(value, name, key)} | `{short}` | {st.label} |"
                 )
-    return "\n".join([*lines, *summary, "", *table, ""])
+    return [*summary, "", *table]
+
+
+HEADER = [
+    "# Benchmark results",
+    "",
+    "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json`"
+    " (do not edit by hand). `make bench` measures again every CPU benchmark whose"
+    " result is not current, then writes this. What each benchmark compares and how is"
+    " the docstring at the top of `benchmarks/<name>.py`.",
+    "",
+    "A figure is cited only at the revision that measured it. Status: **current** ="
+    " measured on a clean tree, and no file the benchmark depends on (derived from its"
+    " imports, `benchmarks/deps.py`) has changed since; **stale** = such a file changed"
+    " since (the first few are named); **dirty** = measured with uncommitted changes;"
+    " **smoke** = a reduced run that only checks the script works, not a figure;"
+    " **unknown revision** = not in this repository's history; **missing** = never"
+    " measured.",
+    "",
+]
+
+
+def render(results: Path, repo: Path, out_dir: Path | None = None) -> str:
+    """The README; plots go to ``out_dir/plots`` when ``out_dir`` is given."""
+    from benchmarks.report_headline import headline, plots
+
+    loaded = load_results(results)
+    if not loaded:
+        return "\n".join([*HEADER, "No results yet: run `make bench`.", ""])
+    marks = statuses(repo, results)
+    lines = [*HEADER, *headline(loaded, marks), ""]
+    if out_dir is not None:
+        lines += [*plots(loaded, marks, out_dir / "plots"), ""]
+    lines += ["## Every figure", "", *dump(repo, loaded, marks), ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,9 +222,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", default=None, help="default: benchmarks/results")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "README.md"))
     ap.add_argument("--repo", default=str(REPO), help="the git repository the revisions are in")
+    ap.add_argument(
+        "--stale",
+        nargs="*",
+        metavar="NAME",
+        help="print which of these benchmarks (default all) are not current, and exit",
+    )
     args = ap.parse_args(argv)
+    repo, results = Path(args.repo), results_dir(args.results_dir)
+    if args.stale is not None:
+        known = set(benchmark_names(repo))
+        unknown = [n for n in args.stale if n not in known]
+        if unknown:
+            print(f"--stale: no benchmark named {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        marks = statuses(repo, results, args.stale or sorted(known))
+        todo = [n for n, st in marks.items() if st.label != "current"]
+        for n, st in marks.items():
+            print(f"{n}: {st}", file=sys.stderr)
+        print(" ".join(todo))
+        return 0
     out = Path(args.out)
-    out.write_text(render(results_dir(args.results_dir), Path(args.repo)))
+    out.write_text(render(results, repo, out.parent))
     print(f"-> {out}")
     return 0
 

@@ -15,6 +15,10 @@ best_val_accuracy, default_val_accuracy, wall_s_no_pruning (and the unpruned arm
 the load average around each arm (the figures are only comparable on a quiet machine).
 
     python benchmarks/tune.py [--trials 8] [--timeout 600] [--epochs N] [--per-class N]
+                              [--smoke] [--results-dir DIR]
+
+Anything less than the configured search (fewer trials, fewer epochs, fewer images, a
+shorter timeout, ``--smoke``) is recorded as ``"smoke": true``: not a figure to cite.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import write_result
+from benchmarks._common import add_common_args, write_result
 from visionline.backends import compute_backend
 from visionline.config import PipelineConfig, load_config
 from visionline.data.ingest import ingest
@@ -91,13 +95,18 @@ def parse_args() -> tuple[argparse.Namespace, dict]:
     ap.add_argument("--per-class", type=int, help="a smaller digits set, for a smoke run")
     ap.add_argument("--seed", type=int, default=0, help="order of the two search arms")
     ap.add_argument("--note", help="recorded with the figures (e.g. what else ran on the machine)")
+    add_common_args(ap)
     args = ap.parse_args()
+    if args.smoke:  # two trials of one epoch on five images per class
+        args.trials, args.epochs, args.per_class = 2, 1, args.per_class or 5
     overrides = {"tune.n_trials": args.trials, "tune.timeout_s": args.timeout}
     if args.epochs:
         overrides["train.epochs"] = args.epochs
     if args.per_class:  # a handful of test images per class: the gate's thresholds go too
         overrides |= {"validation.min_per_class": 1, "gate.min_accuracy": 0.5}
         overrides |= {"gate.min_macro_f1": 0.5, "gate.min_class_recall": 0.0}
+    if args.smoke:  # one epoch on a few images learns little: the gate only has to run
+        overrides |= {"gate.min_accuracy": 0.0, "gate.min_macro_f1": 0.0}
     return args, overrides
 
 
@@ -194,10 +203,16 @@ def figures(
         "digits_per_class": args.per_class or "all",
         "epochs": args.epochs or "config",
         "parallel_trials": pruned_cfg.tune.parallel or "auto",
-        # anything but the configured search on all the digits is a smoke run
-        "smoke": bool(args.per_class or args.epochs or args.trials != 8),
         "note": args.note,
     }
+
+
+def reduced(args: argparse.Namespace) -> bool:
+    """Anything less than the configured search on all the digits is a smoke run: its
+    figures say the script works, never what the search finds or costs."""
+    return bool(
+        args.smoke or args.per_class or args.epochs or args.trials != 8 or args.timeout < 600
+    )
 
 
 def main() -> None:
@@ -218,7 +233,12 @@ def main() -> None:
             else:
                 arms[arm] = unpruned_arm(tmp, images, overrides, planned)
         shutil.rmtree(tmp / "cache", ignore_errors=True)
-    write_result("tune", figures(args, default, arms, order, planned, pruned_cfg))
+    write_result(
+        "tune",
+        figures(args, default, arms, order, planned, pruned_cfg),
+        args.results_dir,
+        smoke=reduced(args),
+    )
 
 
 if __name__ == "__main__":

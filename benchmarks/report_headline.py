@@ -1,0 +1,256 @@
+"""The head of ``benchmarks/README.md``: one table of the figures a reader cites (each
+with its goal, its spread, what it is compared with, and whether it may be cited), and
+a plot per benchmark where a picture says more than the numbers.
+
+Which figures lead is an editorial choice made here, per benchmark; a figure a result
+does not hold (an older result, a benchmark that changed) shows as ``-``. A plot of a
+result that is not current says so in its title: a picture is cited as readily as a
+number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str]  # figure, goal, measured (spread), anchor
+NONE = "-"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if isinstance(x, bool) or x is None:
+        return NONE if x is None else str(x)
+    if isinstance(x, (int, float)):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _spread(d: Any) -> str:
+    """``median (min-max, n rounds)`` of a spread dict, as ``_common.spread`` writes it."""
+    if not isinstance(d, dict) or "median" not in d:
+        return _num(d)
+    extra = f", n={d['n']}" if "n" in d else ""
+    return f"{_num(d['median'])} (range {_num(d.get('min'))}-{_num(d.get('max'))}{extra})"
+
+
+def _goal(value: Any, op: str, target: Any) -> str:
+    if not isinstance(target, (int, float)):
+        return NONE
+    met = ""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = value >= target if op == ">=" else value < target
+        met = " (met)" if ok else " (missed)"
+    return f"{op} {_num(target)}{met}"
+
+
+def _accuracy(r: dict) -> list[Row]:
+    seeds = r.get("cnn_seeds") or []
+    return [
+        (
+            "digits: CNN test accuracy",
+            "not below the SVC",
+            f"{_num(r.get('cnn_mean_accuracy'), 4)} +- {_num(r.get('cnn_std'), 2)}"
+            f" ({len(seeds)} seeds, min {_num(r.get('cnn_min_accuracy'), 4)};"
+            f" {r.get('test_images', '?')} test images)",
+            f"CV-tuned SVC {_num(r.get('svc_accuracy'), 4)}; McNemar p {_num(r.get('mcnemar_p'))}",
+        )
+    ]
+
+
+def _capture(r: dict) -> list[Row]:
+    interval = r.get("ratio_interval") or {}
+    measured = _spread(r.get("ratio_paired"))
+    if "interval_95" in interval:
+        lo, hi = interval["interval_95"]
+        reached = "" if r.get("interval_reached") else ", wider than asked"
+        measured += f"; geometric mean {_num(interval['geometric_mean'])} [{lo}, {hi}]{reached}"
+    rows = [
+        (
+            "throughput with capture on / off",
+            _goal(r.get("ratio_capture_on_vs_off"), ">=", r.get("target")),
+            measured,
+            "same handler, capture off",
+        )
+    ]
+    check = r.get("capture_check")
+    if isinstance(check, dict) and "expected" in check:
+        rows.append(
+            (
+                "records captured / expected",
+                "binomial p >= 0.01, nothing lost",
+                f"{check['captured']} / {_num(check['expected'], 4)}"
+                f" (95% of draws {check.get('expected_95')}; p {_num(check.get('binomial_p'), 2)};"
+                f" lost in failed writes {check.get('failed_writes', '?')},"
+                f" dropped {check.get('dropped', '?')})",
+                f"sample rate {check.get('sample_rate')} x {check.get('requests')} requests",
+            )
+        )
+    else:
+        rows.append(
+            (
+                "records captured / expected",
+                "binomial p >= 0.01, nothing lost",
+                f"{r.get('captured_records', NONE)} of {r.get('requests_sent_per_arm', NONE)}"
+                " requests (no binomial check or failed writes recorded)",
+                "sample rate x requests",
+            )
+        )
+    return rows
+
+
+def _ingest(r: dict) -> list[Row]:
+    return [
+        (
+            "ingest: peak RSS growth 5k -> 40k images",
+            "bounded (flat in images)",
+            f"{_num(r.get('peak_rss_growth_mb'))} MB",
+            f"import-only RSS {_num(r.get('import_only_rss_mb'))} MB",
+        ),
+        (
+            "S3 ingest, 16 workers / 1, 20 ms latency",
+            NONE,
+            _spread(r.get("s3_parallel_vs_sequential_20ms_spread"))
+            if r.get("s3_parallel_vs_sequential_20ms_spread")
+            else _num(r.get("s3_parallel_vs_sequential_20ms")),
+            "sequential client, same emulator (the emulator caps it)",
+        ),
+    ]
+
+
+def _pipeline(r: dict) -> list[Row]:
+    return [
+        (
+            "Prefect overhead of the pipeline (s)",
+            "< 5",
+            f"{_num(r.get('overhead_s_excl_cold_start'))} (cold start {_num(r.get('cold_start_s'))})",
+            f"task bodies {_num(r.get('task_bodies_s'))} s",
+        )
+    ]
+
+
+def _serve(r: dict) -> list[Row]:
+    t = r.get("targets") or {}
+    minimum = r.get("paired_min_over_pairs", r.get("paired_min_ratio_vs_stock"))
+    return [
+        (
+            "served throughput / stock TorchServe (min)",
+            _goal(minimum, ">=", t.get("paired_min_ratio_vs_stock")),
+            f"{_num(minimum)} (median {_num(r.get('paired_median_ratio_vs_stock'))})",
+            "stock TorchServe image handler, same model",
+        ),
+        (
+            "served / in-process (batch 8, 32 clients)",
+            _goal(r.get("served_vs_in_process_b8_c32"), ">=", t.get("served_vs_in_process_b8_c32")),
+            _num(r.get("served_vs_in_process_b8_c32")),
+            "in-process forward pass only (no decode or preprocessing)",
+        ),
+    ]
+
+
+def _train_overhead(r: dict) -> list[Row]:
+    t = r.get("targets") or {}
+    return [
+        (
+            "training loop / plain PyTorch loop",
+            _goal(r.get("ratio_vs_plain_loop"), ">=", t.get("ratio_vs_plain_loop")),
+            _spread(r.get("loop_paired")),
+            "a plain PyTorch loop, same model and data",
+        ),
+        (
+            "fit() / plain script",
+            _goal(r.get("fit_ratio_vs_plain_script"), ">=", t.get("fit_ratio_vs_plain_script")),
+            _spread(r.get("fit_paired")),
+            "a plain training script",
+        ),
+    ]
+
+
+def _train_gpu(r: dict) -> list[Row]:
+    return [
+        (
+            "GPU training images/s",
+            str(r.get("target", NONE)),
+            f"{_num(r.get('images_per_s'))}; vs plain {_spread(r.get('ratio_vs_plain_paired'))}",
+            "a plain PyTorch loop on the same GPU",
+        )
+    ]
+
+
+def _tune(r: dict) -> list[Row]:
+    return [
+        (
+            "search: best / default val accuracy",
+            "best above default",
+            f"{_num(r.get('best_val_accuracy'), 4)} / {_num(r.get('default_val_accuracy'), 4)}",
+            "the default config's own run",
+        ),
+        (
+            "pruning speed-up (same trials)",
+            "> 1",
+            _num(r.get("pruning_speedup")),
+            "the same trials without pruning",
+        ),
+    ]
+
+
+HEADLINES: dict[str, Callable[[dict], list[Row]]] = {
+    "accuracy": _accuracy,
+    "capture": _capture,
+    "ingest": _ingest,
+    "pipeline": _pipeline,
+    "serve": _serve,
+    "train_overhead": _train_overhead,
+    "train_gpu": _train_gpu,
+    "tune": _tune,
+}
+
+
+def headline(loaded: dict[str, Any], marks: dict) -> list[str]:
+    """The headline table: a row per cited figure, its status that of its result."""
+    lines = [
+        "## Headline figures",
+        "",
+        "| benchmark | figure | goal | measured (spread) | compared with | status |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, st in marks.items():
+        result = loaded.get(name)
+        label = f"**{st.label}**" if st.label != "current" else st.label
+        if not isinstance(result, dict):
+            lines.append(f"| {name} | | | | | {label} |")
+            continue
+        rows = HEADLINES.get(name, lambda r: [("(no headline chosen)", NONE, NONE, NONE)])(result)
+        for figure, goal, measured, anchor in rows:
+            if st.label != "current":  # a figure that may not be cited meets no goal
+                goal = goal.replace(" (met)", "").replace(" (missed)", "")
+            cells = [name, figure, goal, measured, anchor, label]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    stale = [n for n, st in marks.items() if st.label != "current"]
+    if stale:
+        lines += [
+            "",
+            f"Not citable as they stand ({len(stale)} of {len(marks)}): "
+            + ", ".join(f"{n} ({marks[n]})" for n in stale)
+            + ". `make bench` measures them again.",
+        ]
+    return lines
+
+
+def plots(loaded: dict[str, Any], marks: dict, out: Path) -> list[str]:
+    """A PNG per benchmark that has a picture in ``report_plots``; the README lines."""
+    from benchmarks.report_plots import PLOTS, save
+
+    lines = ["## Plots", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, draw in PLOTS.items():
+        result = loaded.get(name)
+        if not isinstance(result, dict):
+            continue
+        st = marks[name]
+        path = save(draw, result, st.label, out / f"{name}.png")
+        if path is None:
+            continue
+        rel = f"{out.name}/{path.name}"
+        lines += [f"**{name}** ({st.label}): ![{name}]({rel})", ""]
+    return lines
