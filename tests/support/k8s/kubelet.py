@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .downward import field_value
 from .objects import now_rfc3339
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ class Fate:
     """What the kubelet does with one pod. ``run``: run its command for real; the other
     kinds give it the scripted status a real cluster would."""
 
-    kind: str = "run"  # run | oom | evict | image_pull | unschedulable | exit
+    kind: str = "run"  # run | oom | evict | image_pull | unschedulable | exit | hold
     exit_code: int = 1
     # for evict: SIGTERM the running process once a log line contains this
     evict_after: str | None = None
@@ -188,6 +189,8 @@ class Kubelet:
             },
         )
         self.cluster.append_log(self.namespace, name, "")  # the container started: logs exist
+        if fate.kind == "hold":
+            return  # Running, with no process, until it is deleted
         if fate.kind == "oom":
             for line in fate.lines:
                 self.cluster.append_log(self.namespace, name, line)
@@ -219,7 +222,9 @@ class Kubelet:
             raise KeyError(f"secret {ref['name']} has no key {ref['key']}")
         return None
 
-    def _env(self, container: dict[str, Any], home: Path) -> dict[str, str]:
+    def _env(
+        self, container: dict[str, Any], home: Path, pod: dict[str, Any] | None = None
+    ) -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
@@ -228,6 +233,10 @@ class Kubelet:
         for e in container.get("env") or []:
             if "value" in e:
                 env[e["name"]] = e["value"]
+                continue
+            field = (e.get("valueFrom") or {}).get("fieldRef")
+            if field:  # the downward API
+                env[e["name"]] = field_value(pod or {}, field["fieldPath"])
                 continue
             ref = (e.get("valueFrom") or {}).get("secretKeyRef")
             if ref:
@@ -244,7 +253,7 @@ class Kubelet:
         home = self.workdir / name
         (home / "tmp").mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable if c == "python" else c for c in container["command"]]
-        env = self._env(container, home)
+        env = self._env(container, home, pod)
         with self._lock:
             if name in self._stopping:
                 return  # deleted before its container started: it never will

@@ -222,8 +222,10 @@ def build_job(
     config_uri: str,
     store_uri: str,
     origin: dict[str, str] | None = None,
+    owner: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Job for one run, as the API's JSON."""
+    """The Job for one run, as the API's JSON; ``owner`` (``owner.flow_run_owner``):
+    the flow run's Job or pod, whose deletion garbage-collects this Job."""
     k = cfg.compute.kubernetes
     name = job_name(run_id)
     labels = run_labels(cfg, run_id)
@@ -239,15 +241,18 @@ def build_job(
         "metadata": {"labels": labels, "annotations": {f"{DOMAIN}/run-id": run_id}},
         "spec": trainer_pod_spec(k, container, volumes, service),
     }
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": k.namespace,
+        "labels": job_labels,
+        "annotations": _job_annotations(run_id, config_uri, store_uri, origin),
+    }
+    if owner:
+        metadata["ownerReferences"] = [dict(owner)]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": k.namespace,
-            "labels": job_labels,
-            "annotations": _job_annotations(run_id, config_uri, store_uri, origin),
-        },
+        "metadata": metadata,
         "spec": job_spec(k, template),
     }
 
@@ -281,12 +286,13 @@ def build_manifests(
     config_uri: str,
     store_uri: str,
     origin: dict[str, str] | None = None,
+    owner: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every object ``submit`` creates for a run, in creation order (the Job last)."""
     objects = []
     if cfg.compute.kubernetes.nodes > 1:
         objects.append(build_rendezvous_service(cfg, run_id))
-    objects.append(build_job(cfg, run_id, config_uri, store_uri, origin))
+    objects.append(build_job(cfg, run_id, config_uri, store_uri, origin, owner))
     return objects
 
 
