@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 CONTAINER = "trainer"
 RENDEZVOUS_PORT = 29500
 WORKDIR = "/work"
+# Under torchrun the agent gets the pod's SIGTERM and gives its workers this much less
+# than the pod's grace period (torchrun's own default is 30 s), so that it can still
+# report their exit before the kubelet's SIGKILL.
+AGENT_MARGIN_SECONDS = 10
 
 
 def job_name(run_id: str) -> str:
@@ -40,13 +44,18 @@ def trainer_command(
     origin: dict[str, str] | None = None,
     rendezvous_host: str | None = None,
 ) -> list[str]:
+    """The trainer's ``args`` (never ``command``: the image's ENTRYPOINT, tini, stays PID
+    1 and passes SIGTERM to this process, whose handler checkpoints)."""
     entry = ["-m", "visionline.training", *trainer_args(config_uri, run_id, store_uri, origin)]
     nproc = k.processes_per_node
+    # torchrun's agent passes SIGTERM on to its workers and waits this long for them
+    shutdown = f"--shutdown-timeout={worker_grace_seconds(k)}"
     if k.nodes > 1:
         return [
             "python",
             "-m",
             "torch.distributed.run",
+            shutdown,
             f"--nnodes={k.nodes}",
             f"--nproc-per-node={nproc}",
             # the kubelet expands $(VAR) from the container's env
@@ -60,12 +69,19 @@ def trainer_command(
             "python",
             "-m",
             "torch.distributed.run",
+            shutdown,
             "--standalone",
             "--nnodes=1",
             f"--nproc-per-node={nproc}",
             *entry,
         ]
     return ["python", *entry]
+
+
+def worker_grace_seconds(k: KubernetesComputeConfig) -> int:
+    """How long torchrun's workers get from SIGTERM to SIGKILL: the pod's grace period
+    less the agent's margin."""
+    return max(1, k.termination_grace_period_seconds - AGENT_MARGIN_SECONDS)
 
 
 def run_labels(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
@@ -133,7 +149,8 @@ def trainer_container(
         "name": CONTAINER,
         "image": k.image,
         "imagePullPolicy": k.image_pull_policy,
-        "command": command,
+        # args, not command: the image's ENTRYPOINT (tini) stays PID 1
+        "args": command,
         "workingDir": WORKDIR,
         "env": _trainer_env(k, run_id),
         "resources": {"requests": requests, "limits": limits},
