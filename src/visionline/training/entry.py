@@ -23,6 +23,7 @@ from visionline.errors import (
 )
 from visionline.model.runs import check_run_id
 from visionline.storage import open_store
+from visionline.training.devices import check_cuda
 from visionline.training.loop import fit
 from visionline.training.plan import plan_run
 from visionline.training.resume import Preemption, SetupInterrupted
@@ -80,6 +81,7 @@ def _main(argv: list[str] | None, preemption: Preemption) -> int:
             cfg = cfg.with_overrides(store=args.store)
         origin = _origin(args.origin)
         check_run_id(args.run_id)
+        check_cuda(cfg)  # a CUDA build the node's driver cannot run fails here, at once
     except (ConfigError, TrainingError) as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

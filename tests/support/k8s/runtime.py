@@ -111,6 +111,7 @@ class Pid1Process:
         self.stdout = self._proc.stdout
         self.pid = self._proc.pid
         self._init: int | None = None
+        self._sigkilled = False
 
     def init_pid(self, timeout: float = 10.0) -> int | None:
         """PID 1 of the container, as this machine's PID namespace numbers it."""
@@ -126,20 +127,28 @@ class Pid1Process:
                 time.sleep(0.01)
         return self._init
 
+    def _status(self, rc: int | None) -> int | None:
+        """``unshare`` passes its child's exit on, and re-raises a signal that ended it,
+        except SIGKILL (it cannot take that signal's default back): it exits 1 then."""
+        if rc == 1 and self._sigkilled:
+            return -signal.SIGKILL
+        return rc
+
     def poll(self) -> int | None:
-        return self._proc.poll()
+        return self._status(self._proc.poll())
 
     def wait(self, timeout: float | None = None) -> int:
-        return self._proc.wait(timeout)
+        return self._status(self._proc.wait(timeout)) or 0
 
     @property
     def returncode(self) -> int | None:
-        return self._proc.returncode
+        return self._status(self._proc.returncode)
 
     def send_signal(self, sig: int) -> None:
         pid = self.init_pid()
         if pid is None or self.poll() is not None:
             return
+        self._sigkilled |= sig == signal.SIGKILL
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 

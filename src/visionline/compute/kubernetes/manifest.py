@@ -30,6 +30,7 @@ WORKDIR = "/work"
 # than the pod's grace period (torchrun's own default is 30 s), so that it can still
 # report their exit before the kubelet's SIGKILL.
 AGENT_MARGIN_SECONDS = 10
+GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def job_name(run_id: str) -> str:
@@ -144,7 +145,7 @@ def trainer_container(
     limits = dict(k.resources.limits)
     requests = dict(k.resources.requests)
     if k.gpus:
-        limits["nvidia.com/gpu"] = str(k.gpus)
+        limits[GPU_RESOURCE] = str(k.gpus)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": k.image,
@@ -157,6 +158,9 @@ def trainer_container(
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
+    if k.settings_config_map:
+        # what every visionline pod reads: VISIONLINE_STORE, AWS_DEFAULT_REGION, ...
+        container["envFrom"] = [{"configMapRef": {"name": k.settings_config_map, "optional": True}}]
     if k.nodes > 1:
         container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
     return container
@@ -180,8 +184,13 @@ def trainer_pod_spec(
     }
     if k.node_selector:
         pod_spec["nodeSelector"] = dict(k.node_selector)
-    if k.tolerations:
-        pod_spec["tolerations"] = tolerations(k.tolerations)
+    tolerate = tolerations(k.tolerations)
+    if k.gpus and not any(t.get("key") == GPU_RESOURCE for t in tolerate):
+        # GPU nodes are often tainted so (GKE always): the GPU limit picks the node, no
+        # node label does (nvidia.com/gpu.present exists only with GPU Feature Discovery)
+        tolerate.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerate:
+        pod_spec["tolerations"] = tolerate
     if k.priority_class:
         pod_spec["priorityClassName"] = k.priority_class
     if k.image_pull_secrets:
