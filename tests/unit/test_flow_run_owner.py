@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from tests.support.k8s import validate
+from tests.support.manifests import which
 from tests.unit import test_flow_run_api_key
 from tests.unit.test_k8s_jobs import RUN, STORE, URI, _cfg
 from visionline.compute import cancel_waited_runs, waiting_for
@@ -73,6 +76,7 @@ def test_the_cancel_hook_cancels_the_runs_being_waited_for():
 worker_container = test_flow_run_api_key.worker_container  # the fixture
 
 
+@pytest.mark.skipif(which("kubectl") is None, reason="kubectl not found: run `make tools`")
 def test_the_workers_flow_run_job_knows_its_own_job_and_pod(monkeypatch, worker_container):
     """The work pool's template gives the flow-run container its own Job and pod through
     the downward API, beside the env the worker adds (the API key's reference)."""
