@@ -24,8 +24,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # Debian packages are pinned to bookworm's current (security) versions: when Debian
 # supersedes one, apt-get names it and the pin moves forward in a commit, never silently.
-# tini is PID 1: it forwards SIGTERM to the whole process group (-g), so a training run
-# gets its checkpoint-and-exit signal and TorchServe's JVM and workers stop together.
+# tini is PID 1 (each target's ENTRYPOINT; manifests set `args`, never `command`, so it
+# stays): it reaps zombies and passes SIGTERM on, which Python as PID 1 would drop until
+# its handler is installed. The trainer's tini has no -g: SIGTERM goes to the trainer (or
+# torchrun's agent) alone, whose handler checkpoints at the next batch and then stops its
+# DataLoader workers itself; with -g the workers die at once and the checkpoint fails with
+# "DataLoader worker killed".
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       tini=0.19.0-1+b3 \
@@ -75,7 +79,7 @@ LABEL org.opencontainers.image.title="visionline-trainer" \
       org.opencontainers.image.revision=${VISIONLINE_CODE_VERSION}
 
 USER 10001:10001
-ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["python", "-m", "visionline.training", "--help"]
 
 # ---------------------------------------------------------------------------- server

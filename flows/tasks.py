@@ -3,6 +3,7 @@ errors (a failed expectation or a failed gate is an answer, not a glitch)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import get_run_logger
@@ -11,6 +12,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.timing import task
 from visionline.backends import compute_backend, deployer
+from visionline.compute import cancel_waited_runs
 from visionline.config import PipelineConfig, load_config
 from visionline.data.ingest import ingest as run_ingest
 from visionline.data.manifest import DatasetRef, resolve_dataset
@@ -24,6 +26,8 @@ from visionline.serving.packaging import package_run
 from visionline.storage import open_store
 from visionline.training.plan import RunPlan, dataset_spec, plan_run
 from visionline.tuning import tune
+
+log = logging.getLogger("visionline.flows")
 
 
 def _io_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -42,6 +46,16 @@ IO = {
     "retry_condition_fn": _io_error,
     "persist_result": True,
 }
+
+
+def cancel_training(flow: Any, flow_run: Any, state: Any) -> None:
+    """The flows' ``on_cancellation`` hook: a cancelled flow run stops the training runs
+    it is waiting for (their Jobs deleted, foreground), wherever the engine runs the
+    hook. The wait itself also cancels on SIGTERM or an interrupt, and the training Job's
+    ownerReference to the flow run's Job covers a flow process killed outright."""
+    cancelled = cancel_waited_runs()
+    if cancelled:  # a hook may run outside the run's logging context
+        log.info("flow run cancelled: stopped training runs %s", cancelled)
 
 
 @task(**IO)

@@ -32,6 +32,7 @@ def _run_name() -> str:
     flow_run_name=_run_name,
     log_prints=True,
     persist_result=True,
+    on_cancellation=[tasks.cancel_training],
 )
 def training_pipeline(
     config: str,

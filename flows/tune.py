@@ -26,7 +26,13 @@ def _run_name() -> str:
     return f"{cfg.data.dataset}-tune-{flow_run.scheduled_start_time:%Y%m%d-%H%M%S}"
 
 
-@flow(name="tune", flow_run_name=_run_name, log_prints=True, persist_result=True)
+@flow(
+    name="tune",
+    flow_run_name=_run_name,
+    log_prints=True,
+    persist_result=True,
+    on_cancellation=[tasks.cancel_training],
+)
 def tune(
     config: str,
     source: str | None = None,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The system packages `make test` and `make demo` need beyond Python: Java 17 (TorchServe's
-# frontend) and nginx (the serving pod's front, run locally by the demo and by the tests).
+# frontend), nginx (the serving pod's front, run locally by the demo and by the tests) and
+# tini (the images' PID 1, under which the test cluster runs containers).
 # Installs what is missing when this user may (root, or sudo without a password, through
 # apt-get); otherwise stops at once and prints the exact command to run.
 #
@@ -34,6 +35,11 @@ fi
 if ! have_nginx; then
   missing+=("nginx (the serving front)")
   packages+=(nginx)
+fi
+if ! command -v tini >/dev/null 2>&1; then
+  # the images' PID 1 (their ENTRYPOINT), which the test cluster's containers run under
+  missing+=("tini (the images' PID 1)")
+  packages+=(tini)
 fi
 [ ${#packages[@]} -eq 0 ] && exit 0
 

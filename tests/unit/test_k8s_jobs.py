@@ -43,7 +43,8 @@ def test_single_gpu_job_has_request_policy_labels_and_validates():
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     c = _container(job)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert c["command"] == [
+    assert "command" not in c  # args: the image's ENTRYPOINT (tini) stays PID 1
+    assert c["args"] == [
         "python",
         "-m",
         "visionline.training",
@@ -112,9 +113,11 @@ def test_credentials_are_referenced_never_copied(monkeypatch):
 def test_several_gpus_run_torchrun_with_one_process_each():
     [job] = build_manifests(_cfg(gpus=4), RUN, URI, STORE)
     validate(job)
-    cmd = _container(job)["command"]
+    cmd = _container(job)["args"]
     assert cmd[:3] == ["python", "-m", "torch.distributed.run"]
     assert "--nproc-per-node=4" in cmd and "--standalone" in cmd
+    # the agent gives its workers the pod's grace period (120 s) less its margin, not 30 s
+    assert "--shutdown-timeout=110" in cmd
     assert cmd[cmd.index("-m", 3) : cmd.index("-m", 3) + 2] == ["-m", "visionline.training"]
     assert _container(job)["resources"]["limits"]["nvidia.com/gpu"] == "4"
     with pytest.raises(ConfigError, match="nproc_per_node 2 must equal gpus 4"):
@@ -131,7 +134,8 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service():
     assert job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
     assert job["spec"]["template"]["spec"]["subdomain"] == name
-    cmd = _container(job)["command"]
+    cmd = _container(job)["args"]
+    assert "--shutdown-timeout=110" in cmd
     assert "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd
     assert "--node-rank=$(JOB_COMPLETION_INDEX)" in cmd
     assert f"--master-addr={name}-0.{name}" in cmd

@@ -9,8 +9,11 @@ crashed run is continued by submitting the same plan again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import TYPE_CHECKING, Protocol
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from visionline.config import PipelineConfig
 from visionline.storage import ArtifactStore
@@ -75,3 +78,29 @@ def trainer_args(
     for key, value in sorted((origin or {}).items()):
         args += ["--origin", f"{key}={value}"]
     return args
+
+
+_waited: set[Any] = set()  # the runs this process is waiting for
+_waited_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def waiting_for(run: RunHandle) -> Iterator[None]:
+    """Mark ``run`` as waited for, so that ``cancel_waited_runs`` finds it."""
+    with _waited_lock:
+        _waited.add(run)
+    try:
+        yield
+    finally:
+        with _waited_lock:
+            _waited.discard(run)
+
+
+def cancel_waited_runs() -> list[str]:
+    """Cancel every run this process is waiting for (the flows' ``on_cancellation``
+    hook: a cancelled flow run stops its training run); the ids of those cancelled."""
+    with _waited_lock:
+        runs = list(_waited)
+    for run in runs:
+        run.cancel()
+    return [r.run_id for r in runs]

@@ -86,6 +86,9 @@ class KubernetesComputeConfig(Section):
     s3_secret: str | None = Field("visionline-s3", pattern=_DNS_LABEL)
     # Plain, non-secret environment (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION, ...).
     env: dict[str, str] = {}
+    # The settings ConfigMap every visionline pod reads (envFrom, optional):
+    # VISIONLINE_STORE, AWS_DEFAULT_REGION, ... (k8s/base/kustomization.yaml). None: none.
+    settings_config_map: str | None = Field("visionline-settings", pattern=_DNS_LABEL)
     backoff_limit: int = Field(3, ge=0, le=100)
     active_deadline_seconds: int = Field(7 * 24 * 3600, ge=60)
     ttl_seconds_after_finished: int | None = Field(7 * 24 * 3600, ge=0)

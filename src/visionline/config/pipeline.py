@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,10 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# The store every process uses, over the config file's (k8s/base's visionline-settings).
+STORE_ENV = "VISIONLINE_STORE"
+
+
 def parse_config(data: Any, source: str = "<dict>") -> PipelineConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: top level must be a mapping")
@@ -128,7 +133,8 @@ def parse_config(data: Any, source: str = "<dict>") -> PipelineConfig:
 
 
 def load_config(uri: str | Path) -> PipelineConfig:
-    """Load a config from a local path or an ``s3://`` URI."""
+    """Load a config from a local path or an ``s3://`` URI. ``VISIONLINE_STORE``, when
+    set (the settings ConfigMap sets it in every pod), replaces the file's ``store``."""
     uri = str(uri)
     if uri.startswith("s3://"):
         text = read_uri(uri).decode()
@@ -141,4 +147,9 @@ def load_config(uri: str | Path) -> PipelineConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML in {uri}: {e}") from e
-    return parse_config(data, source=uri)
+    cfg = parse_config(data, source=uri)
+    store = os.environ.get(STORE_ENV)
+    if store and store != cfg.store:
+        # the one place that names the store for every pod: the settings ConfigMap
+        cfg = cfg.with_overrides(store=store)
+    return cfg

@@ -23,8 +23,12 @@ from visionline.errors import (
 )
 from visionline.model.runs import check_run_id
 from visionline.storage import open_store
+from visionline.training.devices import check_cuda
 from visionline.training.loop import fit
 from visionline.training.plan import plan_run
+from visionline.training.resume import Preemption, SetupInterrupted
+
+log = logging.getLogger("visionline.training")
 
 # what --help says the command does
 DESCRIPTION = "Training: ``fit()`` drives ``train_one_epoch()`` and ``evaluate()``."
@@ -41,7 +45,19 @@ def _origin(pairs: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The trainer's command line; returns the process's exit code."""
+    """The trainer's command line; returns the process's exit code. SIGTERM is handled
+    from the first line on: before the training loop it ends the process at once with
+    ``EXIT_PREEMPTED`` (nothing to checkpoint yet), in the loop it checkpoints first."""
+    preemption = Preemption(immediate=True)
+    try:
+        with preemption:
+            return _main(argv, preemption)
+    except SetupInterrupted:
+        print("stopped on SIGTERM during setup: nothing to checkpoint yet", file=sys.stderr)
+        return EXIT_PREEMPTED
+
+
+def _main(argv: list[str] | None, preemption: Preemption) -> int:
     ap = argparse.ArgumentParser(prog="python -m visionline.training", description=DESCRIPTION)
     ap.add_argument("--config", required=True, help="config YAML: a path or s3:// URI")
     ap.add_argument("--run-id", required=True)
@@ -58,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("visionline").setLevel(logging.INFO)
+    log.info("run %s: setting up (config, data, model)", args.run_id)
     try:
         cfg = load_config(args.config)
         if args.store:
             cfg = cfg.with_overrides(store=args.store)
         origin = _origin(args.origin)
         check_run_id(args.run_id)
+        check_cuda(cfg)  # a CUDA build the node's driver cannot run fails here, at once
     except (ConfigError, TrainingError) as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -73,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store = open_store(cfg.store)
         # a backend's config is already pinned (its plan's); one given by hand is pinned here
-        result = fit(plan_run(cfg, store, run_id=args.run_id), store, origin)
+        result = fit(plan_run(cfg, store, run_id=args.run_id), store, origin, preemption)
     except Preempted:
         return EXIT_PREEMPTED
     print(

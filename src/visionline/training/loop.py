@@ -233,20 +233,30 @@ def run_epoch(tr: Trainer, epoch: int) -> dict | None:
     return row
 
 
-def fit(plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None) -> FitResult:
+def fit(
+    plan: RunPlan,
+    store: ArtifactStore,
+    origin: dict[str, str] | None = None,
+    preemption: Preemption | None = None,
+) -> FitResult:
     """Train (or resume, or recognise as finished) run ``plan.run_id`` with ``plan.cfg`` on
     ``plan.dataset``.
 
     ``origin`` (e.g. the orchestrator's run id) is recorded in ``run.json``.
+    ``preemption``: the SIGTERM handler the caller installed before its setup (the
+    trainer's entry does), which the training loop takes over.
     """
     paths = RunPaths(check_run_id(plan.run_id))
     done = finished_result(plan.cfg, store, paths)
     if done is not None:
         return done
     tr = build_trainer(plan, store, paths)
+    if preemption is not None:
+        tr.preemption = preemption
     restore_checkpoint(tr)
     announce(tr)
     with tr.preemption:  # SIGTERM: checkpoint at the next batch boundary, then exit
+        tr.preemption.immediate = False
         for epoch in range(tr.start_epoch, plan.cfg.train.epochs + 1):
             if tr.early_stopped:
                 break

@@ -100,37 +100,53 @@ class SeededSamples(Dataset):
         return self.dataset[index]
 
 
+class SetupInterrupted(BaseException):
+    """SIGTERM before the training loop began: nothing to checkpoint, so the trainer
+    stops at once (a BaseException, so no ``except Exception`` in the setup swallows it)."""
+
+
 class Preemption:
     """SIGTERM -> ``requested``; the training loop stops at the next batch boundary.
 
+    ``immediate`` (the trainer's entry installs it so, before its setup and data
+    download): a SIGTERM raises ``SetupInterrupted`` instead, until the training loop
+    takes over (``immediate = False``). The handler's being there at all matters: Python
+    as a PID namespace's init would otherwise never even see the signal.
+
     Installed only in the main thread (where Python delivers signals); elsewhere it stays
-    inert and SIGTERM keeps its default meaning. ``epoch``/``step`` (steps done) are
-    kept current by the loop so the stop can say how far past the signal it went.
+    inert and SIGTERM keeps its default meaning. Entered again (the loop inside the
+    entry's), it stays installed until the outermost exit. ``epoch``/``step`` (steps
+    done) are kept current by the loop so the stop can say how far past the signal it went.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, immediate: bool = False) -> None:
         self.requested = False
+        self.immediate = immediate
         self.during: tuple[int, int] | None = None  # (epoch, steps done) at the signal
         self.epoch = 0
         self.step = 0
         self._previous: Any = None
-        self._installed = False
+        self._depth = 0
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if not self.requested:
             self.requested = True
             self.during = (self.epoch, self.step)
+            if self.immediate:
+                raise SetupInterrupted()
 
     def __enter__(self) -> Preemption:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
-            self._installed = True
+            if self._depth == 0:
+                self._previous = signal.signal(signal.SIGTERM, self._handler)
+            self._depth += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._installed = False
+        if self._depth:
+            self._depth -= 1
+            if self._depth == 0:
+                signal.signal(signal.SIGTERM, self._previous)
 
     def should_stop(self, ddp: Any = None, device: torch.device | None = None) -> bool:
         """True when this process (or, under DDP, any rank) was asked to stop: all ranks

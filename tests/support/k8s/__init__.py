@@ -30,7 +30,10 @@ one-node kubelet: it creates pods for Jobs, applies their ``podFailurePolicy``,
 container command as a real local process (its env resolved from the pod spec, Secrets
 included) or gives the pod a scripted ``Fate`` (OOMKilled, evicted, image pull failure,
 unschedulable); a deleted pod gets SIGTERM, SIGKILL at its grace period, and is gone
-once it stopped (``Fate.stop_seconds`` makes a shutdown slow). ``DeploymentController`` (deployments.py) rolls Deployments out. The
+once it stopped (``Fate.stop_seconds`` makes a shutdown slow). Its containers run
+(runtime.py) as PID 1 of their own PID namespace, under the image's ENTRYPOINT read from
+the Dockerfile, with ``command``/``args`` and ``$(VAR)`` expansion, ``envFrom`` and the
+downward API (downward.py) as the kubelet resolves them; signals go to PID 1. ``DeploymentController`` (deployments.py) rolls Deployments out. The
 controllers talk to the emulator only through the API, like the real ones.
 """
 

@@ -266,7 +266,8 @@ class JobController(threading.Thread):
         if fate.kind != "unschedulable":
             # bound to this one node at once: its deletion is then graceful, as on a node
             pod["spec"]["nodeName"] = NODE
-        self.core.create_namespaced_pod(self.namespace, pod)
+        # the pod as the server has it (its uid, for the downward API)
+        pod = self._d(self.core.create_namespaced_pod(self.namespace, pod))
         self.pod_fates[name] = fate
         self.kubelet.start(name, pod, fate)
 

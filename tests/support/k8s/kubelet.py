@@ -12,14 +12,15 @@ import base64
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .downward import field_value
 from .objects import now_rfc3339
+from .runtime import Pid1Process, container_argv, env_from, pid1_available
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -30,7 +31,7 @@ class Fate:
     """What the kubelet does with one pod. ``run``: run its command for real; the other
     kinds give it the scripted status a real cluster would."""
 
-    kind: str = "run"  # run | oom | evict | image_pull | unschedulable | exit
+    kind: str = "run"  # run | oom | evict | image_pull | unschedulable | exit | hold
     exit_code: int = 1
     # for evict: SIGTERM the running process once a log line contains this
     evict_after: str | None = None
@@ -138,12 +139,15 @@ class Kubelet:
         self.extra_env = extra_env
         self.stop_event = stop_event
         self.errors = errors
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, Any] = {}  # Popen or runtime.Pid1Process
         self.grace_exits: dict[str, float] = {}
         self._threads: list[threading.Thread] = []
         self._pods: dict[str, Fate] = {}  # the pods on this node, until they are gone
         self._stopping: dict[str, float] = {}  # pod -> when its termination began
         self._lock = threading.Lock()  # a pod's process starts, or its termination does
+        # containers as PID 1 of their own PID namespace, under the image's ENTRYPOINT
+        # (runtime.py); where this user cannot, plain processes
+        self.pid1 = pid1_available()
 
     def start(self, name: str, pod: dict[str, Any], fate: Fate) -> None:
         """Run the pod just created as ``name`` on its own thread."""
@@ -188,6 +192,8 @@ class Kubelet:
             },
         )
         self.cluster.append_log(self.namespace, name, "")  # the container started: logs exist
+        if fate.kind == "hold":
+            return  # Running, with no process, until it is deleted
         if fate.kind == "oom":
             for line in fate.lines:
                 self.cluster.append_log(self.namespace, name, line)
@@ -219,15 +225,22 @@ class Kubelet:
             raise KeyError(f"secret {ref['name']} has no key {ref['key']}")
         return None
 
-    def _env(self, container: dict[str, Any], home: Path) -> dict[str, str]:
+    def _env(
+        self, container: dict[str, Any], home: Path, pod: dict[str, Any] | None = None
+    ) -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
             "LANG": "C.UTF-8",
         }
+        env.update(env_from(self.core, self.api, self.namespace, container))
         for e in container.get("env") or []:
             if "value" in e:
                 env[e["name"]] = e["value"]
+                continue
+            field = (e.get("valueFrom") or {}).get("fieldRef")
+            if field:  # the downward API
+                env[e["name"]] = field_value(pod or {}, field["fieldPath"])
                 continue
             ref = (e.get("valueFrom") or {}).get("secretKeyRef")
             if ref:
@@ -243,12 +256,13 @@ class Kubelet:
     ) -> None:
         home = self.workdir / name
         (home / "tmp").mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable if c == "python" else c for c in container["command"]]
-        env = self._env(container, home)
+        env = self._env(container, home, pod)
+        cmd = container_argv(container, env)
         with self._lock:
             if name in self._stopping:
                 return  # deleted before its container started: it never will
-            proc = subprocess.Popen(
+            run = Pid1Process if self.pid1 else subprocess.Popen
+            proc = run(
                 cmd,
                 cwd=home,
                 env=env,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from visionline.compute import config_key, publish_config
 from visionline.compute.kubernetes.diagnosis import true_condition
 from visionline.compute.kubernetes.manifest import build_manifests, job_name, owned_by_job
+from visionline.compute.kubernetes.owner import flow_run_owner
 from visionline.compute.kubernetes.watch import KubernetesRun
 from visionline.errors import ConfigError, TrainingError
 from visionline.kube import KubeAccess, KubernetesConflictError, KubernetesNotFoundError, as_dict
@@ -45,7 +46,8 @@ class KubernetesBackend(KubeAccess):
         """The objects ``submit`` would create, without writing anything anywhere."""
         cfg = plan.cfg.model_copy(update={"compute": self.cfg.compute})
         config_uri = store.url(config_key(plan.cfg))
-        return build_manifests(cfg, plan.run_id, config_uri, store.uri, origin)
+        owner = flow_run_owner(self.k.namespace)  # a cancelled flow run takes its Job along
+        return build_manifests(cfg, plan.run_id, config_uri, store.uri, origin, owner)
 
     def _check_store(self, store: ArtifactStore) -> None:
         if not store.uri.startswith("s3://"):

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 CONTAINER = "trainer"
 RENDEZVOUS_PORT = 29500
 WORKDIR = "/work"
+# Under torchrun the agent gets the pod's SIGTERM and gives its workers this much less
+# than the pod's grace period (torchrun's own default is 30 s), so that it can still
+# report their exit before the kubelet's SIGKILL.
+AGENT_MARGIN_SECONDS = 10
+GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def job_name(run_id: str) -> str:
@@ -40,13 +45,18 @@ def trainer_command(
     origin: dict[str, str] | None = None,
     rendezvous_host: str | None = None,
 ) -> list[str]:
+    """The trainer's ``args`` (never ``command``: the image's ENTRYPOINT, tini, stays PID
+    1 and passes SIGTERM to this process, whose handler checkpoints)."""
     entry = ["-m", "visionline.training", *trainer_args(config_uri, run_id, store_uri, origin)]
     nproc = k.processes_per_node
+    # torchrun's agent passes SIGTERM on to its workers and waits this long for them
+    shutdown = f"--shutdown-timeout={worker_grace_seconds(k)}"
     if k.nodes > 1:
         return [
             "python",
             "-m",
             "torch.distributed.run",
+            shutdown,
             f"--nnodes={k.nodes}",
             f"--nproc-per-node={nproc}",
             # the kubelet expands $(VAR) from the container's env
@@ -60,12 +70,19 @@ def trainer_command(
             "python",
             "-m",
             "torch.distributed.run",
+            shutdown,
             "--standalone",
             "--nnodes=1",
             f"--nproc-per-node={nproc}",
             *entry,
         ]
     return ["python", *entry]
+
+
+def worker_grace_seconds(k: KubernetesComputeConfig) -> int:
+    """How long torchrun's workers get from SIGTERM to SIGKILL: the pod's grace period
+    less the agent's margin."""
+    return max(1, k.termination_grace_period_seconds - AGENT_MARGIN_SECONDS)
 
 
 def run_labels(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
@@ -128,18 +145,22 @@ def trainer_container(
     limits = dict(k.resources.limits)
     requests = dict(k.resources.requests)
     if k.gpus:
-        limits["nvidia.com/gpu"] = str(k.gpus)
+        limits[GPU_RESOURCE] = str(k.gpus)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": k.image,
         "imagePullPolicy": k.image_pull_policy,
-        "command": command,
+        # args, not command: the image's ENTRYPOINT (tini) stays PID 1
+        "args": command,
         "workingDir": WORKDIR,
         "env": _trainer_env(k, run_id),
         "resources": {"requests": requests, "limits": limits},
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
+    if k.settings_config_map:
+        # what every visionline pod reads: VISIONLINE_STORE, AWS_DEFAULT_REGION, ...
+        container["envFrom"] = [{"configMapRef": {"name": k.settings_config_map, "optional": True}}]
     if k.nodes > 1:
         container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
     return container
@@ -163,8 +184,13 @@ def trainer_pod_spec(
     }
     if k.node_selector:
         pod_spec["nodeSelector"] = dict(k.node_selector)
-    if k.tolerations:
-        pod_spec["tolerations"] = tolerations(k.tolerations)
+    tolerate = tolerations(k.tolerations)
+    if k.gpus and not any(t.get("key") == GPU_RESOURCE for t in tolerate):
+        # GPU nodes are often tainted so (GKE always): the GPU limit picks the node, no
+        # node label does (nvidia.com/gpu.present exists only with GPU Feature Discovery)
+        tolerate.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    if tolerate:
+        pod_spec["tolerations"] = tolerate
     if k.priority_class:
         pod_spec["priorityClassName"] = k.priority_class
     if k.image_pull_secrets:
@@ -222,8 +248,10 @@ def build_job(
     config_uri: str,
     store_uri: str,
     origin: dict[str, str] | None = None,
+    owner: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Job for one run, as the API's JSON."""
+    """The Job for one run, as the API's JSON; ``owner`` (``owner.flow_run_owner``):
+    the flow run's Job or pod, whose deletion garbage-collects this Job."""
     k = cfg.compute.kubernetes
     name = job_name(run_id)
     labels = run_labels(cfg, run_id)
@@ -239,15 +267,18 @@ def build_job(
         "metadata": {"labels": labels, "annotations": {f"{DOMAIN}/run-id": run_id}},
         "spec": trainer_pod_spec(k, container, volumes, service),
     }
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": k.namespace,
+        "labels": job_labels,
+        "annotations": _job_annotations(run_id, config_uri, store_uri, origin),
+    }
+    if owner:
+        metadata["ownerReferences"] = [dict(owner)]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": k.namespace,
-            "labels": job_labels,
-            "annotations": _job_annotations(run_id, config_uri, store_uri, origin),
-        },
+        "metadata": metadata,
         "spec": job_spec(k, template),
     }
 
@@ -281,12 +312,13 @@ def build_manifests(
     config_uri: str,
     store_uri: str,
     origin: dict[str, str] | None = None,
+    owner: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every object ``submit`` creates for a run, in creation order (the Job last)."""
     objects = []
     if cfg.compute.kubernetes.nodes > 1:
         objects.append(build_rendezvous_service(cfg, run_id))
-    objects.append(build_job(cfg, run_id, config_uri, store_uri, origin))
+    objects.append(build_job(cfg, run_id, config_uri, store_uri, origin, owner))
     return objects
 
 

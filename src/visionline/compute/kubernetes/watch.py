@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from visionline.compute import FAILED, SUCCEEDED
 from visionline.compute.kubernetes.diagnosis import explain_failure, pod_problem, true_condition
 from visionline.compute.kubernetes.manifest import CONTAINER
+from visionline.compute.kubernetes.owner import cancel_on_exit
 from visionline.errors import TrainingError
 from visionline.kube import KubernetesApiError, KubernetesNotFoundError, api_errors, as_dict
 
@@ -265,6 +266,12 @@ class KubernetesRun:
             f.stop.set()
 
     def wait(self, timeout: float | None = None) -> None:
+        """Block until the run ends; a signal or interrupt meanwhile cancels it first
+        (``owner.cancel_on_exit``): a cancelled flow run leaves no training run behind."""
+        with cancel_on_exit(self):
+            self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             state = self.poll()
