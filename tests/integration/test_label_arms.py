@@ -14,6 +14,7 @@ import shlex
 import sys
 
 import pandas as pd
+import pytest
 
 from tests.conftest import REPO, digits_config
 from tests.support.handler import extract_mar, handle, load_handler
@@ -94,6 +95,7 @@ def _check_report(store: LocalStore, key: str, info: dict, control: int) -> dict
     return result
 
 
+@pytest.mark.slow  # trains three small models and runs the CLI four times
 def test_control_arm_from_queue_to_report(small_digits_dir, digits_dir, tmp_path):
     store = LocalStore(tmp_path / "store")
     ingest(store, str(small_digits_dir), "digits", progress=False)
