@@ -127,7 +127,7 @@ def gate(cfg: PipelineConfig, run: RunPlan) -> dict:
 @task(**IO)
 def package(cfg: PipelineConfig, run: RunPlan) -> ModelRef:
 
-    return package_run(open_store(cfg.store), run.run_id, cfg.serve.model_name)
+    return package_run(open_store(cfg.store), run.run_id, cfg.serve.model_name, cfg)
 
 
 @task(persist_result=True)

@@ -160,3 +160,27 @@ def test_the_serving_environment_overrides_store_and_rate():
     assert not s.with_environment({"VISIONLINE_CAPTURE_SAMPLE_RATE": "0"}).enabled
     with pytest.raises(ValueError, match="VISIONLINE_CAPTURE_SAMPLE_RATE=2"):
         s.with_environment({"VISIONLINE_CAPTURE_SAMPLE_RATE": "2"})
+
+
+def test_the_serving_environment_overrides_every_capture_setting():
+    from visionline.monitoring.capture_settings import ENV
+
+    s = CaptureSettings(0.1, False, "/data/store", 10, 5, 1.0, 64.0)
+    env = {
+        "VISIONLINE_CAPTURE_IMAGES": "true",
+        "VISIONLINE_CAPTURE_QUEUE_SIZE": "100",
+        "VISIONLINE_CAPTURE_FLUSH_RECORDS": "50",
+        "VISIONLINE_CAPTURE_FLUSH_INTERVAL_S": "2.5",
+        "VISIONLINE_CAPTURE_MAX_QUEUE_MB": "8",
+    }
+    assert s.with_environment(env) == CaptureSettings(0.1, True, "/data/store", 100, 50, 2.5, 8.0)
+    assert set(ENV) == set(CaptureSettings.__dataclass_fields__)  # each one, none left out
+    assert not s.with_environment({"VISIONLINE_CAPTURE_IMAGES": "off"}).capture_images
+    for bad, msg in (
+        ({"VISIONLINE_CAPTURE_IMAGES": "maybe"}, "VISIONLINE_CAPTURE_IMAGES=maybe: must be true"),
+        ({"VISIONLINE_CAPTURE_QUEUE_SIZE": "many"}, "VISIONLINE_CAPTURE_QUEUE_SIZE=many: not a"),
+        ({"VISIONLINE_CAPTURE_FLUSH_INTERVAL_S": "0"}, "FLUSH_INTERVAL_S=0: must be above 0"),
+        ({"VISIONLINE_CAPTURE_FLUSH_RECORDS": "11"}, "flush_records \\(11\\) must not exceed"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            s.with_environment(bad)

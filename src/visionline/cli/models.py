@@ -21,8 +21,10 @@ def package_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    store = open_store(pipeline_config(args).store)
-    ref = package_run(store, args.run, name=args.name)
+    # serve and monitor come from this config, not the run's: they belong to the deployment
+    cfg = pipeline_config(args)
+    store = open_store(cfg.store)
+    ref = package_run(store, args.run, name=args.name, cfg=cfg)
     info = Registry(store, ref.name).info(ref.version)
     print(f"packaged run {args.run} as {ref}: {store.url(ref.mar_key)} (sha256 {info['sha256']})")
     return 0

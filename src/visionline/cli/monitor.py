@@ -12,6 +12,7 @@ from visionline.errors import EXIT_DRIFT, VisionlineError
 from visionline.monitoring.capture_windows import parse_window
 from visionline.monitoring.check import check_images, check_window
 from visionline.monitoring.label_import import import_labels
+from visionline.monitoring.label_report import label_report
 from visionline.monitoring.labels import (
     build_label_queue,
     labelled_quality,
@@ -67,18 +68,32 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def labels_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["feedback", "import"])
+    p.add_argument("action", choices=["feedback", "import", "report"])
     p.add_argument(
-        "file", help="feedback: CSV request_id,label; import: queue CSV or Label Studio JSON"
+        "file",
+        help="feedback: CSV request_id,label; import: queue CSV or Label Studio JSON; "
+        f"report: the served model ({MODEL_HELP})",
     )
     p.add_argument("--model", help=f"feedback: {MODEL_HELP} (default: serve.model_name)")
     p.add_argument("--window", help="feedback: join captures in START..END only")
     p.add_argument("--dataset", help="import: the dataset to extend (default: data.dataset)")
+    p.add_argument(
+        "--labelled",
+        metavar="VERSION",
+        help="report: the imported dataset version whose arms to compare (default: the newest)",
+    )
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
     cfg = pipeline_config(args)
     store = open_store(cfg.store)
+    if args.action == "report":
+        spec = str(model_ref(store, args.file, cfg))
+        print("training both arms (a finished arm is reused) ...", flush=True)
+        report = label_report(store, cfg, spec, args.labelled)
+        print(report.summary())
+        print(f"report: {store.url(report.prefix + '/report.json')} (and report.md, gain.png)")
+        return 0
     if args.action == "import":
         res = import_labels(store, cfg, args.file, args.dataset)
         print(
@@ -131,6 +146,15 @@ def label_queue_arguments(p: argparse.ArgumentParser) -> None:
         default=0.1,
         help="near-duplicate distance, as a fraction of the median embedding distance",
     )
+    p.add_argument(
+        "--control",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="also queue round(FRACTION x K) random captures, the control arm that "
+        "`labels report` compares the chosen ones with (default 0: none)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="of the control arm's random draw")
 
 
 def cmd_label_queue(args: argparse.Namespace) -> int:
@@ -138,14 +162,19 @@ def cmd_label_queue(args: argparse.Namespace) -> int:
     store = open_store(cfg.store)
     spec = str(model_ref(store, args.model, cfg))
     start, end = _window(args.window)
-    q = build_label_queue(store, spec, args.k, args.strategy, start, end, args.dedup)
+    q = build_label_queue(
+        store, spec, args.k, args.strategy, start, end, args.dedup, args.control, args.seed
+    )
+    control = int((q.rows["arm"] == "control").sum())
     print(
-        f"{len(q.rows)} images queued by {args.strategy} from {q.candidates} unlabelled captures "
+        f"{len(q.rows) - control} images queued by {args.strategy} and {control} at random "
+        f"(control) from {q.candidates} unlabelled captures "
         f"({q.near_duplicates} near-duplicates skipped)"
     )
     for r in q.rows.itertuples():
         print(
-            f"  {r.request_id}: predicted {r.predicted} ({r.confidence:.3f}), score {r.score:.4f}"
+            f"  {r.request_id}: {r.arm:<7} predicted {r.predicted} ({r.confidence:.3f}), "
+            f"score {r.score:.4f}"
         )
     print(f"queue:        {store.url(q.prefix + '/queue.csv')}")
     print(f"Label Studio: {store.url(q.prefix + '/tasks.json')} (config label_config.xml)")

@@ -19,11 +19,30 @@ from visionline.cli.common import (
     target_flag,
     with_target,
 )
+from visionline.config import PipelineConfig
 from visionline.errors import EXIT_FAILED, EXIT_USAGE, VisionlineError
+from visionline.registry import ModelRef, Registry
 from visionline.serving.client import GrpcClient, RestClient
 from visionline.serving.deploy import deploy_checked, rollback_champion
+from visionline.serving.packaging import deployment_differences
 from visionline.serving.torchserve import key_file_path, read_tokens
-from visionline.storage import open_store
+from visionline.storage import ArtifactStore, open_store
+
+
+def warn_if_packaged_otherwise(store: ArtifactStore, ref: ModelRef, cfg: PipelineConfig) -> None:
+    """An archive serves and captures as it was packaged: say so when this config's
+    ``serve``/``monitor`` settings differ, and how to serve with them instead."""
+    info = Registry(store, ref.name).info(ref.version)
+    diff = deployment_differences(info, cfg, store.uri)
+    if diff:
+        print(
+            f"warning: {ref} was packaged with other serving or capture settings than this "
+            f"config ({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}): it serves as "
+            f"packaged. To serve with this config's, package its run with it "
+            f"(visionline --config CONFIG package {info['run_id']}) and deploy that version, "
+            "or set VISIONLINE_CAPTURE_* in the serving environment",
+            file=sys.stderr,
+        )
 
 
 def serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("stopped" if was_running else "no server was running")
         return 0
     ref = model_ref(store, args.model, cfg)
+    warn_if_packaged_otherwise(store, ref, cfg)
     local = local_server(cfg, store, args.workdir)
     local.deploy(ref)
     e = local.endpoints
@@ -67,6 +87,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     cfg = with_target(pipeline_config(args), args)
     store = open_store(cfg.store)
     ref = model_ref(store, args.model, cfg)
+    warn_if_packaged_otherwise(store, ref, cfg)
     if args.dry_run:
         if cfg.deploy.target != "kubernetes":
             raise VisionlineError("--dry-run prints Kubernetes objects: add --target kubernetes")

@@ -10,6 +10,7 @@ import optuna
 
 from visionline.backends import compute_backend
 from visionline.cli.common import Command, pipeline_config
+from visionline.config import PipelineConfig
 from visionline.errors import EXIT_FAILED
 from visionline.evaluation import ensure_evaluated
 from visionline.evaluation.gate import champion_run_id, gate_run
@@ -48,18 +49,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(result.best_config.to_yaml())
     if args.no_package:
         return 0
-    return _evaluate_gate_package(store, result.best_run_id, cfg.serve.model_name)
+    return _evaluate_gate_package(store, result.best_run_id, cfg)
 
 
-def _evaluate_gate_package(store: ArtifactStore, run_id: str, model_name: str) -> int:
+def _evaluate_gate_package(store: ArtifactStore, run_id: str, cfg: PipelineConfig) -> int:
     """The search's best run through the same stages a trained run goes through."""
     m = ensure_evaluated(store, run_id)
     print(f"best run {run_id}: test accuracy {m['accuracy']:.4f}, macro F1 {m['macro']['f1']:.4f}")
+    model_name = cfg.serve.model_name
     decision = gate_run(store, run_id, champion_run=champion_run_id(store, model_name))
     print(decision.summary())
     if not decision.passed:
         return EXIT_FAILED
-    ref = package_run(store, run_id, model_name)
+    ref = package_run(store, run_id, model_name, cfg)
     print(f"packaged run {run_id} as {ref}: {store.url(ref.mar_key)}")
     return 0
 

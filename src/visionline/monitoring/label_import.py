@@ -1,6 +1,9 @@
 """Labelled images merged into a new dataset version: our labelling queue's CSV with its
 ``label`` column filled, or a Label Studio JSON export. The new version is validated by
-the Great Expectations gate and becomes the newest only if it passes.
+the Great Expectations gate and becomes the newest only if it passes. Images a queue
+put in an arm (``chosen`` or ``control``, see ``visionline.monitoring.labels``) are
+listed by arm in the new version's ``dataset.json`` (``arms``: sha256 in queue order),
+which is what ``visionline labels report`` compares.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class LabelledImage:
     source: str  # store key or local path of the image
     label: str
     request_id: str | None = None
+    arm: str | None = None  # chosen or control, for images from a queue with a control arm
 
 
 def _from_label_studio(path: Path, tasks: Any) -> tuple[list[LabelledImage], int]:
@@ -62,7 +66,9 @@ def _from_label_studio(path: Path, tasks: Any) -> tuple[list[LabelledImage], int
         source = data.get("key") or data.get("image")
         if not source:
             raise MonitoringError(f"{where}: the task names no image (data.key or data.image)")
-        out.append(LabelledImage(where, str(source), str(label), data.get("request_id")))
+        out.append(
+            LabelledImage(where, str(source), str(label), data.get("request_id"), data.get("arm"))
+        )
     return out, unlabelled
 
 
@@ -84,7 +90,11 @@ def _from_csv(path: Path) -> tuple[list[LabelledImage], int]:
                 continue
             if not src:
                 raise MonitoringError(f"{path}:{line}: empty {col}")
-            out.append(LabelledImage(f"{path}:{line}", src, label, row.get("request_id") or None))
+            out.append(
+                LabelledImage(
+                    f"{path}:{line}", src, label, row.get("request_id") or None, row.get("arm")
+                )
+            )
     return out, unlabelled
 
 
@@ -144,15 +154,16 @@ def _new_rows(
     base: Path,
     parent: DatasetRef,
     manifest: pd.DataFrame,
-) -> tuple[list[dict[str, Any]], dict[str, bytes], int]:
-    """The manifest rows (and bytes, by key) of the images ``parent`` lacks, and how many
-    it has already; an unknown class, a conflicting label or an unusable image is an
-    error naming where it came from."""
+) -> tuple[list[dict[str, Any]], dict[str, bytes], int, dict[str, list[str]]]:
+    """The manifest rows (and bytes, by key) of the images ``parent`` lacks, how many it
+    has already, and the new images' sha256 by queue arm; an unknown class, a
+    conflicting label or an unusable image is an error naming where it came from."""
     parent_info = store.get_json(parent.info_key)
     classes = list(parent_info["classes"])
     ratios = SplitConfig(**parent_info["split_ratios"])
     known = dict(zip(manifest["sha256"], manifest["label"], strict=False))
     rows, payloads, seen = [], {}, {}
+    arms: dict[str, list[str]] = {}
     already = 0
     for item in items:
         if item.label not in classes:
@@ -187,7 +198,9 @@ def _new_rows(
             raise MonitoringError(f"{item.where}: not a usable image ({row['error']})")
         rows.append(row)
         payloads[row["key"]] = data
-    return rows, payloads, already
+        if item.arm:
+            arms.setdefault(item.arm, []).append(digest)
+    return rows, payloads, already, arms
 
 
 def import_labels(
@@ -204,7 +217,7 @@ def import_labels(
     ratios = SplitConfig(**parent_info["split_ratios"])
     manifest = read_manifest(store, parent)
 
-    rows, payloads, already = _new_rows(store, cfg, items, path.parent, parent, manifest)
+    rows, payloads, already, arms = _new_rows(store, cfg, items, path.parent, parent, manifest)
     if not rows:
         return ImportResult(None, parent, 0, unlabelled, already, False, notes=["no new images"])
 
@@ -219,7 +232,8 @@ def import_labels(
         store.put_json(
             ref.info_key,
             {
-                **parent_info,
+                # a parent's arms are the parent's: this version lists its own
+                **{k: v for k, v in parent_info.items() if k != "arms"},
                 "version": ref.version,
                 "parent": parent.version,
                 "source": str(path),
@@ -230,6 +244,7 @@ def import_labels(
                     for s in ("train", "val", "test")
                 },
                 "created": datetime.now(UTC).isoformat(),
+                **({"arms": arms} if arms else {}),
             },
         )
         store.put_bytes(ref.manifest_key, manifest_to_bytes(merged))  # the commit marker

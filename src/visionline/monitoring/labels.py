@@ -27,6 +27,10 @@ from visionline.monitoring.check import resolve_model
 from visionline.storage import ArtifactStore, PutItem, sha256_bytes
 
 STRATEGIES = ("least-confidence", "margin", "entropy")
+# A queue's arms: the images the strategy chose, and a random sample of the same
+# captures beside them (``--control``), so that labelling can be measured against chance
+# (``visionline.monitoring.label_report``).
+ARMS = ("chosen", "control")
 
 
 # --------------------------------------------------------------------------- feedback
@@ -195,10 +199,11 @@ def label_studio_config(classes: list[str]) -> str:
     )
 
 
-def _queue_row(c: pd.Series, key: str, url: str, score: float) -> dict[str, Any]:
-    """One line of ``queue.csv``: the capture, its image, and an empty ``label``."""
+def _queue_row(c: pd.Series, key: str, url: str, score: float, arm: str) -> dict[str, Any]:
+    """One line of ``queue.csv``: the capture, its arm, its image, and an empty ``label``."""
     return {
         "request_id": c["request_id"],
+        "arm": arm,
         "image": key,
         "url": url,
         "predicted": c["label"],
@@ -210,11 +215,12 @@ def _queue_row(c: pd.Series, key: str, url: str, score: float) -> dict[str, Any]
     }
 
 
-def _label_studio_task(c: pd.Series, rank: int, key: str, url: str, model: str) -> dict:
+def _label_studio_task(c: pd.Series, rank: int, key: str, url: str, model: str, arm: str) -> dict:
     """One Label Studio task, pre-annotated with the model's prediction."""
+    data = {"image": url, "key": key, "request_id": c["request_id"], "model": model, "arm": arm}
     return {
         "id": rank,
-        "data": {"image": url, "key": key, "request_id": c["request_id"], "model": model},
+        "data": data,
         "predictions": [
             {
                 "model_version": model,
@@ -240,13 +246,19 @@ def build_label_queue(
     start: datetime | None = None,
     end: datetime | None = None,
     dedup: float = 0.1,
+    control: float = 0.0,
+    seed: int = 0,
 ) -> LabelQueue:
     """The ``k`` most informative captured images of the model not labelled yet, with
-    near-duplicates removed, written to a labelling queue in the store."""
+    near-duplicates removed, written to a labelling queue in the store; with
+    ``control`` > 0, also ``round(control * k)`` (at least one) of the other candidates
+    drawn uniformly at random (``seed``): the control arm."""
     if strategy not in STRATEGIES:
         raise MonitoringError(f"unknown strategy {strategy!r}: one of {', '.join(STRATEGIES)}")
     if k < 1:
         raise MonitoringError(f"--k must be at least 1, got {k}")
+    if not 0.0 <= control <= 1.0:
+        raise MonitoringError(f"--control is a fraction of --k within [0, 1], got {control}")
     ref, info = resolve_model(store, spec)
     caps = read_captures(store, ref.name, ref.version, start, end)
     if caps.empty or "image" not in caps or caps["image"].isna().all():
@@ -265,21 +277,39 @@ def build_label_queue(
     near_dups = int(
         np.sum(np.isin(ranked[: ranked.tolist().index(chosen[-1]) + 1], chosen, invert=True))
     )
+    picks = [(i, "chosen") for i in chosen] + [
+        (i, "control") for i in control_sample(len(caps), chosen, control, k, seed)
+    ]
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     prefix = f"label-queue/{ref.name}/{stamp}-{strategy}"
     rows, items, tasks = [], [], []
-    for rank, i in enumerate(chosen, start=1):
+    for rank, (i, arm) in enumerate(picks, start=1):
         c = caps.iloc[i]
         data = bytes(c["image"])
         fmt = inspect_image(data).format
         key = f"{prefix}/images/{rank:04d}-{_safe(c['request_id'])}{_EXT.get(fmt or '', '.bin')}"
         items.append(PutItem(key, data=data))
-        rows.append(_queue_row(c, key, store.url(key), float(scores[i])))
-        tasks.append(_label_studio_task(c, rank, key, store.url(key), str(ref)))
+        rows.append(_queue_row(c, key, store.url(key), float(scores[i]), arm))
+        tasks.append(_label_studio_task(c, rank, key, store.url(key), str(ref), arm))
     store.put_many(items, workers=8)
     frame = pd.DataFrame(rows)
     store.put_bytes(f"{prefix}/label_config.xml", label_studio_config(info["classes"]).encode())
     store.put_bytes(f"{prefix}/tasks.json", json.dumps(tasks, indent=2).encode())
     store.put_bytes(f"{prefix}/queue.csv", frame.to_csv(index=False).encode())  # last
     return LabelQueue(prefix, frame, len(caps), near_dups)
+
+
+def control_sample(n: int, chosen: list[int], control: float, k: int, seed: int) -> list[int]:
+    """``round(control * k)`` (at least one when ``control`` > 0) of the ``n``
+    candidates the strategy did not choose, uniformly at random: what labelling the
+    chosen images is compared with."""
+    if control <= 0:
+        return []
+    rest = np.setdiff1d(np.arange(n), chosen)
+    size = min(len(rest), max(1, round(control * k)))
+    if size == 0:
+        raise MonitoringError(
+            f"no captures left for a control arm: the strategy chose all {n}; lower --k"
+        )
+    return [int(i) for i in np.random.default_rng(seed).choice(rest, size, replace=False)]

@@ -3,6 +3,14 @@
 The archive holds a model file that rebuilds the architecture (visionline_model.py),
 the state_dict, our handler, ``index_to_name.json``, ``model_spec.json`` and
 ``serving.json`` (the preprocessing and request limits the handler applies).
+
+What the model is (architecture, classes, preprocessing) comes from the run; how it is
+served (``serve``: model name, top-k, request limits, CPU plan) and watched (``monitor``:
+the capture settings) come from the config packaging is given, because they belong to
+the deployment: ``monitor`` is not part of a run's id, so training again with new
+capture settings reuses the run, and the only way to change them is to package again.
+The registry records them (``deployment`` in ``model.json``): packaging a run again
+with the same settings returns the existing version, with other settings a new one.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -25,6 +34,7 @@ from visionline.errors import GateFailedError, VisionlineError
 from visionline.evaluation.report import decision_markdown, metrics_markdown
 from visionline.model.runs import RunPaths, load_run_config, load_run_info, load_torch
 from visionline.monitoring.archive import write_archive_files
+from visionline.monitoring.capture_settings import CaptureSettings
 from visionline.monitoring.reference import ensure_reference
 from visionline.registry import ModelRef, Registry
 from visionline.storage import ArtifactStore, sha256_file
@@ -80,9 +90,54 @@ def model_card(ref: ModelRef, run: dict, metrics: dict, decision: dict, sha: str
 {decision_markdown(decision)}"""
 
 
+def serving_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """What ``serving.json`` takes from the ``serve`` section (the rest is the run's)."""
+    s = cfg.serve
+    return {
+        "top_k": s.top_k,
+        "max_image_pixels": s.max_image_pixels,
+        "max_aspect_ratio": s.max_aspect_ratio,
+        "max_resized_pixels": s.max_resized_pixels,
+        "max_request_bytes": s.max_request_bytes,
+        "cpu_inference": s.cpu_inference,
+    }
+
+
+def deployment_settings(cfg: PipelineConfig, store_uri: str) -> dict[str, Any]:
+    """The serving and capture settings an archive packaged with ``cfg`` carries, as
+    the registry records them (``deployment`` in ``model.json``)."""
+    return {
+        "serve": serving_settings(cfg),
+        "capture": asdict(CaptureSettings.from_config(cfg, store_uri)),
+    }
+
+
+def deployment_differences(info: dict[str, Any], cfg: PipelineConfig, store_uri: str) -> list[str]:
+    """``section.key: archive -> config`` for each setting a registered version was
+    packaged with that ``cfg`` would set otherwise (all of them for a version packaged
+    before the registry recorded them)."""
+    recorded = info.get("deployment") or {}
+    wanted = deployment_settings(cfg, store_uri)
+    return [
+        f"{section}.{key}: {recorded.get(section, {}).get(key, '?')} -> {value}"
+        for section, values in wanted.items()
+        for key, value in values.items()
+        if recorded.get(section, {}).get(key, object()) != value
+    ]
+
+
 def build_mar(
-    store: ArtifactStore, run_id: str, name: str, version: str, cfg: PipelineConfig, out_dir: Path
+    store: ArtifactStore,
+    run_id: str,
+    name: str,
+    version: str,
+    cfg: PipelineConfig,
+    out_dir: Path,
+    deployment: PipelineConfig | None = None,
 ) -> Path:
+    """The archive of ``run_id``'s weights: the model as ``cfg`` (the run's config)
+    builds it, served and captured as ``deployment`` says (default: ``cfg``)."""
+    deployment = deployment or cfg
     paths = RunPaths(run_id)
     run = load_run_info(store, run_id)
     work = out_dir / "src"
@@ -106,21 +161,11 @@ def build_mar(
         json.dumps({str(i): c for i, c in enumerate(run["classes"])})
     )
     (work / "serving.json").write_text(
-        json.dumps(
-            {
-                "preprocessing": run["preprocessing"],
-                "top_k": cfg.serve.top_k,
-                "max_image_pixels": cfg.serve.max_image_pixels,
-                "max_aspect_ratio": cfg.serve.max_aspect_ratio,
-                "max_resized_pixels": cfg.serve.max_resized_pixels,
-                "max_request_bytes": cfg.serve.max_request_bytes,
-                "cpu_inference": cfg.serve.cpu_inference,
-            }
-        )
+        json.dumps({"preprocessing": run["preprocessing"], **serving_settings(deployment)})
     )
     extra = ",".join(
         [str(work / f) for f in ("model_spec.json", "index_to_name.json", "serving.json")]
-        + [str(p) for p in write_archive_files(store, run_id, cfg, work)]  # request capture
+        + [str(p) for p in write_archive_files(store, run_id, deployment, work)]  # request capture
     )
     proc = subprocess.run(
         [
@@ -152,8 +197,16 @@ def build_mar(
     return out_dir / f"{name}.mar"
 
 
-def package_run(store: ArtifactStore, run_id: str, name: str | None = None) -> ModelRef:
-    """Package a run whose gate passed; idempotent per run (returns the existing version)."""
+def package_run(
+    store: ArtifactStore,
+    run_id: str,
+    name: str | None = None,
+    cfg: PipelineConfig | None = None,
+) -> ModelRef:
+    """Package a run whose gate passed, served and captured as ``cfg`` says (default:
+    the run's own config) under ``name`` (default: ``cfg.serve.model_name``).
+    Idempotent per run and settings: the same run packaged again with the same
+    settings returns the existing version."""
     paths = RunPaths(run_id)
     if not store.exists(paths.decision):
         raise GateFailedError(
@@ -162,12 +215,15 @@ def package_run(store: ArtifactStore, run_id: str, name: str | None = None) -> M
     decision = store.get_json(paths.decision)
     if not decision["passed"]:
         raise GateFailedError(f"run {run_id} failed its gate: nothing is packaged")
-    cfg = load_run_config(store, run_id)
+    run_cfg = load_run_config(store, run_id)
+    cfg = cfg or run_cfg
     name = name or cfg.serve.model_name
     reg = Registry(store, name)
-    existing = reg.find_by_run(run_id)
-    if existing:
-        return ModelRef(name, existing)
+    deployment = deployment_settings(cfg, store.uri)
+    for v in reg.versions():
+        info = reg.info(v)
+        if info.get("run_id") == run_id and info.get("deployment") == deployment:
+            return ModelRef(name, v)
     run = load_run_info(store, run_id)
     metrics = store.get_json(paths.evaluation_metrics)
     # what monitoring compares the served model's windows with, from the first one on
@@ -175,7 +231,7 @@ def package_run(store: ArtifactStore, run_id: str, name: str | None = None) -> M
     version = reg.allocate_version(run_id)  # unique even with packagers running at once
     ref = ModelRef(name, version)
     with tempfile.TemporaryDirectory(prefix="visionline-mar-") as tmp:
-        mar = build_mar(store, run_id, name, version, cfg, Path(tmp))
+        mar = build_mar(store, run_id, name, version, run_cfg, Path(tmp), cfg)
         sha = sha256_file(mar)
         store.put_file(ref.mar_key, mar)
     store.put_bytes(f"{ref.prefix}/sha256", f"{sha}  {name}.mar\n".encode())
@@ -194,6 +250,7 @@ def package_run(store: ArtifactStore, run_id: str, name: str | None = None) -> M
             "preprocessing": run["preprocessing"],
             "metrics": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"]},
             "parity_keys": parity_keys(store, run),
+            "deployment": deployment,
             "created": datetime.now(UTC).isoformat(),
         },
     )
