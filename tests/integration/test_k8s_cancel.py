@@ -21,6 +21,7 @@ from kubernetes import client
 
 from tests.conftest import digits_config
 from tests.support.k8s import Cluster, Fate, JobController
+from tests.support.k8s.rbac import PIPELINE, token
 from tests.support.manifests import REPO
 from visionline.errors import EXIT_PREEMPTED
 from visionline.storage import S3Store
@@ -46,7 +47,8 @@ def _kubeconfig(path, url):
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": "test", "cluster": {"server": url}}],
-                "users": [{"name": "test", "user": {}}],
+                # the flow-run pod's code runs as the pipeline's service account
+                "users": [{"name": "test", "user": {"token": token(PIPELINE)}}],
                 "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
                 "current-context": "test",
             }
@@ -58,6 +60,8 @@ def _flow_run_job(config_path, kubeconfig, moto_url) -> dict:
     env = [
         *_template_env(),
         {"name": "KUBECONFIG", "value": str(kubeconfig)},
+        # as the trainer image sets PYTHONPATH=/app, where flows/ lives
+        {"name": "PYTHONPATH", "value": str(REPO)},
         {"name": "AWS_ENDPOINT_URL", "value": moto_url},
         {"name": "AWS_ACCESS_KEY_ID", "value": "testing"},
         {"name": "AWS_SECRET_ACCESS_KEY", "value": "testing"},
@@ -120,7 +124,7 @@ def flow_run(tmp_path, s3_client, bucket, moto_server):
         )
         controller.start()
         try:
-            batch = client.BatchV1Api(cluster.api_client())
+            batch = client.BatchV1Api(cluster.admin_client())
             batch.create_namespaced_job(NS, _flow_run_job(config_path, kubeconfig, moto_server))
             flow_pod = _until("the flow-run pod", lambda: controller.pods(FLOW_JOB))[0]
             training = _until(
@@ -148,7 +152,7 @@ def _training_left(controller, training) -> list[str]:
 
 
 def _log(cluster, pod) -> str:
-    core = client.CoreV1Api(cluster.api_client())
+    core = client.CoreV1Api(cluster.admin_client())
     return core.read_namespaced_pod_log(pod, NS)
 
 
@@ -173,7 +177,7 @@ def test_a_flow_run_killed_outright_takes_its_training_job_along(flow_run):
     assert _training_left(controller, training)  # nobody has deleted it yet
     # Prefect's worker deletes the flow-run Job on cancel, as here; the TTL controller
     # would delete the failed one later
-    batch = client.BatchV1Api(cluster.api_client())
+    batch = client.BatchV1Api(cluster.admin_client())
     batch.delete_namespaced_job(FLOW_JOB, NS, propagation_policy="Foreground")
     _until("the training Job and its pods to go", lambda: not _training_left(controller, training))
     assert not [j for j in controller.jobs() if j["metadata"]["name"] == FLOW_JOB]

@@ -17,7 +17,7 @@ NS = "vl-test"
 
 def test_env_from_downward_api_and_args_expansion(tmp_path):
     with Cluster() as cluster:
-        api = cluster.api_client()
+        api = cluster.admin_client()
         core = client.CoreV1Api(api)
         core.create_namespaced_config_map(
             NS,
