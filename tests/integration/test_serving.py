@@ -208,7 +208,10 @@ def test_queue_wait_tracks_the_load_and_says_what_an_hpa_would_do(server):
         print(f"{clients:7d}  {rate:5.1f}  {wait:14.3f}  {waiting:16.2f}  {replicas:19d}")
     waits = [w for _, _, w, _ in steps]
     waiting = [q for _, _, _, q in steps]
-    assert waits == sorted(waits) and waits[-1] > 2 * waits[0], steps
+    # Below a full batch a request's wait is mostly the batch delay (50 ms here), whatever
+    # the load: the metric has that floor, which the target (0.1 s) sits above. Past it,
+    # the wait follows the queue.
+    assert waits[-1] > 2 * max(waits[:-1]), steps
     assert waiting == sorted(waiting), steps
     # 16 clients against batches of 4 queue several batches deep: an HPA scales out
     assert autoscaling.desired_replicas(1, waits[-1]) > autoscaling.desired_replicas(1, waits[0])
