@@ -5,6 +5,8 @@ The server is started and stopped with the `visionline serve` CLI, as a user wou
 
 import json
 import socket
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,6 +14,7 @@ import requests
 
 from tests.support.faults import bomb_png
 from tests.support.serving import served_digits, visionline_cli
+from visionline.serving import autoscaling
 from visionline.serving.client import GrpcClient, PredictionError, RestClient
 from visionline.serving.parity import parity_check
 from visionline.serving.torchserve import management_is_loopback_only, parse_config
@@ -30,6 +33,7 @@ def server(packaged_digits, tmp_path_factory):
             "rest": s["root"],
             "grpc": f"127.0.0.1:{s['ports']['grpc_inference_port']}",
             "mgmt_port": s["ports"]["management_port"],
+            "metrics_port": s["ports"]["metrics_port"],
             "name": s["name"],
             "store": s["store"],
             "info": s["info"],
@@ -161,3 +165,53 @@ def test_cli_predict_over_rest_and_grpc(server, tmp_path):
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(f"{img}: ")
+
+
+def _load(server, clients: int, seconds: float) -> int:
+    """``clients`` closed-loop clients for ``seconds``; the requests answered."""
+    stop = time.monotonic() + seconds
+    done = []
+
+    def client():
+        c = RestClient(server["rest"], server["name"], server["token"])
+        n = 0
+        while time.monotonic() < stop:
+            c.predict(server["good"])
+            n += 1
+        done.append(n)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done)
+
+
+def test_queue_wait_tracks_the_load_and_says_what_an_hpa_would_do(server):
+    """#20 item 4, locally: the load rises in steps; at each the pod's queue-wait metric
+    (from TorchServe's two counters, as the adapter rule computes it) and the replica count
+    an HPA would set from it. The metric must follow the queue: more clients waiting, longer
+    waits, more replicas wanted."""
+    url = f"http://127.0.0.1:{server['metrics_port']}/metrics"
+    steps = []
+    for clients in (1, 4, 16):
+        before = requests.get(url, timeout=10).text
+        answered = _load(server, clients, seconds=4.0)
+        after = requests.get(url, timeout=10).text
+        wait = autoscaling.queue_wait_seconds(before, after)
+        # Little's law: requests waiting in the queue on average = arrival rate x wait
+        steps.append((clients, answered / 4.0, wait, answered / 4.0 * wait))
+    print("\nclients  req/s  queue wait (s)  waiting (Little)  replicas an HPA sets")
+    for clients, rate, wait, waiting in steps:
+        replicas = autoscaling.desired_replicas(1, wait)
+        print(f"{clients:7d}  {rate:5.1f}  {wait:14.3f}  {waiting:16.2f}  {replicas:19d}")
+    waits = [w for _, _, w, _ in steps]
+    waiting = [q for _, _, _, q in steps]
+    # Below a full batch a request's wait is mostly the batch delay (50 ms here), whatever
+    # the load: the metric has that floor, which the target (0.1 s) sits above. Past it,
+    # the wait follows the queue.
+    assert waits[-1] > 2 * max(waits[:-1]), steps
+    assert waiting == sorted(waiting), steps
+    # 16 clients against batches of 4 queue several batches deep: an HPA scales out
+    assert autoscaling.desired_replicas(1, waits[-1]) > autoscaling.desired_replicas(1, waits[0])
