@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1
 # visionline's images, from one file:
 #   --target trainer  training Jobs, Prefect flow runs and the Prefect worker
-#   --target server   the serving pod: TorchServe in the foreground, the nginx auth front,
-#                     and the init container that fetches the model archive
+#   --target server   the serving pod on CPU nodes: TorchServe in the foreground, the nginx
+#                     auth front, and the init container that fetches the model archive;
+#                     torch's CPU build, no CUDA libraries (about 4 GB less)
+#   --target server-gpu  the same on GPU nodes (the gpu overlay), with torch's CUDA build
 # The image has no git: pass the revision, which every artifact records as its origin.
 #   docker build --target trainer \
 #     --build-arg VISIONLINE_CODE_VERSION=$(git rev-parse --short=12 HEAD) \
@@ -56,6 +58,30 @@ COPY handlers ./handlers
 RUN pip install --no-cache-dir --no-deps . \
  && python -c "import visionline.training, visionline.serving.torchserve, visionline_handlers"
 
+# ---------------------------------------------------------------------------- builder-cpu
+# The CPU server's venv: torch and torchvision as PyTorch's CPU builds of the very versions
+# pinned, then every other pin except the CUDA wheels (nvidia-*, cuda-*, triton), which a
+# server on a CPU node would carry and never load.
+FROM base AS builder-cpu
+
+RUN python -m venv /opt/venv
+COPY docker/requirements.txt /tmp/requirements.txt
+RUN grep -Ev '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==' \
+      /tmp/requirements.txt > /tmp/requirements-cpu.txt \
+ && torch_version="$(sed -n 's/^torch==//p' /tmp/requirements.txt)" \
+ && vision_version="$(sed -n 's/^torchvision==//p' /tmp/requirements.txt)" \
+ && pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
+      "torch==${torch_version}+cpu" "torchvision==${vision_version}+cpu" \
+ && pip install --no-cache-dir -r /tmp/requirements-cpu.txt
+
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY src ./src
+COPY handlers ./handlers
+RUN pip install --no-cache-dir --no-deps . \
+ && python -c "import torch, visionline.serving.torchserve, visionline_handlers; assert torch.version.cuda is None" \
+ && python -c "import importlib.metadata as m, sys; sys.exit([d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].lower().startswith(('nvidia-', 'cuda-', 'triton'))] or None)"
+
 # ---------------------------------------------------------------------------- trainer
 FROM base AS trainer
 
@@ -82,8 +108,10 @@ USER 10001:10001
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["python", "-m", "visionline.training", "--help"]
 
-# ---------------------------------------------------------------------------- server
-FROM base AS server
+# ---------------------------------------------------------------------------- server-system
+# What both serving images share: everything but the venv they copy (server-gpu: the CUDA
+# build, server: the CPU build, last, so a build without --target gives it).
+FROM base AS server-system
 
 # Java 17 runs TorchServe's frontend; nginx is the pod's auth front. The JRE's postinst
 # expects a man directory that slim images leave out.
@@ -95,8 +123,6 @@ RUN mkdir -p /usr/share/man/man1 \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /work \
  && chown 10001:10001 /work
-
-COPY --from=builder /opt/venv /opt/venv
 
 # /work: the model store, TorchServe's config and logs (an emptyDir in the pod).
 ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
@@ -117,3 +143,12 @@ EXPOSE 8080 7070
 ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
 # Foreground: `torchserve --start` daemonizes, and the container would exit at once.
 CMD ["torchserve", "--foreground", "--ncs", "--ts-config", "/work/config.properties", "--model-store", "/work/model-store"]
+
+# ---------------------------------------------------------------------------- server-gpu
+FROM server-system AS server-gpu
+COPY --from=builder /opt/venv /opt/venv
+LABEL org.opencontainers.image.title="visionline-server-gpu"
+
+# ---------------------------------------------------------------------------- server
+FROM server-system AS server
+COPY --from=builder-cpu /opt/venv /opt/venv

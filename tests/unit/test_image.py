@@ -10,7 +10,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.support.manifests import REPO, render
+from tests.support.manifests import REPO, find, render
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
@@ -49,7 +49,7 @@ def test_targets_and_what_each_runs():
     cmd = re.search(r"^CMD (\[.*\])$", server, re.M).group(1)
     assert '"torchserve", "--foreground"' in cmd
     # Every stage that ends as an image runs as the unprivileged user, with a fixed base.
-    for stage in ("trainer", "server"):
+    for stage in ("trainer", "server-system"):
         body = DOCKERFILE.split(f"AS {stage}", 1)[1].split("\nFROM ", 1)[0]
         assert re.search(r"^USER 10001:10001$", body, re.M), stage
         assert "ARG VISIONLINE_CODE_VERSION" in body, stage
@@ -152,3 +152,37 @@ def test_image_pins_cover_exactly_the_runtime_closure():
         if line and not line.startswith("#")
     }
     assert listed == set(_pins())
+
+
+_CUDA_WHEELS = re.compile(r"^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==")
+
+
+def test_the_cpu_server_carries_no_cuda_and_the_gpu_overlay_runs_the_cuda_one():
+    """#18 defect 6: the server image for CPU nodes has torch's CPU build of the pinned
+    versions and none of the CUDA wheels; GPU nodes get server-gpu, from the CUDA venv."""
+    stage = DOCKERFILE.split("AS builder-cpu", 1)[1].split("\nFROM ", 1)[0]
+    # the filter the stage applies, applied here: what is left has no CUDA wheel
+    pattern = re.search(r"grep -Ev '([^']+)'", stage).group(1)
+    assert pattern == _CUDA_WHEELS.pattern
+    lines = [ln for ln in (REPO / "docker/requirements.txt").read_text().splitlines() if "==" in ln]
+    kept = [ln for ln in lines if not _CUDA_WHEELS.match(ln)]
+    assert any(ln.startswith("nvidia-") for ln in lines)  # the filter has work to do
+    assert not [ln for ln in kept if re.match(r"(nvidia-|cuda-|triton)", ln)]
+    assert "torchserve==" in "\n".join(kept)  # and keeps what is not CUDA
+    assert "--index-url https://download.pytorch.org/whl/cpu" in stage
+    assert '"torch==${torch_version}+cpu" "torchvision==${vision_version}+cpu"' in stage
+    assert "assert torch.version.cuda is None" in stage
+    server = DOCKERFILE.split("AS server\n", 1)[1]
+    assert "COPY --from=builder-cpu /opt/venv /opt/venv" in server
+    gpu = DOCKERFILE.split("AS server-gpu\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "COPY --from=builder /opt/venv /opt/venv" in gpu
+    # a build without --target gives the CPU server
+    assert re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE, re.M)[-1] == "server"
+
+    def serving_images(overlay: str) -> set[str]:
+        dep = find(render(overlay), "Deployment", "visionline-torchserve")
+        spec = dep["spec"]["template"]["spec"]
+        return {c["image"].rsplit(":", 1)[0] for c in spec["initContainers"] + spec["containers"]}
+
+    assert serving_images("k8s/overlays/local") == {"ghcr.io/visionline/visionline-server"}
+    assert serving_images("k8s/overlays/gpu") == {"ghcr.io/visionline/visionline-server-gpu"}
