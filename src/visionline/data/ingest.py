@@ -21,6 +21,17 @@ An ingest runs in three phases, and only the last two write:
 
 A file that is not a usable image is recorded in the manifest as refused
 (``decodable=false``, ``key`` empty, the reason in ``error``) and is never copied.
+
+A source that names ``train`` and ``test`` but no ``val`` (Fashion-MNIST's official
+partition) gets its val split carved out of train by content hash, the share being
+``val / (train + val)`` of the configured ratios, so training has a val split and the
+official test split stays untouched.
+
+Two opt-in clean-ups make a source the gate refuses trainable, and ``dataset.json``
+records everything they left out (``dropped``): ``drop_duplicates`` keeps one copy of
+each exact duplicate (the one in the earliest split, train before val before test, so
+leakage is removed from the evaluation side), ``drop_undecodable`` leaves refused files
+out of the manifest.
 """
 
 from __future__ import annotations
@@ -74,6 +85,55 @@ class IngestResult:
     images: int
     undecodable: int  # refused files: recorded in the manifest, not copied
     created: bool  # False when this exact version already existed
+    dropped: int = 0  # rows left out by drop_duplicates / drop_undecodable
+
+
+_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+def carve_val(df: pd.DataFrame, ratios: SplitConfig) -> bool:
+    """Move a ``val / (train + val)`` share of train to val by content hash, when the
+    source named train and test and no val; True when it did. Identical bytes move
+    together, so the carve adds no leakage."""
+    if ratios.val <= 0 or not len(df) or "val" in set(df["split"]):
+        return False
+    if not {"train", "test"} <= set(df["split"]):
+        return False
+    share = ratios.val / (ratios.train + ratios.val)
+    u = df["sha256"].str[:15].map(lambda h: int(h, 16) / float(16**15))
+    df.loc[(df["split"] == "train") & (u < share), "split"] = "val"
+    return True
+
+
+def drop_rows(df: pd.DataFrame, duplicates: bool, undecodable: bool) -> tuple[pd.DataFrame, dict]:
+    """``df`` without the rows the clean-ups leave out, and the record of them."""
+    record: dict = {}
+    if undecodable:
+        bad = df[~df["decodable"]]
+        record["undecodable"] = [
+            {"source": r.source, "label": r.label, "split": r.split, "error": r.error}
+            for r in bad.itertuples(index=False)
+        ]
+        df = df[df["decodable"]]
+    if duplicates:
+        order = df.assign(_rank=df["split"].map(_SPLIT_ORDER)).sort_values(
+            ["sha256", "_rank", "label", "source"]
+        )
+        first = order.drop_duplicates("sha256")
+        kept_by_sha = dict(zip(first["sha256"], first["source"], strict=True))
+        extra = order[order.duplicated("sha256")]
+        record["duplicates"] = [
+            {
+                "source": r.source,
+                "label": r.label,
+                "split": r.split,
+                "sha256": r.sha256,
+                "kept": kept_by_sha[r.sha256],
+            }
+            for r in extra.itertuples(index=False)
+        ]
+        df = df.drop(index=extra.index)
+    return df.sort_values(["label", "source"]).reset_index(drop=True), record
 
 
 # --------------------------------------------------------------------------- streaming
@@ -194,11 +254,14 @@ def ingest(
     s3_client: object | None = None,
     progress: bool = True,
     allow_outside: Sequence[str | Path] = (),
+    drop_duplicates: bool = False,
+    drop_undecodable: bool = False,
 ) -> IngestResult:
     """Ingest ``src`` as dataset ``name``; idempotent for identical content.
 
     ``allow_outside``: local folders or ``s3://bucket/prefix`` places that files listed
     in a CSV (or symlinks in a folder) may come from besides the source's own folder.
+    ``drop_duplicates`` / ``drop_undecodable``: the clean-ups in the module docstring.
     Either everything is written, or nothing this call created is left in the store.
     """
     ratios = ratios or SplitConfig()
@@ -208,6 +271,11 @@ def ingest(
         raise IngestError(f"no images found in {src}")
 
     df = _inspect_all(files, ratios, max_pixels, workers, progress, name)
+    carved = carve_val(df, ratios)
+    df, dropped = drop_rows(df, drop_duplicates, drop_undecodable)
+    n_dropped = sum(len(v) for v in dropped.values())
+    if n_dropped:
+        log.warning("left out %s (recorded in dataset.json)", _dropped_summary(dropped))
     ref = DatasetRef(name, dataset_version(df, ratios, classes))
     undecodable = int((~df["decodable"]).sum())
     if undecodable:
@@ -218,7 +286,7 @@ def ingest(
         )
     if store.exists(ref.manifest_key):
         log.info("dataset %s already in %s: nothing to write", ref, store.uri)
-        return IngestResult(ref, len(df), undecodable, created=False)
+        return IngestResult(ref, len(df), undecodable, created=False, dropped=n_dropped)
 
     kept = df[df["decodable"]].drop_duplicates("key")[["key", "sha256", "_file"]]
     df["key"] = [f"{ref.prefix}/{k}" if isinstance(k, str) else None for k in df["key"]]
@@ -234,6 +302,8 @@ def ingest(
         },
         "images": len(df),
         "undecodable": undecodable,
+        "val_carved_from_train": carved,
+        "dropped": dropped,
         "created": datetime.now(UTC).isoformat(),
         "code_version": code_version(),
         "python": platform.python_version(),
@@ -242,7 +312,11 @@ def ingest(
         _Upload(f"{ref.prefix}/{k}", sha, files[i]) for k, sha, i in kept.itertuples(index=False)
     )
     _write_version(store, ref, df, info, uploads, len(kept), workers, progress)
-    return IngestResult(ref, len(df), undecodable, created=True)
+    return IngestResult(ref, len(df), undecodable, created=True, dropped=n_dropped)
+
+
+def _dropped_summary(dropped: dict) -> str:
+    return ", ".join(f"{len(v)} {kind}" for kind, v in dropped.items() if v) or "nothing"
 
 
 def _inspect_all(

