@@ -107,7 +107,8 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # The CPU benchmarks, about 16 minutes on 2 cores (measured: ingest 3, accuracy 3,
-# train_overhead 1.5, serve 4, pipeline 2, capture 2.5); each writes
+# train_overhead 1.5, serve 4, pipeline 2, capture 2.5; estimate: 36 on a box shared by
+# others, load ~19 on 2 cores, mostly its 2 training epochs); each writes
 # benchmarks/results/NAME.json and the report tabulates them in benchmarks/README.md.
 # serve measures photo-sized inputs at the default serving batch size (8) with 1, 8 and 32
 # clients here; its default grid (photo and small inputs, batch 1 and 8) takes about 25

@@ -9,8 +9,9 @@ average confidence (the mean maximum softmax) and the difference of confidences 
 validation accuracy moved by the change in mean confidence).
 
 The interval is a percentile bootstrap: the window and the validation split are both
-resampled, and the threshold refitted on each resample, so that the uncertainty of the
-threshold counts too.
+resampled, the threshold refitted on each resample (its uncertainty counts too), and
+the window's accuracy drawn as n right-or-wrong outcomes around each resample's
+estimate: the interval is about the accuracy of these n images, not of a population.
 
 Every such estimator assumes that the window's errors look like the validation
 split's. When the window is far from anything the estimator was fitted on, the answer
@@ -169,7 +170,9 @@ def bootstrap_interval(
     for _ in range(cfg.bootstrap):
         i = rng.integers(0, len(reference), len(reference))
         j = rng.integers(0, len(window), len(window))
-        values.append(_point(cfg, r_s[i], r_ok[i], r_conf[i], w_s[j], w_conf[j]))
+        e = _point(cfg, r_s[i], r_ok[i], r_conf[i], w_s[j], w_conf[j])
+        # the window's own accuracy is a draw too: n right-or-wrong outcomes around e
+        values.append(rng.binomial(len(window), min(max(e, 0.0), 1.0)) / len(window))
     lo, hi = np.quantile(values, [(1 - cfg.interval) / 2, (1 + cfg.interval) / 2])
     return float(lo), float(hi)
 

@@ -109,6 +109,50 @@ def accuracy_evidence(
     return False, f"{text}: upper bound reaches {min_accuracy:g}"
 
 
+def _judge_estimate(
+    policy: PolicyConfig,
+    streak: int,
+    said: str,
+    estimated: bool,
+    triggers: list[str],
+    notes: list[str],
+) -> None:
+    """The estimated-accuracy trigger: a run of ``drift_windows`` low windows."""
+    if streak >= policy.drift_windows:
+        triggers.append(
+            f"estimated accuracy low in {streak} consecutive windows (upper bound under "
+            f"{policy.min_accuracy:g}, policy: {policy.drift_windows}); this window: {said}"
+        )
+    elif estimated:
+        notes.append(f"{said}; {streak} consecutive low window(s)")
+
+
+def _judge_labels(
+    policy: PolicyConfig,
+    labelled: dict[str, Any] | None,
+    triggers: list[str],
+    notes: list[str],
+) -> str:
+    """The labelled-accuracy trigger; returns the evidence in words."""
+    n = int(labelled["n"]) if labelled else 0
+    evidence_text = (
+        f"labelled accuracy: {labelled['accuracy']:.4f} on {n} labels"
+        if labelled and n
+        else "labelled accuracy: no labels"
+    )
+    if n >= policy.min_labels:
+        acc = float(labelled["accuracy"])  # type: ignore[index]
+        if acc < policy.min_accuracy:
+            triggers.append(
+                f"labelled accuracy {acc:.4f} on {n} labels is under {policy.min_accuracy:g}"
+            )
+        else:
+            notes.append(f"labelled accuracy {acc:.4f} on {n} labels (>= {policy.min_accuracy:g})")
+    else:
+        notes.append(f"{n} labels, fewer than {policy.min_labels}: accuracy not judged")
+    return evidence_text
+
+
 def decide(
     policy: PolicyConfig,
     now: datetime,
@@ -140,29 +184,8 @@ def decide(
     low, said = accuracy_evidence(accuracy, drifted, policy.min_accuracy)
     evidence.append(said)
     acc_streak = drift_streak(history, version, low, key="accuracy_low")
-    if acc_streak >= policy.drift_windows:
-        triggers.append(
-            f"estimated accuracy low in {acc_streak} consecutive windows (upper bound under "
-            f"{policy.min_accuracy:g}, policy: {policy.drift_windows}); this window: {said}"
-        )
-    elif accuracy is not None:
-        notes.append(f"{said}; {acc_streak} consecutive low window(s)")
-    n = int(labelled["n"]) if labelled else 0
-    evidence.append(
-        f"labelled accuracy: {labelled['accuracy']:.4f} on {n} labels"
-        if labelled and n
-        else "labelled accuracy: no labels"
-    )
-    if n >= policy.min_labels:
-        acc = float(labelled["accuracy"])  # type: ignore[index]
-        if acc < policy.min_accuracy:
-            triggers.append(
-                f"labelled accuracy {acc:.4f} on {n} labels is under {policy.min_accuracy:g}"
-            )
-        else:
-            notes.append(f"labelled accuracy {acc:.4f} on {n} labels (>= {policy.min_accuracy:g})")
-    else:
-        notes.append(f"{n} labels, fewer than {policy.min_labels}: accuracy not judged")
+    _judge_estimate(policy, acc_streak, said, accuracy is not None, triggers, notes)
+    evidence.append(_judge_labels(policy, labelled, triggers, notes))
 
     brakes: list[str] = []
     if triggers:
