@@ -111,13 +111,14 @@ format: install
 # after the revision that measured them, a smoke or dirty run, no result at all) and
 # measures exactly those again, then writes benchmarks/README.md. All of them take about
 # 30 minutes on 2 cores (measured: ingest 3, accuracy 3, train_overhead 1.5, serve 4,
-# pipeline 2, tune 12) plus capture, which adds rounds (about a minute each) until the
+# pipeline 2, tune 12; estimate 36, measured under load ~19 from other work)
+# plus capture, which adds rounds (about a minute each) until the
 # 95% interval of its ratio is narrower than 0.05: on the order of 100 rounds, 2 hours.
 # serve measures photo-sized inputs at the default serving batch size (8) with 1, 8 and 32
 # clients here; its default grid (photo and small inputs, batch 1 and 8) takes about 25
 # minutes on its own. bench-tune runs the
 # model-selection search whatever its status, bench-gpu the GPU one (not in make bench).
-BENCH_CPU := ingest accuracy train_overhead serve pipeline capture tune
+BENCH_CPU := ingest accuracy train_overhead serve pipeline capture tune estimate
 BENCH_ARGS_serve := --inputs photo --batch-sizes 8
 BENCH_ARGS_capture := --rounds 8 --max-rounds 150 --ci-width 0.05
 # what a failed staleness query runs: a command that fails, so make stops there

@@ -39,7 +39,7 @@ def _goal(value: Any, op: str, target: Any) -> str:
         return NONE
     met = ""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        ok = value >= target if op == ">=" else value < target
+        ok = {">=": value >= target, "<=": value <= target}.get(op, value < target)
         met = " (met)" if ok else " (missed)"
     return f"{op} {_num(target)}{met}"
 
@@ -194,7 +194,33 @@ def _tune(r: dict) -> list[Row]:
     ]
 
 
+def _estimate(r: dict) -> list[Row]:
+    """#19: accuracy estimated without labels, over shifted Fashion-MNIST windows."""
+    ruled = r.get("with_config_rule") or {}
+    est = ruled.get("estimators") or {}
+    raw = (r.get("without_rule") or {}).get("estimators") or {}
+    method = (r.get("config") or {}).get("method", "doc")
+    atc = (raw.get("atc_max_softmax") or {}).get("mae_all_corruptions")
+    avg = (raw.get("average_confidence") or {}).get("mae_all_corruptions")
+    chosen = est.get(method) or {}
+    return [
+        (
+            "ATC (max-softmax) MAE on corruptions, no refusals",
+            _goal(atc, "<=", 0.03),
+            _num(atc),
+            f"average confidence {_num(avg)}",
+        ),
+        (
+            f"{method}: worst error on an answered window",
+            _goal(chosen.get("worst_answered_error"), "<=", 0.10),
+            _num(chosen.get("worst_answered_error")),
+            f"declined {_num(ruled.get('declined_share'))} of windows",
+        ),
+    ]
+
+
 HEADLINES: dict[str, Callable[[dict], list[Row]]] = {
+    "estimate": _estimate,
     "accuracy": _accuracy,
     "capture": _capture,
     "ingest": _ingest,

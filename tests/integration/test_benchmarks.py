@@ -158,7 +158,16 @@ def test_make_bench_runs_every_cpu_benchmark_then_the_report(tmp_path):
     are current: tests/unit/test_bench_staleness.py)."""
     lines = _make_n("bench", tmp_path)
     ran = _benchmarks(lines)
-    cpu = {"ingest", "accuracy", "train_overhead", "serve", "pipeline", "capture", "tune"}
+    cpu = {
+        "ingest",
+        "accuracy",
+        "train_overhead",
+        "serve",
+        "pipeline",
+        "capture",
+        "tune",
+        "estimate",
+    }
     assert set(ran) == cpu and len(ran) == len(cpu)
     assert lines[-1].endswith("-m benchmarks.report")
     # the search runs on its own whatever its status; the GPU benchmark only on its target

@@ -44,6 +44,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         for d in entries:
             head = "RETRAIN" if d["retrain"] else "hold   "
             print(f"{d['time']}  {d['model']}:{d['version']}  {head}  {'; '.join(d['reasons'])}")
+            if d.get("evidence"):  # decisions logged before estimates have none
+                print(f"    evidence used: {'; '.join(d['evidence'])}")
         if not entries:
             print(f"no decisions yet for {name}")
         return 0

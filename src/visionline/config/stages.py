@@ -186,6 +186,37 @@ class PolicyConfig(Section):
     max_retrains_per_week: int = Field(2, ge=0)
 
 
+EstimateScore = Literal["negative_entropy", "max_softmax"]
+EstimateMethod = Literal["atc", "average_confidence", "doc"]
+
+
+class EstimateConfig(Section):
+    """Accuracy estimated without labels (see visionline.monitoring.estimate).
+
+    The defaults are measured, not guessed: benchmarks/estimate.py on Fashion-MNIST
+    (benchmarks/results/estimate.json) found the confidence-based estimators far closer
+    to the truth than ATC on its corrupted windows; of those, DoC (the validation
+    accuracy moved by the change in mean confidence) does not assume a calibrated model
+    (label smoothing, as configs/digits.yaml uses, puts the plain average confidence 5
+    points under the truth on clean digits). ``rules_measured`` picks the refusal
+    thresholds that decline the fewest windows while none it answers is off by more
+    than 10 accuracy points."""
+
+    method: EstimateMethod = "doc"  # the figure reported; the others beside it
+    score: EstimateScore = "max_softmax"  # ATC's confidence score
+    bootstrap: int = Field(200, ge=20, le=10_000)  # resamples for the interval
+    interval: float = Field(0.95, gt=0, lt=1)
+    # cannot estimate when a cross-validated domain classifier (logistic regression on
+    # the embedding, confidence and entropy) tells the window from the reference with
+    # an AUC above this (1.0: never); 0.8 kept every answered benchmark window within
+    # 10 points in both full runs (0.95 did in one only)...
+    max_domain_auc: float = Field(0.8, ge=0.5, le=1)
+    # ...or when ATC and the average confidence disagree by more than this (1.0: never;
+    # on the benchmark it declined nothing the AUC rule did not)
+    max_disagreement: float = Field(1.0, gt=0, le=1)
+    min_window: int = Field(30, ge=2)  # fewer records: no estimate
+
+
 class MonitorConfig(Section):
     """Request capture in the served model, and the drift checks over what it captured."""
 
@@ -212,6 +243,7 @@ class MonitorConfig(Section):
     permutations: int = Field(200, ge=19, le=10_000)
     max_mmd_samples: int = Field(1000, ge=10)  # per side; MMD is quadratic in the sample
     policy: PolicyConfig = PolicyConfig()
+    estimate: EstimateConfig = EstimateConfig()
 
     @model_validator(mode="after")
     def _flush_fits_queue(self) -> MonitorConfig:

@@ -17,6 +17,7 @@ from visionline.model.predictor import Predictor
 from visionline.model.runs import load_run_config
 from visionline.monitoring.capture_windows import read_captures
 from visionline.monitoring.drift import compare
+from visionline.monitoring.estimate import ensure_estimator, estimate_accuracy
 from visionline.monitoring.features import describe_images
 from visionline.monitoring.reference import ensure_projection, ensure_reference, load_reference
 from visionline.monitoring.report import DriftReport, report_images, store_report
@@ -54,6 +55,9 @@ def _finish(
 ) -> CheckOutcome:
     reference, meta = load_reference(store, run_id)
     result = compare(reference, window, meta["classes"], meta["channels"], cfg.monitor)
+    accuracy = estimate_accuracy(
+        ensure_estimator(store, run_id, reference), reference, window, cfg.monitor.estimate
+    )
     report = DriftReport(
         ref.name,
         ref.version,
@@ -63,6 +67,7 @@ def _finish(
         result,
         start=start.isoformat() if start else None,
         end=end.isoformat() if end else None,
+        accuracy=accuracy,
     )
     images = report_images(report, reference, window) if len(window) else {}
     key = store_report(store, report, images) if save else None

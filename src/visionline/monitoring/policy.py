@@ -7,13 +7,19 @@ A retrain is asked for when either trigger holds:
   count again);
 - labelled accuracy of the served version under ``policy.min_accuracy``, judged only on
   at least ``policy.min_labels`` labels;
+- estimated accuracy (no labels, visionline.monitoring.estimate) whose interval's upper
+  bound is under ``policy.min_accuracy`` in ``policy.drift_windows`` consecutive
+  windows. A window whose accuracy cannot be estimated is logged as such and counts
+  towards this run only when the drift tests flag it too; otherwise it neither extends
+  nor breaks the run (nothing is known of its accuracy);
 
 and neither brake does:
 
 - the last retrain (of any version) was less than ``policy.cooldown_hours`` ago;
 - ``policy.max_retrains_per_week`` retrains were already asked for in the last 7 days.
 
-Every decision, retrain or hold, is stored with all its reasons:
+Every decision, retrain or hold, is stored with all its reasons and ``evidence``: the
+evidence it used (drift tests, estimated accuracy, labelled accuracy), each in words:
 
     monitoring/<model>/decisions/<time>-<retrain|hold>.json
 """
@@ -40,6 +46,13 @@ class Decision:
     labelled: dict[str, Any] | None = None
     report: str | None = None
     window: list[str | None] = field(default_factory=list)
+    # the estimate of this window (AccuracyEstimate.to_dict()), None when not computed
+    accuracy: dict[str, Any] | None = None
+    # True: this window counts as low accuracy (upper bound under min_accuracy, or not
+    # estimable and drifted); False: estimated and not low; None: unknown
+    accuracy_low: bool | None = None
+    accuracy_streak: int = 0
+    evidence: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +63,7 @@ class Decision:
             [
                 f"{self.time}  {self.model}:{self.version}  {head}",
                 *(f"  - {r}" for r in self.reasons),
+                "  evidence used: " + "; ".join(self.evidence),
             ]
         )
 
@@ -58,20 +72,85 @@ def _t(d: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(d["time"])
 
 
-def drift_streak(history: list[dict[str, Any]], version: str, drifted: bool | None) -> int:
-    """Consecutive drifted windows of ``version`` up to now, this one included."""
+def drift_streak(
+    history: list[dict[str, Any]], version: str, drifted: bool | None, key: str = "drifted"
+) -> int:
+    """Consecutive windows of ``version`` up to now, this one included, whose ``key``
+    (``drifted`` or ``accuracy_low``) is true; a None neither extends nor breaks it."""
     if drifted is False:
         return 0
     streak = 1 if drifted else 0
     for d in sorted(history, key=_t, reverse=True):
         if d["retrain"]:
             break
-        if d["version"] != version or d["drifted"] is None:
+        if d["version"] != version or d.get(key) is None:
             continue
-        if not d["drifted"]:
+        if not d[key]:
             break
         streak += 1
     return streak
+
+
+def accuracy_evidence(
+    accuracy: dict[str, Any] | None, drifted: bool | None, min_accuracy: float
+) -> tuple[bool | None, str]:
+    """(counts as low accuracy?, the evidence in words) for one window's estimate."""
+    if accuracy is None:
+        return None, "estimated accuracy: not computed"
+    if accuracy.get("declined"):
+        why = f"estimated accuracy: cannot be estimated ({accuracy['declined']})"
+        if drifted:
+            return True, why + "; counted as low accuracy because the drift tests flag it"
+        return None, why + "; not counted: the drift tests do not flag it"
+    est, high = float(accuracy["estimate"]), float(accuracy["high"])
+    text = f"estimated accuracy {est:.4f} [{float(accuracy['low']):.4f}, {high:.4f}]"
+    if high < min_accuracy:
+        return True, f"{text}: upper bound under {min_accuracy:g}"
+    return False, f"{text}: upper bound reaches {min_accuracy:g}"
+
+
+def _judge_estimate(
+    policy: PolicyConfig,
+    streak: int,
+    said: str,
+    estimated: bool,
+    triggers: list[str],
+    notes: list[str],
+) -> None:
+    """The estimated-accuracy trigger: a run of ``drift_windows`` low windows."""
+    if streak >= policy.drift_windows:
+        triggers.append(
+            f"estimated accuracy low in {streak} consecutive windows (upper bound under "
+            f"{policy.min_accuracy:g}, policy: {policy.drift_windows}); this window: {said}"
+        )
+    elif estimated:
+        notes.append(f"{said}; {streak} consecutive low window(s)")
+
+
+def _judge_labels(
+    policy: PolicyConfig,
+    labelled: dict[str, Any] | None,
+    triggers: list[str],
+    notes: list[str],
+) -> str:
+    """The labelled-accuracy trigger; returns the evidence in words."""
+    n = int(labelled["n"]) if labelled else 0
+    evidence_text = (
+        f"labelled accuracy: {labelled['accuracy']:.4f} on {n} labels"
+        if labelled and n
+        else "labelled accuracy: no labels"
+    )
+    if n >= policy.min_labels:
+        acc = float(labelled["accuracy"])  # type: ignore[index]
+        if acc < policy.min_accuracy:
+            triggers.append(
+                f"labelled accuracy {acc:.4f} on {n} labels is under {policy.min_accuracy:g}"
+            )
+        else:
+            notes.append(f"labelled accuracy {acc:.4f} on {n} labels (>= {policy.min_accuracy:g})")
+    else:
+        notes.append(f"{n} labels, fewer than {policy.min_labels}: accuracy not judged")
+    return evidence_text
 
 
 def decide(
@@ -84,14 +163,17 @@ def decide(
     history: list[dict[str, Any]],
     report: str | None = None,
     window: tuple[datetime, datetime] | None = None,
+    accuracy: dict[str, Any] | None = None,
 ) -> Decision:
     """Apply the policy to this check (``drifted``: the window's verdict, None when it
-    had too few records; ``labelled``: ``{"n", "accuracy"}`` of the served version) and
-    the earlier decisions for this model."""
+    had too few records; ``labelled``: ``{"n", "accuracy"}`` of the served version;
+    ``accuracy``: the window's AccuracyEstimate as a dict) and the earlier decisions
+    for this model."""
     triggers: list[str] = []
     notes: list[str] = []
     streak = drift_streak(history, version, drifted)
     verdict = {True: "drift", False: "no drift", None: "no verdict"}[drifted]
+    evidence = [f"drift tests: {verdict}"]
     if streak >= policy.drift_windows:
         triggers.append(f"drift in {streak} consecutive windows (policy: {policy.drift_windows})")
     else:
@@ -99,17 +181,11 @@ def decide(
             f"this window: {verdict}; {streak} consecutive drifted window(s), "
             f"retrain at {policy.drift_windows}"
         )
-    n = int(labelled["n"]) if labelled else 0
-    if n >= policy.min_labels:
-        acc = float(labelled["accuracy"])  # type: ignore[index]
-        if acc < policy.min_accuracy:
-            triggers.append(
-                f"labelled accuracy {acc:.4f} on {n} labels is under {policy.min_accuracy:g}"
-            )
-        else:
-            notes.append(f"labelled accuracy {acc:.4f} on {n} labels (>= {policy.min_accuracy:g})")
-    else:
-        notes.append(f"{n} labels, fewer than {policy.min_labels}: accuracy not judged")
+    low, said = accuracy_evidence(accuracy, drifted, policy.min_accuracy)
+    evidence.append(said)
+    acc_streak = drift_streak(history, version, low, key="accuracy_low")
+    _judge_estimate(policy, acc_streak, said, accuracy is not None, triggers, notes)
+    evidence.append(_judge_labels(policy, labelled, triggers, notes))
 
     brakes: list[str] = []
     if triggers:
@@ -139,6 +215,10 @@ def decide(
         labelled=labelled,
         report=report,
         window=[w.isoformat() for w in window] if window else [],
+        accuracy=accuracy,
+        accuracy_low=low,
+        accuracy_streak=acc_streak,
+        evidence=evidence,
     )
 
 

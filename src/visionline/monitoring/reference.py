@@ -25,6 +25,7 @@ from visionline.errors import KeyNotFoundError, MonitoringError
 from visionline.model.architectures import build_model
 from visionline.model.predictor import Predictor
 from visionline.model.runs import RunPaths, load_run_config, load_run_info
+from visionline.monitoring.estimate import fit_estimator, store_estimator
 from visionline.monitoring.features import (
     describe_images,
     feature_dim,
@@ -115,6 +116,9 @@ def build_reference(
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     store.put_bytes(paths.reference, buf.getvalue())
+    # the accuracy estimator is fitted on the same split, once, before the info marks
+    # the reference complete
+    store_estimator(store, run_id, fit_estimator(df))
     store.put_json(
         paths.info,
         {

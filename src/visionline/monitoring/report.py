@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from visionline.monitoring.drift import DriftResult, FeatureTest
+from visionline.monitoring.estimate import AccuracyEstimate
 from visionline.storage import ArtifactStore
 
 
@@ -35,6 +36,8 @@ class DriftReport:
     created: str = ""
     start: str | None = None
     end: str | None = None
+    # accuracy estimated without labels, or why it cannot be (None: not computed)
+    accuracy: AccuracyEstimate | None = None
 
     def __post_init__(self) -> None:
         self.created = self.created or datetime.now(UTC).isoformat()
@@ -62,6 +65,8 @@ class DriftReport:
             + (f" ({len(r.drifted_tests)} of {len(r.tests)} tests)" if r.tests else "")
             + (f": {r.note}" if r.note else ""),
         ]
+        if self.accuracy is not None:
+            lines.append(f"  accuracy   {self.accuracy.line()}")
         if r.tests:
             lines.append(f"  {'feature':<16} {'test':<5} {'p (BH)':>9}  {'effect':>18}  verdict")
             for t in r.tests:
@@ -81,6 +86,27 @@ def _test_row(t: FeatureTest) -> str:
     )
 
 
+def _accuracy_lines(a: AccuracyEstimate) -> list[str]:
+    """The estimated accuracy (or the refusal) next to the reference accuracy, and every
+    estimator's figure, so a reader can see how far they agree."""
+    lines = ["", "## Accuracy estimated without labels", ""]
+    if a.answered:
+        lines.append(
+            f"- estimated accuracy: **{a.estimate:.4f}**, {a.interval:.0%} bootstrap interval "
+            f"[{a.low:.4f}, {a.high:.4f}] ({a.method})"
+        )
+    else:
+        lines.append(f"- **accuracy cannot be estimated for this window**: {a.declined}")
+    lines.append(f"- reference accuracy (validation split): {a.reference_accuracy:.4f}")
+    if a.estimates:
+        lines.append(
+            "- every estimator: " + ", ".join(f"{k} {v:.4f}" for k, v in a.estimates.items())
+        )
+    if a.checks:
+        lines.append("- validity checks: " + ", ".join(f"{k} {v:.4f}" for k, v in a.checks.items()))
+    return lines
+
+
 def render_markdown(report: DriftReport, images: list[str], link: Callable[[str], str]) -> str:
     """``images``: the picture names; ``link(name)`` says where each one is."""
     r = report.result
@@ -94,6 +120,8 @@ def render_markdown(report: DriftReport, images: list[str], link: Callable[[str]
         f"- false discovery rate (Benjamini-Hochberg): {r.alpha:g}; a test flags drift when "
         "its corrected p-value is under it and its effect reaches the threshold",
     ]
+    if report.accuracy is not None:
+        lines += _accuracy_lines(report.accuracy)
     if r.note:
         lines += ["", f"> {r.note}"]
     if r.tests:

@@ -30,6 +30,8 @@ class MonitorPass:
             render_markdown(self.outcome.report, list(uris), uris.__getitem__)
             + f"\n## Retraining decision: {'RETRAIN' if d.retrain else 'hold'}\n\n"
             + "\n".join(f"- {r}" for r in d.reasons)
+            + "\n\nEvidence used:\n\n"
+            + "\n".join(f"- {e}" for e in d.evidence)
             + "\n"
         )
 
@@ -58,5 +60,6 @@ def scheduled_check(
         decision_log(store, ref.name),
         report=outcome.report_key,
         window=(start, now),
+        accuracy=outcome.report.accuracy.to_dict() if outcome.report.accuracy else None,
     )
     return MonitorPass(outcome, decision, record_decision(store, decision))
