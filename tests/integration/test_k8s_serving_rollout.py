@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -52,6 +55,15 @@ def _cfg():
             "deploy.kubernetes.termination_grace_period_seconds": 15,
         }
     )
+
+
+@pytest.fixture
+def store_root():
+    """Outside /tmp and /work: the pods' kubelet moves those paths (their mounts) to each
+    pod's own directories wherever the pod names them, the store's path included."""
+    root = Path(tempfile.mkdtemp(prefix="vl-rollout-", dir="/var/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _two_versions(packaged, root):
@@ -127,12 +139,12 @@ def _wait(predicate, timeout, what):
         time.sleep(0.2)
 
 
-def test_rolling_update_under_load_loses_no_request(packaged_digits, tmp_path):
+def test_rolling_update_under_load_loses_no_request(packaged_digits, store_root, tmp_path):
     from kubernetes import client
 
     cfg = _cfg()
     k = cfg.deploy.kubernetes
-    store, sha256, image = _two_versions(packaged_digits, tmp_path)
+    store, sha256, image = _two_versions(packaged_digits, store_root)
     token = new_token()
     with Cluster() as cluster:
         api = cluster.api_client()

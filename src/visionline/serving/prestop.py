@@ -41,13 +41,18 @@ def nginx_pid(conf: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie waiting for its parent to reap it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: the signal answered
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def quit_nginx(conf: Path, inflight: float) -> bool:

@@ -207,19 +207,7 @@ class PodWorker(threading.Thread):
             if "sleep" in hook:
                 time.sleep(max(0, min(hook["sleep"]["seconds"], deadline - time.monotonic())))
             elif "exec" in hook:
-                env = self.fs.env(c)
-                argv = self.fs.argv({"command": hook["exec"]["command"]}, env)
-                try:
-                    assert self.sandbox is not None
-                    subprocess.run(
-                        argv,
-                        env=env,
-                        capture_output=True,
-                        timeout=max(0.1, deadline - time.monotonic()),
-                        preexec_fn=self.sandbox.enter,
-                    )
-                except subprocess.TimeoutExpired:
-                    pass
+                self._exec_hook(c, hook["exec"]["command"], proc, deadline)
             self.event("preStop done", name)
         if proc.poll() is None:
             self.event("SIGTERM", name)
@@ -233,6 +221,27 @@ class PodWorker(threading.Thread):
         _signal_group(proc, signal.SIGKILL)
         proc.wait(timeout=30)
         self.event(f"exited ({proc.returncode})", name)
+
+    def _exec_hook(
+        self, c: dict[str, Any], command: list[str], proc: subprocess.Popen, deadline: float
+    ) -> None:
+        """Run an exec hook in the container until it ends, the grace period does, or the
+        container's main process exits (which, as PID 1 of the container, takes the
+        hook down with it)."""
+        env = self.fs.env(c)
+        assert self.sandbox is not None
+        hook = subprocess.Popen(
+            self.fs.argv({"command": command}, env),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=self.sandbox.enter,
+        )
+        while hook.poll() is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if hook.poll() is None:
+            hook.kill()
+        hook.wait(timeout=30)
 
     def _terminate(self) -> None:
         from kubernetes.client.exceptions import ApiException
