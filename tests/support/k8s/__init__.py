@@ -26,8 +26,14 @@ one-node kubelet: it creates pods for Jobs, applies their ``podFailurePolicy``,
 container command as a real local process (its env resolved from the pod spec, Secrets
 included) or gives the pod a scripted ``Fate`` (OOMKilled, evicted, image pull failure,
 unschedulable); a deleted pod gets SIGTERM, SIGKILL at its grace period, and is gone
-once it stopped (``Fate.stop_seconds`` makes a shutdown slow). ``DeploymentController`` (deployments.py) rolls Deployments out. The
-controllers talk to the emulator only through the API, like the real ones.
+once it stopped (``Fate.stop_seconds`` makes a shutdown slow). ``DeploymentController`` (deployments.py) rolls Deployments out in one step, with
+scripted pods. The strict alternative for serving: ``RolloutController``
+(replicasets.py) rolls them through ReplicaSets (maxSurge, maxUnavailable, probes,
+progressDeadlineSeconds) and ``ServingKubelet`` (servingpods.py) runs their pods for
+real, each in its own network namespace (sandbox.py, podfs.py), under the kubelet's
+termination sequence; ``kubectl_apply`` (apply.py) applies manifests as a client-side
+``kubectl apply`` does. The controllers talk to the emulator only through the API, like
+the real ones.
 """
 
 from .api_server import ApiServer
