@@ -7,6 +7,7 @@ ends in ``ProgressDeadlineExceeded``, which the serving deployer reports."""
 from __future__ import annotations
 
 import copy
+import os
 import time
 
 import pytest
@@ -15,6 +16,9 @@ from tests.support.k8s import Cluster
 from tests.support.k8s.replicasets import RolloutController
 from tests.support.k8s.servingpods import ServingKubelet
 
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="each pod's own network namespace needs root"
+)
 NS = "vl-rs"
 LABELS = {"app.kubernetes.io/name": "web"}
 

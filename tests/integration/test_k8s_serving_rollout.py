@@ -32,7 +32,11 @@ from visionline.serving.kubernetes import KubernetesDeployer, build_objects
 from visionline.serving.nginx import new_token
 from visionline.storage import LocalStore
 
-pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.torchserve,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="each pod's own network namespace needs root"),
+]
 NS = "vl-rollout"
 CLIENTS = 8
 LAG = 2.0  # how late kube-proxy sees an endpoint removal (less than drain_seconds)
