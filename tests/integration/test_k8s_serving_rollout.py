@@ -147,7 +147,7 @@ def _wait(predicate, timeout, what):
         time.sleep(0.2)
 
 
-def test_rolling_update_under_load_loses_no_request(packaged_digits, store_root, tmp_path):
+def test_rolling_update_under_load_loses_no_request(packaged_digits, store_root):
     from kubernetes import client
 
     cfg = _cfg()
@@ -170,7 +170,8 @@ def test_rolling_update_under_load_loses_no_request(packaged_digits, store_root,
         if os.environ.get("VISIONLINE_TEST_OLD_TERMINATION"):
             _old_termination(dep, k)
         controller = RolloutController(cluster, NS)
-        kubelet = ServingKubelet(cluster, NS, tmp_path / "node")
+        # a short path: TorchServe's worker sockets live under each pod's /tmp
+        kubelet = ServingKubelet(cluster, NS, store_root / "node")
         endpoints = Endpoints(kubelet, svc["spec"]["selector"], LAG)
         for part in (controller, kubelet, endpoints):
             part.start()

@@ -17,6 +17,7 @@ SIGKILL; then the deletion is confirmed. ``events`` records each step with its t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import signal
@@ -79,8 +80,11 @@ class PodWorker(threading.Thread):
         return proc
 
     def _live(self) -> None:
-        root = self.kubelet.workdir / self.name
+        # short: TorchServe's worker sockets live under the pod's /tmp, and a Unix
+        # socket's path has at most 107 bytes
+        root = self.kubelet.workdir / hashlib.sha256(self.name.encode()).hexdigest()[:8]
         root.mkdir(parents=True)
+        (root / "pod").write_text(self.name)
         self.sandbox = Sandbox()
         self.fs = PodFS(root, self.pod, self.kubelet.api)
         for c in self.spec.get("initContainers") or []:
