@@ -94,6 +94,12 @@ def _deployment(cluster):
     )
 
 
+def _pin(template):
+    """The fetch-model container's pin, as the deployer wrote it."""
+    env = template["spec"]["initContainers"][0]["env"]
+    return {e["name"]: e["value"] for e in env if e["name"].startswith("VISIONLINE_PINNED_")}
+
+
 def _version(template):
     return template["metadata"]["annotations"][MODEL]
 
@@ -113,9 +119,9 @@ def test_first_deploy_creates_valid_objects_and_reports_status(
     d = _deployment(cluster)
     tpl = d["spec"]["template"]
     assert _version(tpl) == "digits:1"
-    fetch = tpl["spec"]["initContainers"][0]["command"]
-    assert fetch[fetch.index("--model") + 1] == "digits:1"
-    assert fetch[fetch.index("--sha256") + 1] == "1" * 64
+    pin = _pin(tpl)
+    assert pin["VISIONLINE_PINNED_MODEL"] == "digits:1"
+    assert pin["VISIONLINE_PINNED_SHA256"] == "1" * 64
     status = deployer.status()
     assert status.ready and status.model == ModelRef("digits", "1")
     posted = {
@@ -227,9 +233,9 @@ def test_deploy_retargets_an_applied_deployment_and_keeps_its_settings(
     cfg = _cfg()
     _, dep, _ = build_objects(cfg, "s3://elsewhere/vl", ModelRef("digits", "1"), "1" * 64)
     fetch = dep["spec"]["template"]["spec"]["initContainers"][0]
-    i = fetch["command"].index("--sha256")
-    del fetch["command"][i : i + 2]
-    fetch["command"][fetch["command"].index("--model") + 1] = "digits:champion"
+    # as applied: the champion, no pin
+    fetch["env"] = [e for e in fetch["env"] if not e["name"].startswith("VISIONLINE_PINNED_")]
+    assert fetch["command"][fetch["command"].index("--model") + 1] == "digits:champion"
     ts = dep["spec"]["template"]["spec"]["containers"][0]
     ts["resources"] = {"requests": {"cpu": "3", "memory": "6Gi"}, "limits": {"memory": "6Gi"}}
     dep["spec"]["replicas"] = 4
@@ -239,10 +245,12 @@ def test_deploy_retargets_an_applied_deployment_and_keeps_its_settings(
     KubernetesDeployer(cfg, store, api_client=cluster.api_client()).deploy(ModelRef("digits", "2"))
     after = _deployment(cluster)
     tpl = after["spec"]["template"]
+    pin = _pin(tpl)
+    assert pin["VISIONLINE_PINNED_MODEL"] == "digits:2"
+    assert pin["VISIONLINE_PINNED_SHA256"] == "2" * 64
+    assert pin["VISIONLINE_PINNED_STORE"] == store.uri  # where the deployer read the registry
     cmd = tpl["spec"]["initContainers"][0]["command"]
-    assert cmd[cmd.index("--model") + 1] == "digits:2"
-    assert cmd[cmd.index("--sha256") + 1] == "2" * 64
-    assert cmd[cmd.index("--store") + 1] == store.uri  # where the deployer read the registry
+    assert cmd == fetch["command"]  # the operator's command as applied
     assert tpl["spec"]["containers"][0]["resources"] == ts["resources"]
     assert after["spec"]["replicas"] == 4
     assert _version(tpl) == "digits:2"

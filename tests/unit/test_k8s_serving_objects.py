@@ -53,7 +53,8 @@ def test_objects_validate_and_are_locked_down():
     assert sorted(p["port"] for p in svc["spec"]["ports"]) == [7070, 8080]
     cred = next(v for v in pod["volumes"] if v["name"] == "credentials")
     assert cred["secret"]["secretName"] == "visionline-inference-credentials"
-    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # a GPU replica rolls without a spare GPU: one goes first, none surges
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     assert dep["spec"]["selector"]["matchLabels"].items() <= pod_labels(dep).items()
 
 
@@ -63,11 +64,12 @@ def pod_labels(dep):
 
 def test_the_template_pins_the_archive():
     _, dep, _ = build_objects(_cfg(), "s3://bucket/vl", REF, SHA)
-    cmd = dep["spec"]["template"]["spec"]["initContainers"][0]["command"]
-    assert cmd[:3] == ["python", "-m", "visionline.serving.fetch"]
-    assert cmd[cmd.index("--model") + 1] == "digits:3"
-    assert cmd[cmd.index("--sha256") + 1] == SHA
-    assert cmd[cmd.index("--store") + 1] == "s3://bucket/vl"
+    fetch = dep["spec"]["template"]["spec"]["initContainers"][0]
+    assert fetch["command"][:3] == ["python", "-m", "visionline.serving.fetch"]
+    env = {e["name"]: e.get("value") for e in fetch["env"]}
+    assert env["VISIONLINE_PINNED_MODEL"] == "digits:3"
+    assert env["VISIONLINE_PINNED_SHA256"] == SHA
+    assert env["VISIONLINE_PINNED_STORE"] == "s3://bucket/vl"
     assert pod_labels(dep)["visionline.io/model-version"] == "3"
 
 

@@ -377,7 +377,7 @@ def test_labels(kustomization, rendered):
 def test_serving_pod(rendered):
     dep = find(rendered["k8s/overlays/gpu"], "Deployment", SERVING)
     assert "replicas" not in dep["spec"], "the HPA owns the replica count"
-    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     spec = dep["spec"]["template"]["spec"]
     fetch = spec["initContainers"][0]
     assert fetch["name"] == "fetch-model"

@@ -16,6 +16,7 @@ deployer = pytest.importorskip(
 )
 pytestmark = pytest.mark.skipif(which("kubectl") is None, reason="kubectl not found")
 
+PIN_ENV = ("VISIONLINE_PINNED_STORE", "VISIONLINE_PINNED_MODEL", "VISIONLINE_PINNED_SHA256")
 IMAGE = "ghcr.io/visionline/visionline-server:0.1.0"
 
 
@@ -108,7 +109,14 @@ def test_containers_agree(built, applied):
                 assert (probe in mine) == (probe in built_c), (where, probe)
                 if "exec" in mine.get(probe, {}):
                     assert mine[probe]["exec"] == built_c[probe]["exec"], (where, probe)
-            assert _env_names(built_c) <= _env_names(mine), where
+            # the pin is the deployer's alone: a re-apply must never reach it
+            assert _env_names(built_c) - set(PIN_ENV) <= _env_names(mine), where
+            assert not _env_names(mine) & set(PIN_ENV), where
+            assert mine.get("lifecycle") == built_c.get("lifecycle"), where
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                for key in ("periodSeconds", "failureThreshold"):
+                    got = (mine.get(probe) or {}).get(key)
+                    assert got == (built_c.get(probe) or {}).get(key), (where, probe, key)
     mine_v, theirs_v = _volumes(ours), _volumes(theirs)
     assert set(mine_v) == set(theirs_v)
     assert (
@@ -116,6 +124,15 @@ def test_containers_agree(built, applied):
         == (theirs_v["credentials"]["secret"]["secretName"])
     )
     assert ours["serviceAccountName"] == theirs["serviceAccountName"]
+    assert ours["terminationGracePeriodSeconds"] == theirs["terminationGracePeriodSeconds"]
+
+
+def test_rollout_settings_agree(built, applied):
+    """CPU (local overlay): surge; the progress deadline is the config's budget."""
+    ours = find(applied, "Deployment", "visionline-torchserve")["spec"]
+    theirs = built["Deployment"]["spec"]
+    assert ours["strategy"] == theirs["strategy"]
+    assert ours["progressDeadlineSeconds"] == theirs["progressDeadlineSeconds"]
 
 
 def test_serve_json_is_the_configs_serve_section(cfg):

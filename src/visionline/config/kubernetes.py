@@ -13,6 +13,8 @@ from visionline.config.section import Section
 # Kubernetes names: DNS-1123 labels (namespace, Service, ConfigMap, Secret, account names).
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 # A resource quantity as Kubernetes writes it: 500m, 2, 1.5, 8Gi, 100M.
+# TorchServe's own shutdown after its SIGTERM (workers stop, the JVM exits).
+TORCHSERVE_SHUTDOWN_SECONDS = 5
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 
 
@@ -158,8 +160,26 @@ class KubernetesDeployConfig(Section):
     # Environment variable holding the inference credential for deploy's checks; when
     # unset the deployer reads the first key of credential_secret through the API.
     credential_env: str = "VISIONLINE_INFERENCE_TOKEN"
-    rollout_timeout_seconds: float = Field(600, gt=0)
+    # A rollout's budget. A new pod may wait for a GPU node to be provisioned and pull a
+    # multi-GB image (pull_allowance_seconds) before TorchServe loads the model
+    # (startup_seconds: the startup probe's budget). progressDeadlineSeconds is their sum,
+    # so a slow but healthy rollout is never declared failed while its pods still load.
+    startup_seconds: int = Field(600, ge=10, le=3600)
+    pull_allowance_seconds: int = Field(900, ge=0, le=7200)
+    # How long deploy waits for the rollout; None: the progress deadline and a minute.
+    rollout_timeout_seconds: float | None = Field(None, gt=0)
+    # The rolling update. None derives them from gpus: on GPU nodes a surge pod needs a
+    # spare GPU, so one replica goes first (surge 0, unavailable 1); on CPU a new replica
+    # is ready before an old one leaves (surge 1, unavailable 0).
+    max_surge: int | None = Field(None, ge=0, le=100)
+    max_unavailable: int | None = Field(None, ge=0, le=100)
     poll_seconds: float = Field(2.0, gt=0, le=60)
+    # A terminating pod: it keeps answering for drain_seconds while Services and
+    # ingresses stop sending to it, then nginx quits gracefully, waiting up to
+    # inflight_seconds for the requests it has; TorchServe gets its SIGTERM only after
+    # both. The grace period must cover them and TorchServe's own shutdown.
+    drain_seconds: int = Field(10, ge=0, le=300)
+    inflight_seconds: int = Field(30, ge=1, le=600)
     termination_grace_period_seconds: int = Field(60, ge=5, le=3600)
     run_as_user: int = Field(10001, ge=1)
     role: str = "visionline-pipeline"
@@ -168,6 +188,40 @@ class KubernetesDeployConfig(Section):
     def _no_secret_values(self) -> KubernetesDeployConfig:
         _refuse_secret_env(self.env, "s3_secret")
         return self
+
+    @model_validator(mode="after")
+    def _rollout_consistent(self) -> KubernetesDeployConfig:
+        need = self.torchserve_prestop_seconds + TORCHSERVE_SHUTDOWN_SECONDS
+        if self.termination_grace_period_seconds < need:
+            raise ValueError(
+                f"termination_grace_period_seconds {self.termination_grace_period_seconds} "
+                f"is shorter than drain_seconds {self.drain_seconds} + inflight_seconds "
+                f"{self.inflight_seconds} + {TORCHSERVE_SHUTDOWN_SECONDS} (TorchServe's own "
+                f"shutdown): raise it to at least {need}, or in-flight requests are cut"
+            )
+        if self.rolling_update == {"maxSurge": 0, "maxUnavailable": 0}:
+            raise ValueError("max_surge and max_unavailable cannot both be 0")
+        return self
+
+    @property
+    def torchserve_prestop_seconds(self) -> int:
+        """TorchServe waits out the front's drain and its in-flight requests."""
+        return self.drain_seconds + self.inflight_seconds
+
+    @property
+    def progress_deadline_seconds(self) -> int:
+        return self.startup_seconds + self.pull_allowance_seconds
+
+    @property
+    def rollout_wait_seconds(self) -> float:
+        return self.rollout_timeout_seconds or self.progress_deadline_seconds + 60
+
+    @property
+    def rolling_update(self) -> dict[str, int]:
+        gpu = self.gpus > 0
+        surge = self.max_surge if self.max_surge is not None else (0 if gpu else 1)
+        down = self.max_unavailable if self.max_unavailable is not None else (1 if gpu else 0)
+        return {"maxSurge": surge, "maxUnavailable": down}
 
 
 class ComputeConfig(Section):

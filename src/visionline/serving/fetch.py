@@ -12,6 +12,13 @@ the store later). With ``--serve-config`` it also writes TorchServe's
 behind the authenticating nginx front. Exits 0 when the archive is in place, 1 when it
 is missing or does not match (the pod then never starts, and the rollout is rolled
 back), 78 on bad arguments.
+
+The deployer pins a version in the pod template's environment, not in this command:
+``VISIONLINE_PINNED_STORE``, ``VISIONLINE_PINNED_MODEL`` and ``VISIONLINE_PINNED_SHA256``
+override ``--store``, ``--model`` and ``--sha256``. The applied manifest (k8s/) never
+names them, so ``kubectl apply -k`` after a deploy leaves the pin alone, and every pod of
+a ReplicaSet (one the HPA adds later too) fetches the same version instead of resolving
+``champion`` at its own start.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +37,13 @@ from visionline.serving.torchserve import ServedModel, mar_version, render_confi
 from visionline.storage import ArtifactStore, open_store, sha256_file
 
 log = logging.getLogger("visionline.serving.fetch")
+
+# The deployer's pin (see the module docstring): env name -> the flag it overrides.
+PIN_ENV = {
+    "VISIONLINE_PINNED_STORE": "store",
+    "VISIONLINE_PINNED_MODEL": "model",
+    "VISIONLINE_PINNED_SHA256": "sha256",
+}
 
 # Where TorchServe listens inside a pod, behind the front (which owns the public ports).
 POD_BACKEND_PORTS = {
@@ -96,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--serve-config", type=Path, help="serve settings (JSON, a ConfigMap)")
     ap.add_argument("--ts-config", type=Path, help="where to write config.properties")
     args = ap.parse_args(argv)
+    for env, dest in PIN_ENV.items():
+        if os.environ.get(env):
+            setattr(args, dest, os.environ[env])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if bool(args.serve_config) != bool(args.ts_config):
         print("--serve-config and --ts-config go together", file=sys.stderr)

@@ -33,8 +33,15 @@ unschedulable); a deleted pod gets SIGTERM, SIGKILL at its grace period, and is 
 once it stopped (``Fate.stop_seconds`` makes a shutdown slow). Its containers run
 (runtime.py) as PID 1 of their own PID namespace, under the image's ENTRYPOINT read from
 the Dockerfile, with ``command``/``args`` and ``$(VAR)`` expansion, ``envFrom`` and the
-downward API (downward.py) as the kubelet resolves them; signals go to PID 1. ``DeploymentController`` (deployments.py) rolls Deployments out. The
-controllers talk to the emulator only through the API, like the real ones.
+downward API (downward.py) as the kubelet resolves them; signals go to PID 1.
+``DeploymentController`` (deployments.py) rolls Deployments out in one step, with
+scripted pods. The strict alternative for serving: ``RolloutController``
+(replicasets.py) rolls them through ReplicaSets (maxSurge, maxUnavailable, probes,
+progressDeadlineSeconds) and ``ServingKubelet`` (servingpods.py) runs their pods for
+real, each in its own network namespace (sandbox.py, podfs.py), under the kubelet's
+termination sequence; ``kubectl_apply`` (apply.py) applies manifests as a client-side
+``kubectl apply`` does. The controllers talk to the emulator only through the API, like
+the real ones.
 """
 
 from .api_server import ApiServer

@@ -4,14 +4,22 @@ a Service, rolled to a model version by patching its pod template.
 Each pod (all objects built in Python, from ``deploy.kubernetes`` and ``serve``):
 
 - init container ``fetch-model`` (``python -m visionline.serving.fetch``): downloads the
-  ``.mar`` of the version the template pins (name, version and sha256 are in the
-  template, so a Deployment revision always means the same bytes), checks its sha256,
+  ``.mar`` of the version the template pins (store, name:version and sha256 in its
+  environment, ``VISIONLINE_PINNED_*``, which the k8s/ manifest never names, so a
+  Deployment revision always means the same bytes and a re-apply leaves the pin),
+  checks its sha256,
   and writes TorchServe's ``config.properties`` from the serve settings (ConfigMap);
 - container ``torchserve``: TorchServe in the foreground on the pod's loopback, its own
   token auth off; readiness is a READY worker of the model (``serving.probe``), not an
   open port;
 - container ``auth-proxy``: nginx (``serving.nginx``), the only thing listening on the
   pod's network: REST 8080 and gRPC 7070 with one credential from a Secret, metrics 8082.
+
+A terminating pod loses no request: nginx's preStop (``serving.prestop``) keeps
+answering for ``drain_seconds``, then quits gracefully, waiting ``inflight_seconds``;
+TorchServe's preStop sleeps both before its SIGTERM. Rollouts surge on CPU and roll one
+replica at a time on GPU; ``progressDeadlineSeconds`` is the startup probe's budget plus
+a node and image pull allowance.
 
 ``deploy(ref)`` patches the template (a JSON merge patch, with the template it replaces
 kept in an annotation and the resourceVersion as a precondition), waits for the rollout

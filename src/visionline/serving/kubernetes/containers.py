@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from visionline.kube import container_security_context, s3_env
 from visionline.registry import ModelRef
-from visionline.serving.fetch import POD_BACKEND_PORTS
+from visionline.serving.fetch import PIN_ENV, POD_BACKEND_PORTS
 
 if TYPE_CHECKING:
     from visionline.config import KubernetesDeployConfig, ServeConfig
@@ -20,6 +20,8 @@ SERVE_DIR = "/etc/visionline/serve"
 CREDENTIALS_DIR = "/etc/visionline/credentials"
 NGINX_TMP = "/tmp/nginx"
 HEALTH_PATH = "/healthz"
+NGINX_CONF = "/etc/visionline/nginx/nginx.conf"
+STARTUP_PERIOD = 5
 FETCH = "fetch-model"
 PYTHON = "python"
 
@@ -38,6 +40,12 @@ def base_env() -> list[dict[str, Any]]:
     ]
 
 
+def pin_env(store_uri: str, ref: ModelRef, sha256: str) -> list[dict[str, Any]]:
+    """The version every pod of this template serves (serving.fetch reads it)."""
+    values = {"store": store_uri, "model": str(ref), "sha256": sha256}
+    return [{"name": env, "value": values[flag]} for env, flag in PIN_ENV.items()]
+
+
 def fetch_container(
     k: KubernetesDeployConfig,
     store_uri: str,
@@ -46,7 +54,9 @@ def fetch_container(
     env: list[dict[str, Any]],
     mounts: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Downloads the pinned ``.mar``, checks its sha256 and writes TorchServe's config."""
+    """Downloads the pinned ``.mar``, checks its sha256 and writes TorchServe's config.
+    The command names the champion, as the applied manifest does; the pin is in the
+    environment (``pin_env``), where ``kubectl apply -k`` never reaches."""
     return {
         "name": FETCH,
         "image": k.image,
@@ -58,9 +68,7 @@ def fetch_container(
             "--store",
             store_uri,
             "--model",
-            str(ref),
-            "--sha256",
-            sha256,
+            f"{ref.name}:champion",
             "--dest",
             MODEL_STORE,
             "--serve-config",
@@ -68,7 +76,7 @@ def fetch_container(
             "--ts-config",
             TS_CONFIG,
         ],
-        "env": [*env, *s3_env(k.s3_secret, k.env)],
+        "env": [*env, *s3_env(k.s3_secret, k.env), *pin_env(store_uri, ref, sha256)],
         "resources": {
             "requests": {"cpu": "100m", "memory": "256Mi"},
             "limits": {"memory": "512Mi"},
@@ -136,13 +144,16 @@ def torchserve_container(
         "resources": {"requests": dict(k.resources.requests), "limits": limits},
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
-        # a large model may take minutes to load: the startup probe allows for it
+        # a large model may take minutes to load: the startup probe allows startup_seconds,
+        # well inside progressDeadlineSeconds (which also allows for node and image pull)
         "startupProbe": {
             "exec": {"command": ready},
-            "periodSeconds": 5,
+            "periodSeconds": STARTUP_PERIOD,
             "timeoutSeconds": 5,
-            "failureThreshold": max(6, int(k.rollout_timeout_seconds // 5)),
+            "failureThreshold": startup_failure_threshold(k),
         },
+        # SIGTERM only once the front has drained and finished what it proxies to us
+        "lifecycle": {"preStop": {"sleep": {"seconds": k.torchserve_prestop_seconds}}},
         "readinessProbe": {
             "exec": {"command": ready},
             "periodSeconds": 10,
@@ -158,6 +169,25 @@ def torchserve_container(
     }
 
 
+def startup_failure_threshold(k: KubernetesDeployConfig) -> int:
+    return max(6, -(-k.startup_seconds // STARTUP_PERIOD))
+
+
+def proxy_prestop(k: KubernetesDeployConfig) -> list[str]:
+    """Drain, then a graceful quit that waits for in-flight requests (serving.prestop)."""
+    return [
+        PYTHON,
+        "-m",
+        "visionline.serving.prestop",
+        "--drain",
+        str(k.drain_seconds),
+        "--inflight",
+        str(k.inflight_seconds),
+        "--nginx-conf",
+        NGINX_CONF,
+    ]
+
+
 def proxy_container(k: KubernetesDeployConfig, serve: ServeConfig) -> dict[str, Any]:
     """nginx: REST and gRPC with one credential from a Secret, and metrics."""
     return {
@@ -169,7 +199,7 @@ def proxy_container(k: KubernetesDeployConfig, serve: ServeConfig) -> dict[str, 
             "-e",
             "stderr",
             "-c",
-            "/etc/visionline/nginx/nginx.conf",
+            NGINX_CONF,
             "-g",
             "daemon off;",
         ],
@@ -180,8 +210,9 @@ def proxy_container(k: KubernetesDeployConfig, serve: ServeConfig) -> dict[str, 
         ],
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": container_security_context(),
-        # a terminating pod keeps answering while Services and ingresses stop sending to it
-        "lifecycle": {"preStop": {"sleep": {"seconds": 10}}},
+        # a terminating pod keeps answering while Services and ingresses stop sending to
+        # it, then nginx quits gracefully (the kubelet's SIGTERM would be a fast shutdown)
+        "lifecycle": {"preStop": {"exec": {"command": proxy_prestop(k)}}},
         "readinessProbe": {
             "httpGet": {"path": HEALTH_PATH, "port": "http"},
             "periodSeconds": 10,

@@ -159,9 +159,8 @@ class KubernetesDeployer(KubeAccess):
     # -- rollout ------------------------------------------------------------------------
     def _new_pods(self, template: dict[str, Any]) -> list[dict[str, Any]]:
         labels = template["metadata"]["labels"]
-        selector = ",".join(
-            f"{key}={labels[key]}" for key in (*selector_labels(self.k), f"{DOMAIN}/model-version")
-        )
+        keys = (*selector_labels(self.k), f"{DOMAIN}/model-version")
+        selector = ",".join(f"{key}={labels[key]}" for key in keys if key in labels)
         with self._call("list", "pods"):
             items = self.core.list_namespaced_pod(self.k.namespace, label_selector=selector)
         return as_dict(self.client, items).get("items") or []
@@ -169,7 +168,7 @@ class KubernetesDeployer(KubeAccess):
     def wait_rollout(self, timeout: float | None = None) -> str:
         """Wait until every replica runs the current template and is available; raise
         DeploymentError with what held it up otherwise."""
-        deadline = time.monotonic() + (timeout or self.k.rollout_timeout_seconds)
+        deadline = time.monotonic() + (timeout or self.k.rollout_wait_seconds)
         seen: set[str] = set()
         left = "no status yet"
         while True:
@@ -188,7 +187,7 @@ class KubernetesDeployer(KubeAccess):
                 why = "; ".join(details) or left
                 raise DeploymentError(
                     f"the rollout of {template_ref(d['spec']['template'])} did not become available "
-                    f"within {timeout or self.k.rollout_timeout_seconds:.0f}s: {why}"
+                    f"within {timeout or self.k.rollout_wait_seconds:.0f}s: {why}"
                 )
             time.sleep(self.k.poll_seconds)
 

@@ -21,6 +21,7 @@ from visionline.serving.kubernetes.containers import (
     NGINX_TMP,
     base_env,
     fetch_container,
+    pin_env,
     proxy_container,
     torchserve_container,
     work_mounts,
@@ -154,9 +155,10 @@ def retarget(
     template: dict[str, Any], store_uri: str, ref: ModelRef, sha256: str
 ) -> dict[str, Any]:
     """The pod template ``template`` serving ``ref`` instead: only what names the model
-    changes (the init container's ``--store/--model/--sha256``, the probes' ``--model``,
-    the model labels and annotations); everything an operator applied (resources,
-    settings, affinity, images) stays as it is."""
+    changes (the init container's pin in its environment, the probes' ``--model``, the
+    model labels and annotations); everything an operator applied (resources, settings,
+    affinity, images, the command) stays as it is, and the manifest never names the pin,
+    so re-applying it leaves the version served alone."""
     new = copy.deepcopy(template)
     spec = new.get("spec", {})
     inits = spec.get("initContainers") or []
@@ -167,9 +169,9 @@ def retarget(
             "made for visionline: apply k8s/base (kubectl apply -k k8s/overlays/<env>) or "
             "delete it and deploy again"
         )
-    cmd = _set_flag(fetch["command"], "--store", store_uri)
-    cmd = _set_flag(cmd, "--model", str(ref))
-    fetch["command"] = _set_flag(cmd, "--sha256", sha256)
+    pinned = pin_env(store_uri, ref, sha256)
+    names = {e["name"] for e in pinned}
+    fetch["env"] = [e for e in fetch.get("env") or [] if e.get("name") not in names] + pinned
     for c in spec.get("containers") or []:
         for probe in ("startupProbe", "readinessProbe"):
             command = ((c.get(probe) or {}).get("exec") or {}).get("command")
@@ -192,13 +194,13 @@ def deployment(cfg: PipelineConfig, template: dict[str, Any]) -> dict[str, Any]:
         "spec": {
             "replicas": k.replicas,
             "revisionHistoryLimit": 5,
-            "progressDeadlineSeconds": int(k.rollout_timeout_seconds),
+            # startup probe budget + node and image pull allowance: a slow but healthy
+            # rollout is not failed while its pods still load
+            "progressDeadlineSeconds": k.progress_deadline_seconds,
             "selector": {"matchLabels": selector_labels(k)},
-            # a new version never takes capacity away before it is ready
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
+            # CPU: a new version never takes capacity away before it is ready; GPU: no
+            # spare GPU is needed (one replica goes first): deploy.kubernetes.max_surge
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": k.rolling_update},
             "template": template,
         },
     }
