@@ -75,6 +75,8 @@ def kubectl_apply(api: Any, obj: dict[str, Any]) -> dict[str, Any]:
     from visionline.kube import merge_patch
 
     host = api.configuration.host.rstrip("/")
+    # the caller's credentials, as kubectl sends its kubeconfig user's
+    auth = {"Authorization": api.configuration.get_api_key_with_prefix("authorization") or ""}
     new = copy.deepcopy(obj)
     applied = json.dumps(obj, sort_keys=True)
     collection, name = host + _path(obj), obj["metadata"]["name"]
@@ -84,10 +86,10 @@ def kubectl_apply(api: Any, obj: dict[str, Any]) -> dict[str, Any]:
             raise RuntimeError(f"{r.request.method} {r.url}: {r.status_code} {r.text[:500]}")
         return r.json()
 
-    got = requests.get(f"{collection}/{name}", timeout=30)
+    got = requests.get(f"{collection}/{name}", headers=auth, timeout=30)
     if got.status_code == 404:
         new["metadata"].setdefault("annotations", {})[LAST_APPLIED] = applied
-        return answer(requests.post(collection, json=new, timeout=30))
+        return answer(requests.post(collection, json=new, headers=auth, timeout=30))
     live = answer(got)
     last = json.loads((live["metadata"].get("annotations") or {}).get(LAST_APPLIED) or "{}")
     result = three_way(last, new, live)
@@ -99,7 +101,7 @@ def kubectl_apply(api: Any, obj: dict[str, Any]) -> dict[str, Any]:
         requests.patch(
             f"{collection}/{name}",
             data=json.dumps(patch),
-            headers={"Content-Type": "application/merge-patch+json"},
+            headers={**auth, "Content-Type": "application/merge-patch+json"},
             timeout=30,
         )
     )
