@@ -10,6 +10,7 @@ import csv
 import json
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import requests
 from tests.support.rollout import fault, register_variant
 from tests.support.serving import served_digits, visionline_cli
 from visionline.monitoring.capture_windows import read_captures, wait_for_captures
+from visionline.serving.torchserve import TorchServe
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
 CLIENTS = 8
@@ -59,6 +61,20 @@ def _load(url: str, token: str, images, per_client: int, stop=None) -> list[dict
     return out
 
 
+def _request_log(tsdir: Path) -> list[dict]:
+    return [json.loads(x) for f in (tsdir / "rollout").glob("*-requests.jsonl") for x in f.open()]
+
+
+def _labels_csv(work: Path, answered: list[dict]) -> Path:
+    """Late labels for every request: its true class."""
+    path = work / "labels.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["request_id", "label"])
+        w.writerows((r["id"], r["truth"]) for r in answered)
+    return path
+
+
 def _config(served: dict, work: Path, **rollout) -> Path:
     cfg = served["cfg"].with_overrides(**{f"deploy.rollout.{k}": v for k, v in rollout.items()})
     path = work / "rollout.yaml"
@@ -70,9 +86,9 @@ def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promot
     packaged_digits, digits_dir, tmp_path
 ):
     store, ref, _ = packaged_digits
-    # slow (3 s) on 10% of its batches, failing on 10%, wrong on 30% of its answers
+    # slow (5 s) on 10% of its batches, failing on 10%, wrong on 30% of its answers
     challenger = register_variant(
-        store, ref, fault(slow=0.1, fail=0.1, wrong=0.3), tmp_path / "variant"
+        store, ref, fault(slow=0.1, fail=0.1, wrong=0.3, sleep_s=5.0), tmp_path / "variant"
     )
     images = _images(digits_dir)
     with served_digits(packaged_digits, tmp_path) as served:
@@ -85,33 +101,36 @@ def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promot
         assert "50% of predictions mirrored to" in started.stdout
         since = json.loads((served["tsdir"] / "rollout" / "rollout.json").read_text())["started"]
         url = f"{served['root']}/predictions/{ref.name}"
-        answered = _load(url, served["keys"]["inference"], images, per_client=30)
+        answered = _load(url, served["keys"]["inference"]["key"], images, per_client=30)
 
-        # users: every request answered, none waited for the slow challenger (3 s)
+        # users: every request answered, and none waited for the slow challenger (5 s):
+        # what a client measured is what the champion's side took at the front (a mirror
+        # that held a keepalive connection would add its wait before the next request)
         assert [r["status"] for r in answered] == [200] * len(answered)
-        assert max(r["seconds"] for r in answered) < 2.5, max(r["seconds"] for r in answered)
+        log = _request_log(served["tsdir"])
+        front = {x["id"]: x["request_time"] for x in log if x["side"] == "champion"}
+        waited = max(r["seconds"] - front[r["id"]] for r in answered)
+        assert waited < 2.5, waited
         ids = {r["id"] for r in answered}
         assert len(ids) == len(answered) == CLIENTS * 30
         # ... and each got the champion's answer, as the champion captured it
-        from datetime import datetime
-
         t0 = datetime.fromisoformat(since)
         assert wait_for_captures(store, ref.name, ref.version, t0, len(ids)) >= len(ids)
-        champ = read_captures(store, ref.name, ref.version, t0, None, ["request_id", "label"])
+        champ = read_captures(
+            store, ref.name, ref.version, t0, None, ["request_id", "label", "time"]
+        )
         champ = dict(zip(champ["request_id"], champ["label"], strict=True))
         assert all(champ[r["id"]] == r["answer"] for r in answered)
 
         # the challenger got the mirrored half, with the same request ids
-        log = served["tsdir"] / "rollout"
-        lines = [json.loads(x) for f in log.glob("*-requests.jsonl") for x in f.open()]
-        time.sleep(4)  # the last slow mirrored requests
-        lines = [json.loads(x) for f in log.glob("*-requests.jsonl") for x in f.open()]
+        time.sleep(6)  # the last slow mirrored requests
+        lines = _request_log(served["tsdir"])
         mirrored = {x["id"] for x in lines if x["side"] == "challenger"}
         assert mirrored <= ids and abs(len(mirrored) - len(ids) / 2) < 4 * (len(ids) / 4) ** 0.5
         ok = sum(1 for x in lines if x["side"] == "challenger" and x["status"] == 200)
         assert wait_for_captures(store, ref.name, challenger.version, t0, ok) >= ok
         chall = read_captures(
-            store, ref.name, challenger.version, t0, None, ["request_id", "label"]
+            store, ref.name, challenger.version, t0, None, ["request_id", "label", "time"]
         )
         differ = [
             rid
@@ -126,11 +145,7 @@ def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promot
         assert "needs" in status.stdout and "more labels" in status.stdout
 
         # late labels for the shadowed requests: McNemar and the non-inferiority decision
-        labels = tmp_path / "labels.csv"
-        with labels.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["request_id", "label"])
-            w.writerows((r["id"], r["truth"]) for r in answered)
+        labels = _labels_csv(tmp_path, answered)
         fed = visionline_cli(cfg, "labels", "feedback", str(labels), "--model", ref.name)
         assert fed.returncode == 0, fed.stdout + fed.stderr
         status = visionline_cli(cfg, "rollout", "status", "--workdir", workdir)
@@ -142,11 +157,10 @@ def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promot
 
         aborted = visionline_cli(cfg, "rollout", "abort", "--workdir", workdir)
         assert aborted.returncode == 0 and "aborted" in aborted.stdout, aborted.stderr
-        again = _load(url, served["keys"]["inference"], images, per_client=2)
+        again = _load(url, served["keys"]["inference"]["key"], images, per_client=2)
         assert [r["status"] for r in again] == [200] * len(again)
-        assert not (
-            served["tsdir"] / "rollout" / "challenger" / "tmp" / ".model_server.pid"
-        ).exists()
+        challenger_dir = served["tsdir"] / "rollout" / "challenger"
+        assert not TorchServe(challenger_dir, served["cfg"].serve).is_running()
 
 
 def test_a_canary_failing_5_percent_is_rolled_back_on_its_own(
@@ -168,7 +182,7 @@ def test_a_canary_failing_5_percent_is_rolled_back_on_its_own(
         url = f"{served['root']}/predictions/{ref.name}"
         answered = _load(
             url,
-            served["keys"]["inference"],
+            served["keys"]["inference"]["key"],
             images,
             per_client=150,
             stop=lambda: not json.loads(state.read_text())["active"],
@@ -179,7 +193,7 @@ def test_a_canary_failing_5_percent_is_rolled_back_on_its_own(
         events = [json.loads(x) for x in (workdir / "rollout" / "events.jsonl").open()]
         assert events[-1]["action"] == "rollback" and events[-1]["reason"] == ended["reason"]
         assert any(r["status"] >= 500 for r in answered)  # users saw the canary's errors
-        after = _load(url, served["keys"]["inference"], images, per_client=5)
+        after = _load(url, served["keys"]["inference"]["key"], images, per_client=5)
         assert [r["status"] for r in after] == [200] * len(after)
         status = visionline_cli(cfg, "rollout", "status", "--workdir", str(workdir))
         assert "rollback" in status.stdout and "errors: error rate" in status.stdout

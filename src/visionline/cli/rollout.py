@@ -49,7 +49,7 @@ def ensure_no_rollout(cfg: PipelineConfig, store: ArtifactStore) -> None:
         )
 
 
-def _watcher(args: argparse.Namespace, workdir: Path) -> int:
+def _watcher(args: argparse.Namespace, workdir: Path, log_dir: Path) -> int:
     """The canary's watchdog as a process of its own, outliving this command."""
     argv = [sys.executable, "-m", "visionline.cli"]
     if args.config:
@@ -57,7 +57,7 @@ def _watcher(args: argparse.Namespace, workdir: Path) -> int:
     if args.store:
         argv += ["--store", args.store]
     argv += ["rollout", "watch", "--workdir", str(workdir)]
-    with (workdir / "watch.log").open("ab") as out:
+    with (log_dir / "watch.log").open("ab") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
         )
@@ -78,7 +78,7 @@ def start_rollout(
     print(f"{mode} rollout: {percent:g}% of predictions {share} {ref}; {state['champion']} is")
     print("still the champion" + (" and answers every user" if mode == "shadow" else ""))
     if mode == "canary" and cfg.deploy.rollout.auto_rollback:
-        pid = _watcher(args, ro.dir)
+        pid = _watcher(args, Path(ro.local.workdir).resolve(), ro.dir)
         print(f"watching it (pid {pid}, {ro.dir / 'watch.log'}): rolled back on its own when")
         print("its error rate or p99 latency exceeds the champion's by the configured margins")
     print("see: visionline rollout status; then visionline rollout promote or abort")

@@ -216,6 +216,7 @@ def _rollout_fields(
     )
     ro = {
         **fields,
+        "request_id_header": out["request_id_header"],
         "mode": rollout.mode,
         "percent": f"{rollout.percent:g}",
         "side": "champion",
