@@ -86,13 +86,14 @@ def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promot
     packaged_digits, digits_dir, tmp_path
 ):
     store, ref, _ = packaged_digits
-    # slow (5 s) on 10% of its batches, failing on 10%, wrong on 30% of its answers
+    # slow (5 s) on 5% of its batches, failing on 10%, wrong on 30% of its answers
     challenger = register_variant(
-        store, ref, fault(slow=0.1, fail=0.1, wrong=0.3, sleep_s=5.0), tmp_path / "variant"
+        store, ref, fault(slow=0.05, fail=0.1, wrong=0.3, sleep_s=5.0), tmp_path / "variant"
     )
     images = _images(digits_dir)
     with served_digits(packaged_digits, tmp_path) as served:
-        cfg = _config(served, tmp_path, min_requests=40, min_labelled=40)
+        # a mirrored request unanswered after 4 s is logged as the challenger's 504
+        cfg = _config(served, tmp_path, min_requests=40, min_labelled=20, challenger_timeout_s=4)
         workdir = str(served["tsdir"])
         started = visionline_cli(
             cfg, "deploy", str(challenger), "--shadow", "50", "--workdir", workdir
@@ -151,6 +152,7 @@ def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promot
         status = visionline_cli(cfg, "rollout", "status", "--workdir", workdir)
         assert "McNemar p =" in status.stdout and "decision: not promotable" in status.stdout
         assert "[FAIL] accuracy" in status.stdout, status.stdout
+        assert "non-inferior when above -2.00%" in status.stdout, status.stdout
         promote = visionline_cli(cfg, "rollout", "promote", "--workdir", workdir)
         assert promote.returncode == 1 and "blocked by accuracy" in promote.stderr, promote
         assert "is the champion" not in promote.stdout
