@@ -65,6 +65,13 @@ def _request_log(tsdir: Path) -> list[dict]:
     return [json.loads(x) for f in (tsdir / "rollout").glob("*-requests.jsonl") for x in f.open()]
 
 
+def _waited(tsdir: Path, answered: list[dict]) -> float:
+    """The longest a client waited beyond what the front took for the champion's side."""
+    log = _request_log(tsdir)
+    front = {x["id"]: x["request_time"] for x in log if x["side"] == "champion"}
+    return max(r["seconds"] - front[r["id"]] for r in answered)
+
+
 def _labels_csv(work: Path, answered: list[dict]) -> Path:
     """Late labels for every request: its true class."""
     path = work / "labels.csv"
@@ -108,9 +115,7 @@ def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promot
         # what a client measured is what the champion's side took at the front (a mirror
         # that held a keepalive connection would add its wait before the next request)
         assert [r["status"] for r in answered] == [200] * len(answered)
-        log = _request_log(served["tsdir"])
-        front = {x["id"]: x["request_time"] for x in log if x["side"] == "champion"}
-        waited = max(r["seconds"] - front[r["id"]] for r in answered)
+        waited = _waited(served["tsdir"], answered)
         assert waited < 2.5, waited
         ids = {r["id"] for r in answered}
         assert len(ids) == len(answered) == CLIENTS * 30
