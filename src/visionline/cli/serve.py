@@ -88,6 +88,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     store = open_store(cfg.store)
     ref = model_ref(store, args.model, cfg)
     if args.dry_run:
+        if args.shadow is not None or args.canary is not None:
+            raise VisionlineError(
+                "--dry-run with --shadow/--canary: a rollout's Kubernetes objects are not "
+                "built yet (rollouts run locally, deploy.target local)"
+            )
         if cfg.deploy.target != "kubernetes":
             raise VisionlineError("--dry-run prints Kubernetes objects: add --target kubernetes")
         print_objects(serving_manifests(cfg, store, ref), args.output)
