@@ -16,6 +16,7 @@ from visionline.registry import ModelRef
 from visionline.serving.deploy import Deployer
 from visionline.serving.kubernetes import KubernetesDeployer
 from visionline.serving.local import LocalDeployer
+from visionline.serving.rollout.local import LocalRollout
 from visionline.storage import ArtifactStore
 from visionline.training.loop import fit
 from visionline.training.plan import RunPlan
@@ -52,6 +53,16 @@ def local_server(
 ) -> LocalDeployer:
     """The TorchServe on this machine (``visionline serve``), whatever deploy.target says."""
     return LocalDeployer(store, cfg.serve, workdir or cfg.deploy.workdir)
+
+
+def rollout(cfg: PipelineConfig, store: ArtifactStore, workdir: str | None = None) -> LocalRollout:
+    """The challenger beside the served champion (shadow or canary) on deploy.target."""
+    if cfg.deploy.target != "local":
+        raise ConfigError(
+            f"deploy.target {cfg.deploy.target}: shadow and canary rollouts run locally for "
+            "now (deploy.target local)"
+        )
+    return LocalRollout(local_server(cfg, store, workdir), store, cfg.deploy.rollout)
 
 
 def serving_manifests(

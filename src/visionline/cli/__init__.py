@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("serve", "put a model in service on deploy.target, check it, make it champion"),
     "rollback": ("serve", "serve the previous champion again and make it champion"),
     "status": ("serve", "what deploy.target is serving, and whether it is ready"),
+    "rollout": (
+        "rollout",
+        "a shadow or canary challenger: its verdict (status), promote or abort it",
+    ),
     "predict": ("serve", "send images to a served model (REST or gRPC)"),
     "monitor": ("monitor", "drift checks and the retraining decision log"),
     "labels": ("monitor", "late labels: feedback on captures, or import to a dataset"),

@@ -19,6 +19,7 @@ from visionline.cli.common import (
     target_flag,
     with_target,
 )
+from visionline.cli.rollout import deploy_mode, ensure_no_rollout, start_rollout
 from visionline.config import PipelineConfig
 from visionline.errors import EXIT_FAILED, EXIT_USAGE, VisionlineError
 from visionline.registry import ModelRef, Registry
@@ -81,6 +82,25 @@ def deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help=f"{MODEL_HELP}; default: the champion")
     target_flag(p)
     dry_run_flags(p, "print the objects it would apply (kubectl style) and change nothing")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--shadow",
+        nargs="?",
+        type=float,
+        const=-1.0,
+        metavar="PERCENT",
+        help="serve it as a challenger beside the champion and mirror PERCENT of the "
+        "predictions to it (default deploy.rollout.shadow_percent); users get the "
+        "champion's answers only",
+    )
+    mode.add_argument(
+        "--canary",
+        type=float,
+        metavar="PERCENT",
+        help="let it answer PERCENT of the predictions for real, rolled back on its own "
+        "when its errors or p99 latency exceed the champion's by the configured margins",
+    )
+    p.add_argument("--workdir", help="the local server's directory (default: deploy.workdir)")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -89,10 +109,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     ref = model_ref(store, args.model, cfg)
     warn_if_packaged_otherwise(store, ref, cfg)
     if args.dry_run:
+        if args.shadow is not None or args.canary is not None:
+            raise VisionlineError(
+                "--dry-run with --shadow/--canary: a rollout's Kubernetes objects are not "
+                "built yet (rollouts run locally, deploy.target local)"
+            )
         if cfg.deploy.target != "kubernetes":
             raise VisionlineError("--dry-run prints Kubernetes objects: add --target kubernetes")
         print_objects(serving_manifests(cfg, store, ref), args.output)
         return 0
+    mode, percent = deploy_mode(cfg, args)
+    if mode != "replace":
+        return start_rollout(cfg, store, ref, mode, percent, args)
+    if args.workdir:
+        cfg = cfg.with_overrides(**{"deploy.workdir": args.workdir})
+    ensure_no_rollout(cfg, store)
     result = deploy_checked(deployer(cfg, store), store, ref)
     print(f"deployed {result.ref} at {result.endpoint}: {result.parity.summary()}")
     print(f"{result.ref} is now the champion")

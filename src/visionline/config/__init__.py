@@ -11,6 +11,7 @@ from visionline.config.kubernetes import (
     KubernetesComputeConfig,
     KubernetesDeployConfig,
     Resources,
+    RolloutConfig,
     Toleration,
 )
 from visionline.config.pipeline import (
@@ -74,6 +75,7 @@ __all__ = [
     "PolicyConfig",
     "PrunerConfig",
     "Resources",
+    "RolloutConfig",
     "Scheduler",
     "SearchSpace",
     "ServeConfig",

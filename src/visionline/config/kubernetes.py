@@ -237,10 +237,43 @@ class ComputeConfig(Section):
     kubernetes: KubernetesComputeConfig = KubernetesComputeConfig()
 
 
+class RolloutConfig(Section):
+    """How a challenger is judged beside the champion (``visionline deploy --shadow`` /
+    ``--canary``, ``visionline rollout``): the shares it gets and the margins that decide
+    whether it is rolled back or may be promoted."""
+
+    # percent of predictions mirrored to a shadow challenger (users never see its answer)
+    shadow_percent: float = Field(100.0, gt=0, le=100)
+    # percent of predictions a canary challenger answers for real
+    canary_percent: float = Field(10.0, gt=0, le=100)
+    # the longest a shadow challenger may take; a slower answer is logged as a 504
+    challenger_timeout_s: float = Field(10.0, gt=0, le=600)
+    # requests each side must have answered (shadow: joined by request id) before a verdict
+    min_requests: int = Field(200, ge=1)
+    # labelled shadowed requests needed before the accuracy check can pass
+    min_labelled: int = Field(100, ge=1)
+    # non-inferiority: the challenger's accuracy may be at most this much below the
+    # champion's (lower confidence bound of the paired difference)
+    accuracy_margin: float = Field(0.02, ge=0, le=1)
+    # the challenger's error rate (5xx, timeouts) may exceed the champion's by this much
+    error_margin: float = Field(0.01, ge=0, le=1)
+    # its p99 latency may exceed the champion's by this fraction plus latency_slack_ms
+    latency_margin: float = Field(0.5, ge=0)
+    latency_slack_ms: float = Field(50.0, ge=0)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    # a canary is watched and rolled back on its own when error rate or p99 exceed the margins
+    auto_rollback: bool = True
+    watch_interval_s: float = Field(5.0, gt=0)
+
+
 class DeployConfig(Section):
     """Where a packaged model is served."""
 
     target: Literal["local", "kubernetes"] = "local"
+    # replace: the new model takes all traffic once checked; shadow/canary: it runs as a
+    # challenger beside the champion (``rollout``) until promoted or aborted
+    mode: Literal["replace", "shadow", "canary"] = "replace"
+    rollout: RolloutConfig = RolloutConfig()
     # the local TorchServe's working directory (config, model store, logs, tokens)
     workdir: str = ".visionline/serve"
     kubernetes: KubernetesDeployConfig = KubernetesDeployConfig()

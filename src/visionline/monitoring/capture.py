@@ -14,6 +14,7 @@ serving worker loads of monitoring: nothing here reads datasets or the reference
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -139,12 +140,23 @@ class RequestCapture:
         if self.sink is None or not rows:
             return
         try:
-            rate = self.settings.sample_rate
-            chosen = [i for i in range(len(rows)) if self.rng.random() < rate]
+            chosen = [i for i in range(len(rows)) if self._sampled(context, rows[i][0])]
             if chosen:
                 self._pending = (context, rows, batch, chosen)
         except Exception as e:
             self._failed(e)
+
+    def _sampled(self, context: Any, idx: int) -> bool:
+        """A request with a client id is sampled by a hash of the id, so every server
+        that sees it (a rollout's champion and challenger) makes the same choice and
+        their captures join; one without is sampled at random."""
+        rate = self.settings.sample_rate
+        if rate >= 1.0:
+            return True
+        rid = _client_request_id(context, idx)
+        if rid is None:
+            return self.rng.random() < rate
+        return int(hashlib.sha256(rid.encode()).hexdigest()[:13], 16) / 16**13 < rate
 
     def finish(self, probs: torch.Tensor) -> None:
         pending, self._pending = self._pending, None
@@ -195,9 +207,8 @@ class RequestCapture:
             )
 
 
-def _request_id(context: Any, idx: int) -> str:
-    """The client's X-Request-Id when it sent one (so it can send labels for it later),
-    else TorchServe's own request id."""
+def _client_request_id(context: Any, idx: int) -> str | None:
+    """The X-Request-Id the request came with (the client's, or the one the front gave it)."""
     try:
         headers = context.get_all_request_header(idx) or {}
         for k, v in headers.items():
@@ -205,5 +216,14 @@ def _request_id(context: Any, idx: int) -> str:
                 return (v.decode() if isinstance(v, bytes) else str(v))[:200]
     except Exception:
         pass
+    return None
+
+
+def _request_id(context: Any, idx: int) -> str:
+    """The client's X-Request-Id when it sent one (so it can send labels for it later),
+    else TorchServe's own request id."""
+    client = _client_request_id(context, idx)
+    if client:
+        return client
     rid = context.get_request_id(idx) if hasattr(context, "get_request_id") else None
     return str(rid) if rid else f"unknown-{os.getpid()}-{time.time_ns()}"

@@ -27,7 +27,13 @@ from visionline.registry import ModelRef
 from visionline.serving.client import RestClient
 from visionline.serving.deploy import DeploymentStatus
 from visionline.serving.fetch import fetch_mar
-from visionline.serving.nginx import Backend, NginxProcess, nginx_binary, render_nginx_conf
+from visionline.serving.nginx import (
+    Backend,
+    NginxProcess,
+    RolloutFront,
+    nginx_binary,
+    render_nginx_conf,
+)
 from visionline.serving.torchserve import (
     LOOPBACK,
     Endpoints,
@@ -134,7 +140,10 @@ class LocalDeployer:
         return RestClient(self.endpoint(), ref.name, self.token())
 
     def _start_front(self, backend_port: int) -> None:
-        conf = render_nginx_conf(
+        self.front.start(self._front_conf(backend_port), f"{self.endpoint()}/healthz")
+
+    def _front_conf(self, backend_port: int, rollout: RolloutFront | None = None) -> str:
+        return render_nginx_conf(
             credentials_dir=None,  # TorchServe checks its own tokens
             backend=Backend(
                 LOOPBACK, backend_port, self.cfg.grpc_inference_port, self.cfg.metrics_port
@@ -150,8 +159,27 @@ class LocalDeployer:
             # as root nginx would hand its workers to "nobody", who cannot write the
             # request-body buffers under this working directory
             run_as="root" if os.geteuid() == 0 else None,
+            request_id=True,
+            rollout=rollout,
         )
-        self.front.start(conf, f"{self.endpoint()}/healthz")
+
+    def set_rollout(self, rollout: RolloutFront | None) -> None:
+        """Put a challenger beside the served champion in the front (or take it out),
+        with a graceful reload: requests in flight finish, none is refused."""
+        if not self.front.is_running():
+            raise ServingError(
+                "a rollout needs the nginx front (serve.local_front auto or nginx, and nginx "
+                "installed); it is not running"
+            )
+        self.front.reload(self._front_conf(self.backend_port(), rollout))
+
+    def backend_port(self) -> int:
+        """The champion TorchServe's REST port behind the front (from its state file)."""
+        try:
+            url = json.loads(self.server.state_path.read_text())["endpoints"]["inference"]
+            return int(url.rsplit(":", 1)[1])
+        except (OSError, ValueError, KeyError) as e:
+            raise ServingError(f"no local server state at {self.server.state_path}: {e}") from e
 
     def deploy(self, ref: ModelRef) -> RestClient:
         state = self._state()
@@ -206,6 +234,8 @@ class LocalDeployer:
     def stop(self) -> None:
         self.front.stop()
         self.front.conf.unlink(missing_ok=True)
+        # a rollout's challenger (serving.rollout.local) goes with the server it stood beside
+        TorchServe(self.workdir / "rollout" / "challenger", self.cfg).stop(quiet=True)
         self.server.stop()
         if self._state_path.is_file():
             state = self._state()

@@ -74,6 +74,22 @@ class Backend:
     metrics_port: int
 
 
+@dataclass(frozen=True)
+class RolloutFront:
+    """A challenger beside the champion (``serving.rollout``): ``shadow`` mirrors
+    ``percent`` of the predictions to it through a relay on ``relay_port`` (the client
+    gets the champion's answer only); ``canary`` sends ``percent`` to it for real. Each
+    answered request is logged as a JSON line to ``log_path``, with its side."""
+
+    mode: str  # "shadow" | "canary"
+    percent: float
+    challenger_host: str
+    challenger_port: int
+    relay_port: int
+    log_path: str
+    challenger_timeout_s: float = 30.0
+
+
 # The configuration text lives in these files (package data; the folder name is not an
 # identifier, so nothing takes it for a Python package); the renderer only fills fields.
 TEMPLATES = files("visionline.serving") / "nginx-templates"
@@ -104,6 +120,8 @@ def render_nginx_conf(
     timeout_s: int = 120,
     health_path: str = "/healthz",
     run_as: str | None = None,
+    request_id: bool = False,
+    rollout: RolloutFront | None = None,
 ) -> str:
     """nginx.conf for the front (complete: runs as ``nginx -c FILE``, unprivileged,
     with a read-only root filesystem: every path nginx writes is under ``tmp_dir``).
@@ -112,7 +130,9 @@ def render_nginx_conf(
     ``max_request_size`` (``torchserve.max_body_bytes``), so the two agree. Without
     ``credentials_dir`` the front checks no credential and passes ``Authorization`` on to
     a TorchServe with its own token auth (one machine); without ``grpc_port`` it has no
-    gRPC listener (clients reach TorchServe's gRPC port directly).
+    gRPC listener (clients reach TorchServe's gRPC port directly). ``request_id``: the
+    front gives every prediction an ``X-Request-Id`` (the client's, or its own) and
+    returns it; a ``rollout`` implies it.
     """
     fields: dict[str, object] = {
         "tmp": str(tmp_dir).rstrip("/"),
@@ -152,11 +172,77 @@ def render_nginx_conf(
         fields["unauthorized"] = fill_template("unauthorized.conf")
         rest_check = fill_template("credential-check.conf", directive="proxy")
         grpc_check = fill_template("credential-check.conf", directive="grpc")
+    fields.update(_rollout_fields(fields, rollout, request_id, credentials_dir is None))
     grpc = fill_template("grpc.conf", **fields, check=grpc_check) if grpc_port else ""
     metrics = fill_template("metrics.conf", **fields) if metrics_port else ""
     return fill_template(
         "nginx.conf", **fields, check=rest_check, grpc_server=grpc, metrics_server=metrics
     )
+
+
+def _rollout_fields(
+    fields: dict[str, object], rollout: RolloutFront | None, request_id: bool, local: bool
+) -> dict[str, object]:
+    """The request id and rollout parts of the front (all empty when neither is asked)."""
+    out: dict[str, object] = dict.fromkeys(
+        (
+            "request_id_map",
+            "request_id_header",
+            "rollout_http",
+            "rollout_predict",
+            "rollout_access_log",
+            "rollout_locations",
+            "rollout_relay",
+        ),
+        "",
+    )
+    if request_id or rollout:
+        out["request_id_map"] = fill_template("request-id.conf")
+        out["request_id_header"] = fill_template("request-id-header.conf")
+    if rollout is None:
+        return out
+    if rollout.mode not in ("shadow", "canary") or not 0 < rollout.percent <= 100:
+        raise ServingError(
+            f"rollout: mode {rollout.mode!r} (shadow or canary) with a percent in (0, 100], "
+            f"got {rollout.percent}"
+        )
+    # Locally TorchServe checks its own tokens: the champion's /ping decides for the
+    # challenger too (which listens on loopback with its token auth off). In a pod the
+    # front's own credential check applies to both.
+    check = (
+        "            auth_request /_visionline_champion_auth;\n"
+        if local
+        else fill_template("credential-check.conf", directive="proxy")
+    )
+    ro = {
+        **fields,
+        "request_id_header": out["request_id_header"],
+        "mode": rollout.mode,
+        "percent": f"{rollout.percent:g}",
+        "side": "champion",
+        "relay_port": rollout.relay_port,
+        "challenger_host": rollout.challenger_host,
+        "challenger_port": rollout.challenger_port,
+        "challenger_timeout_s": f"{rollout.challenger_timeout_s:g}",
+        "rollout_log": rollout.log_path,
+        "challenger_check": check,
+        "relay_auth": fill_template("champion-auth.conf", **fields) if local else fields["auth"],
+        # the main server has the pod's credential check already
+        "main_auth": fill_template("champion-auth.conf", **fields) if local else "",
+    }
+    if rollout.mode == "canary":
+        # the side is the draw; the relay is not started, its port only names nothing
+        ro["side"] = "$visionline_draw"
+    out["rollout_http"] = fill_template("rollout-http.conf", **ro)
+    out["rollout_predict"] = fill_template(f"rollout-{rollout.mode}.conf")
+    out["rollout_access_log"] = (
+        f"            access_log /dev/stdout visionline;\n"
+        f"            access_log {rollout.log_path} visionline_rollout;\n"
+    )
+    out["rollout_locations"] = fill_template("rollout-server.conf", **ro)
+    if rollout.mode == "shadow":
+        out["rollout_relay"] = fill_template("rollout-relay.conf", **ro)
+    return out
 
 
 def nginx_binary() -> str | None:
@@ -221,6 +307,34 @@ class NginxProcess:
                     self.stop()
                     raise ServingError(f"nginx does not answer {health_url}: {e}") from e
             time.sleep(0.1)
+
+    def reload(self, conf_text: str) -> None:
+        """Swap the config of the running nginx: checked first (``nginx -t`` on a copy),
+        then SIGHUP, which starts new workers and lets the old ones finish their
+        requests. Returns once the new workers have taken over."""
+        pid = self._pid()
+        if pid is None:
+            raise ServingError(f"nginx is not running (see {self.log})")
+        candidate = self.workdir / "nginx.conf.new"
+        candidate.write_text(conf_text)
+        checked = subprocess.run(
+            [nginx_binary() or "nginx", "-e", str(self.log), "-c", str(candidate), "-t"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if checked.returncode != 0:
+            raise ServingError(f"nginx refused {candidate}: {checked.stderr.strip()}")
+        old = {p.pid for p in psutil.Process(pid).children()}
+        os.replace(candidate, self.conf)
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            workers = {p.pid for p in psutil.Process(pid).children()}
+            if workers - old:
+                return
+            time.sleep(0.05)
+        raise ServingError(f"nginx did not reload {self.conf}: see {self.log}")
 
     def stop(self, timeout: float = 15) -> None:
         """Graceful (in-flight requests finish), then forceful after ``timeout``."""
