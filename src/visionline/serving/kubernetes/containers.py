@@ -123,11 +123,12 @@ def torchserve_container(
         "name": "torchserve",
         "image": k.image,
         "imagePullPolicy": k.image_pull_policy,
-        # in the foreground: the container lives as long as the server
-        "command": [
-            PYTHON,
-            "-m",
-            "ts.model_server",
+        # in the foreground: the container lives as long as the server. `args`, not
+        # `command`: the image's ENTRYPOINT (tini -g) stays PID 1 and passes SIGTERM to
+        # the launcher's whole group, the JVM and its workers; TorchServe's launcher as
+        # PID 1 would forward nothing.
+        "args": [
+            "torchserve",
             "--foreground",
             "--ncs",
             "--ts-config",
