@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from benchmarks._common import REPO, add_common_args, write_result
 from visionline.config import EstimateConfig
-from visionline.data.fashion_mnist import CACHED_TARBALL, read_arrays
+from visionline.data.fashion_mnist import CACHED_TARBALL, OFFICIAL_CLASS_NAMES, read_arrays
 from visionline.data.transforms import Preprocessing
 from visionline.model.architectures import SimpleCNN
 from visionline.model.predictor import Predictor
@@ -59,18 +59,7 @@ from visionline.monitoring.estimate import (
 )
 from visionline.monitoring.features import describe_batch, make_projection
 
-CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+CLASSES = OFFICIAL_CLASS_NAMES
 DEFAULT_DATA = REPO / CACHED_TARBALL  # make fashion-mnist puts it there
 SHIFTS = ("gaussian_noise", "blur", "contrast", "brightness", "rotation", "jpeg", "occlusion")
 MAX_ERROR = 0.10  # an answered window may be off by at most this
