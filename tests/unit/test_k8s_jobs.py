@@ -137,8 +137,16 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service():
     cmd = _container(job)["args"]
     assert "--shutdown-timeout=110" in cmd
     assert "--nnodes=2" in cmd and "--nproc-per-node=8" in cmd
-    assert "--node-rank=$(JOB_COMPLETION_INDEX)" in cmd
-    assert f"--master-addr={name}-0.{name}" in cmd
+    # elastic: ranks come from the rendezvous, so a replaced pod rejoins the group
+    assert not any(a.startswith(("--node-rank", "--master-addr")) for a in cmd)
+    assert f"--rdzv-endpoint={name}-0.{name}:29500" in cmd and "--rdzv-backend=c10d" in cmd
+    assert f"--rdzv-id={RUN}" in cmd and "--max-restarts=3" in cmd
+    assert "--rdzv-conf=join_timeout=300,keep_alive_interval=1,keep_alive_max_attempt=3" in cmd
+    assert "--local-addr=$(POD_IP)" in cmd
+    spec = job["spec"]
+    # retries per node, none spent on a disruption; no Job-wide limit
+    assert spec["backoffLimitPerIndex"] == 3 and spec["maxFailedIndexes"] == 0
+    assert "backoffLimit" not in spec
 
 
 def test_job_names_are_dns_labels_and_distinct():

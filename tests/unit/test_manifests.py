@@ -474,12 +474,16 @@ def test_multinode_job_finds_rank_zero_through_its_headless_service(rendered):
     args = pod["containers"][0]["args"]
     opts = dict(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
     assert args[0] == "torchrun"
-    assert opts["--master-addr"] == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
-    assert int(opts["--master-port"]) == svc["spec"]["ports"][0]["port"]
+    assert opts["--rdzv-backend"] == "c10d"
+    host, port = opts["--rdzv-endpoint"].rsplit(":", 1)
+    assert host == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+    assert int(port) == svc["spec"]["ports"][0]["port"]
     assert int(opts["--nnodes"]) == spec["completions"]
-    assert opts["--node-rank"] == "$(NODE_RANK)"
-    rank = next(e for e in pod["containers"][0]["env"] if e["name"] == "NODE_RANK")
-    assert "job-completion-index" in rank["valueFrom"]["fieldRef"]["fieldPath"]
+    assert "--node-rank" not in opts and int(opts["--max-restarts"]) > 0
+    assert opts["--local-addr"] == "$(POD_IP)"
+    assert spec["backoffLimitPerIndex"] >= 0 and "backoffLimit" not in spec
+    ip = next(e for e in pod["containers"][0]["env"] if e["name"] == "POD_IP")
+    assert ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
 
 def test_work_pool_template_puts_job_fields_in_the_job_spec():

@@ -76,6 +76,14 @@ class KubernetesComputeConfig(Section):
     nproc_per_node: int | None = Field(None, ge=1, le=64)
     # More than one: an Indexed Job plus a headless Service for torchrun's rendezvous.
     nodes: int = Field(1, ge=1, le=128)
+    # What submits a multi-node run: an Indexed Job (plus its headless Service), or a
+    # JobSet (jobset.x-k8s.io/v1alpha2) where the cluster runs the JobSet controller.
+    kind: Literal["job", "jobset"] = "job"
+    # torchrun's elastic (c10d) rendezvous listens here on the first pod of the group.
+    rendezvous_port: int = Field(29500, ge=1024, le=65535)
+    # How often torchrun restarts the whole worker group (every node's processes, from
+    # the last checkpoint) after a node is lost and replaced, before the pod fails.
+    max_restarts: int = Field(3, ge=0, le=100)
     resources: Resources = Resources()
     node_selector: dict[str, str] = {}
     tolerations: list[Toleration] = []
@@ -231,6 +239,11 @@ class ComputeConfig(Section):
     backend: Literal["local", "kubernetes"] = "local"
     # processes per node (torchrun); 1 runs the trainer directly
     nproc: int = Field(1, ge=1, le=64)
+    # The bound on how long a training process waits for the others of its group: the
+    # gloo/NCCL process-group timeout (a collective whose peer is gone fails after it,
+    # so no survivor holds its GPU longer), and on Kubernetes torchrun's rendezvous join
+    # timeout (how long survivors wait for a lost node's replacement).
+    group_timeout_seconds: int = Field(300, ge=5, le=24 * 3600)
     # torch's intra-op threads per training process; None: torch's default (all cores).
     # A search running trials side by side gives each its share of the machine.
     threads: int | None = Field(None, ge=1)

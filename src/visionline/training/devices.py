@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,19 @@ class Dist:
 SINGLE_PROCESS = Dist()
 
 
-def init_distributed(device_kind: str) -> Dist:
+def init_distributed(device_kind: str, timeout_seconds: float | None = None) -> Dist:
+    """The process group torchrun set up ranks for; ``timeout_seconds``
+    (``compute.group_timeout_seconds``) bounds every collective: when a peer is lost, the
+    survivors' next collective fails after it instead of holding their devices for the
+    backend's default (30 min for gloo, 10 min for NCCL)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device_kind == "cuda" else "gloo",
+            timeout=timedelta(seconds=timeout_seconds) if timeout_seconds else None,
+        )
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

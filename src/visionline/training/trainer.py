@@ -70,7 +70,7 @@ def build_trainer(plan: RunPlan, store: ArtifactStore, paths: RunPaths) -> Train
         if (t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available()))
         else "cpu"
     )
-    ddp = init_distributed(device_kind)
+    ddp = init_distributed(device_kind, cfg.compute.group_timeout_seconds)
     device = resolve_device(t, ddp.local_rank)
     seed_everything(t.seed)
     data = prepare_data(cfg, store, plan.dataset)

@@ -14,6 +14,7 @@ _PLAIN = {
     "metadata.uid": ("metadata", "uid"),
     "spec.nodeName": ("spec", "nodeName"),
     "spec.serviceAccountName": ("spec", "serviceAccountName"),
+    "status.podIP": ("status", "podIP"),
 }
 
 

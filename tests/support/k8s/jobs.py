@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from . import indexed
 from .cluster import Cluster
 from .kubelet import Fate, Kubelet
 from .objects import now_rfc3339
@@ -87,6 +88,7 @@ class JobController(threading.Thread):
         if not hold:
             self.released.set()
         self.pod_fates: dict[str, Fate] = {}
+        self.generations: dict[str, dict[int, int]] = {}  # Indexed Job uid -> index -> pods
         self.started: dict[str, float] = {}
         self.errors: list[BaseException] = []
         self.kubelet = Kubelet(
@@ -169,6 +171,9 @@ class JobController(threading.Thread):
                 job, "Failed", "DeadlineExceeded", "Job was active longer than specified deadline"
             )
             return
+        if spec.get("completionMode") == "Indexed":
+            indexed.sync(self, job, pods)  # every index at once, retried per index
+            return
         if succeeded and not active:
             self._patch_job_status(name, {"succeeded": len(succeeded)})
             self._finish(
@@ -242,6 +247,20 @@ class JobController(threading.Thread):
         name = f"{job['metadata']['name']}-{uuid.uuid4().hex[:5]}"
         template = copy.deepcopy(job["spec"]["template"])
         meta = template.setdefault("metadata", {})
+        ip = ""
+        if job["spec"].get("completionMode") == "Indexed":
+            name = f"{job['metadata']['name']}-{index}-{uuid.uuid4().hex[:5]}"
+            extra = indexed.indexed_template(job, index)
+            meta.setdefault("labels", {}).update(extra["labels"])
+            meta.setdefault("annotations", {}).update(extra["annotations"])
+            template["spec"]["hostname"] = extra["hostname"]
+            for c in template["spec"]["containers"]:
+                c.setdefault("env", []).insert(0, extra["env"])
+            gens = self.generations.setdefault(job["metadata"]["uid"], {})
+            gens[index] = gens.get(index, -1) + 1
+            hosts = indexed.hosts_file(job, self.namespace, self.workdir / f"{name}.hosts", gens)
+            self.kubelet.networks[name] = (extra["hostname"], hosts)
+            ip = indexed.address(index, gens[index])
         meta["name"] = name
         meta["namespace"] = self.namespace
         meta.setdefault("labels", {}).update(
@@ -268,6 +287,8 @@ class JobController(threading.Thread):
             pod["spec"]["nodeName"] = NODE
         # the pod as the server has it (its uid, for the downward API)
         pod = self._d(self.core.create_namespaced_pod(self.namespace, pod))
+        if ip:
+            pod["status"] = {**(pod.get("status") or {}), "podIP": ip}  # the kubelet's
         self.pod_fates[name] = fate
         self.kubelet.start(name, pod, fate)
 

@@ -145,6 +145,9 @@ class Kubelet:
         self._pods: dict[str, Fate] = {}  # the pods on this node, until they are gone
         self._stopping: dict[str, float] = {}  # pod -> when its termination began
         self._lock = threading.Lock()  # a pod's process starts, or its termination does
+        # pod -> (hostname, /etc/hosts) of an Indexed Job's pod (indexed.py)
+        self.networks: dict[str, tuple[str, Path]] = {}
+        self.evictions: dict[str, float] = {}  # pod -> when evict() sent its SIGTERM
         # containers as PID 1 of their own PID namespace, under the image's ENTRYPOINT
         # (runtime.py); where this user cannot, plain processes
         self.pid1 = pid1_available()
@@ -188,6 +191,7 @@ class Kubelet:
             {
                 "phase": "Running",
                 "startTime": ts,
+                **{k: v for k, v in (pod.get("status") or {}).items() if k == "podIP"},
                 "containerStatuses": container_status({"running": {"startedAt": ts}}, image),
             },
         )
@@ -261,9 +265,11 @@ class Kubelet:
         with self._lock:
             if name in self._stopping:
                 return  # deleted before its container started: it never will
+            net = {"network": self.networks[name]} if self.pid1 and name in self.networks else {}
             run = Pid1Process if self.pid1 else subprocess.Popen
             proc = run(
                 cmd,
+                **net,
                 cwd=home,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -274,13 +280,14 @@ class Kubelet:
             self.procs[name] = proc
         grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
         sigterm_at = self._stream_output(name, proc, fate, grace)
+        sigterm_at = self.evictions.get(name, sigterm_at)  # evicted by evict()
         rc = proc.wait()
         if sigterm_at is not None:
             self.grace_exits[name] = time.monotonic() - sigterm_at
         self.cluster.end_log(self.namespace, name)
         if self._gone(name):
             return  # deleted: its end is the deletion's, confirmed by reap_deleted_pods
-        if fate.kind == "evict" and sigterm_at is not None:
+        if (fate.kind == "evict" or name in self.evictions) and sigterm_at is not None:
             self._patch_pod_status(name, evicted_status(rc, container["image"], now_rfc3339()))
             return
         code = rc if rc >= 0 else 128 - rc
@@ -330,6 +337,16 @@ class Kubelet:
                 return True
             raise
         return pod.metadata.deletion_timestamp is not None
+
+    def evict(self, name: str, grace: float) -> None:
+        """Evict the running pod now, as the node-pressure eviction does: SIGTERM, SIGKILL
+        after ``grace``, and a ``Failed`` status with ``DisruptionTarget`` once it ended."""
+        proc = self.procs[name]
+        self.evictions[name] = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        timer = threading.Timer(grace, lambda: proc.poll() is None and proc.kill())
+        timer.daemon = True
+        timer.start()
 
     def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
         """Signal the pod's process, if it still runs."""

@@ -101,13 +101,23 @@ class Pid1Process:
     ``subprocess.Popen`` to the kubelet (``stdout``, ``poll``, ``wait``, ``send_signal``,
     ``kill``); signals go to the container's PID 1, not to ``unshare``."""
 
-    def __init__(self, argv: list[str], **popen: Any) -> None:
+    def __init__(
+        self, argv: list[str], network: tuple[str, Path] | None = None, **popen: Any
+    ) -> None:
+        """``network``: (hostname, hosts file) of a pod with a name of its own (an Indexed
+        Job's): the container gets its own UTS namespace with that hostname and the file
+        bind-mounted over ``/etc/hosts`` in its mount namespace; ``sh`` then ``exec``s the
+        container's command, which so stays PID 1."""
         for tool in argv[:1]:
             if "/" in tool and not Path(tool).exists():
                 raise FileNotFoundError(f"{tool}: the image's ENTRYPOINT is not installed here")
-        self._proc = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *argv], **popen
-        )
+        ns = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+        if network is not None:
+            host, hosts = network
+            setup = 'hostname "$0" && mount --bind "$1" /etc/hosts && shift && exec "$@"'
+            argv = ["sh", "-c", setup, host, str(hosts), *argv]
+            ns.insert(1, "--uts")
+        self._proc = subprocess.Popen([*ns, *argv], **popen)
         self.stdout = self._proc.stdout
         self.pid = self._proc.pid
         self._init: int | None = None

@@ -26,9 +26,12 @@ being deleted, until they have stopped, and submitting the same run meanwhile wa
 it to go before creating it anew.
 
 More than one node (``nodes > 1``): an Indexed Job whose pods find each other through a
-headless Service (``<job>-0.<service>`` is rank 0; created after the Job and owned by it,
-so it is garbage-collected with it), ``torchrun`` with a static rendezvous and
-``--node-rank`` from the pod's completion index.
+headless Service (``<job>-0.<service>`` hosts the rendezvous; created after the Job and
+owned by it, so it is garbage-collected with it), ``torchrun`` with the elastic c10d
+rendezvous and ``--max-restarts``: a lost node's pod is replaced for its index (retries
+are per index, ``backoffLimitPerIndex``, and a disruption costs none), it rejoins, and
+the whole group restarts from the last checkpoint while the surviving pods stay;
+``compute.group_timeout_seconds`` bounds how long survivors wait (docs/kubernetes.md).
 
 The rooms: ``manifest`` (the objects), ``diagnosis`` (pod and Job status in operator
 words), ``watch`` (the run), ``backend`` (submit).

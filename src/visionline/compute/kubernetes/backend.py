@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from visionline.compute import config_key, publish_config
 from visionline.compute.kubernetes.diagnosis import true_condition
+from visionline.compute.kubernetes.jobset import build_jobset
 from visionline.compute.kubernetes.manifest import build_manifests, job_name, owned_by_job
 from visionline.compute.kubernetes.owner import flow_run_owner
 from visionline.compute.kubernetes.watch import KubernetesRun
@@ -47,6 +48,8 @@ class KubernetesBackend(KubeAccess):
         cfg = plan.cfg.model_copy(update={"compute": self.cfg.compute})
         config_uri = store.url(config_key(plan.cfg))
         owner = flow_run_owner(self.k.namespace)  # a cancelled flow run takes its Job along
+        if self.k.kind == "jobset" and self.k.nodes > 1:
+            return [build_jobset(cfg, plan.run_id, config_uri, store.uri, origin, owner)]
         return build_manifests(cfg, plan.run_id, config_uri, store.uri, origin, owner)
 
     def _check_store(self, store: ArtifactStore) -> None:
@@ -60,6 +63,12 @@ class KubernetesBackend(KubeAccess):
         self, plan: RunPlan, store: ArtifactStore, origin: dict[str, str] | None = None
     ) -> KubernetesRun:
         self._check_store(store)
+        if self.k.kind == "jobset" and self.k.nodes > 1:
+            # built and validated (manifests, --dry-run), not yet submitted and watched
+            raise ConfigError(
+                "compute.kubernetes.kind: jobset: the pipeline does not submit JobSets yet; "
+                "print the JobSet with --dry-run and apply it with kubectl, or use kind: job"
+            )
         run_id = plan.run_id
         done = _finished(store, run_id, plan.cfg)
         name = job_name(run_id)

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from visionline.config import KubernetesComputeConfig, PipelineConfig
 
 CONTAINER = "trainer"
-RENDEZVOUS_PORT = 29500
 WORKDIR = "/work"
 # Under torchrun the agent gets the pod's SIGTERM and gives its workers this much less
 # than the pod's grace period (torchrun's own default is 30 s), so that it can still
@@ -44,6 +43,7 @@ def trainer_command(
     run_id: str,
     origin: dict[str, str] | None = None,
     rendezvous_host: str | None = None,
+    group_timeout: int = 300,
 ) -> list[str]:
     """The trainer's ``args`` (never ``command``: the image's ENTRYPOINT, tini, stays PID
     1 and passes SIGTERM to this process, whose handler checkpoints)."""
@@ -57,12 +57,8 @@ def trainer_command(
             "-m",
             "torch.distributed.run",
             shutdown,
-            f"--nnodes={k.nodes}",
+            *elastic_args(k, rendezvous_host, run_id, group_timeout),
             f"--nproc-per-node={nproc}",
-            # the kubelet expands $(VAR) from the container's env
-            "--node-rank=$(JOB_COMPLETION_INDEX)",
-            f"--master-addr={rendezvous_host}",
-            f"--master-port={RENDEZVOUS_PORT}",
             *entry,
         ]
     if nproc > 1:
@@ -77,6 +73,33 @@ def trainer_command(
             *entry,
         ]
     return ["python", *entry]
+
+
+def elastic_args(
+    k: KubernetesComputeConfig, rendezvous_host: str | None, run_id: str, group_timeout: int
+) -> list[str]:
+    """torchrun's elastic rendezvous for ``k.nodes`` pods: every node's agent meets at
+    the c10d store on the first pod (``rendezvous_host``); when a node is lost, the
+    survivors' workers stop (checkpointed, or failed by the group timeout), their agents
+    keep the pod and rendezvous again, and the lost node's replacement pod joins that
+    round: the whole group restarts from the last checkpoint, up to ``max_restarts``
+    times. No ``--node-rank``: the rendezvous assigns ranks, so a replacement needs none.
+    ``join_timeout``: how long survivors wait for the replacement before their pod fails."""
+    timeout = group_timeout
+    return [
+        f"--nnodes={k.nodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={rendezvous_host}:{k.rendezvous_port}",
+        f"--rdzv-id={run_id}",
+        # a lost node's agent leaves no word: its heartbeats stop, and it stays in the
+        # rendezvous (holding up the next round) until they are this long overdue
+        f"--rdzv-conf=join_timeout={timeout},keep_alive_interval=1,keep_alive_max_attempt=3",
+        f"--max-restarts={k.max_restarts}",
+        # the agent's identity in the rendezvous, and rank 0's address for the workers:
+        # the pod's own IP, as a replacement pod has the same hostname and, in its own
+        # PID namespace, often the same PID, which would make it the lost node's twin
+        "--local-addr=$(POD_IP)",
+    ]
 
 
 def worker_grace_seconds(k: KubernetesComputeConfig) -> int:
@@ -110,7 +133,14 @@ def _job_annotations(
 
 
 def _trainer_env(k: KubernetesComputeConfig, run_id: str) -> list[dict[str, Any]]:
+    group = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        # torch's shared rendezvous store publishes rank 0's address in the first round
+        # only: a replacement pod joining a later round would wait for it forever
+        {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"},
+    ]
     return [
+        *(group if k.nodes > 1 else []),
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "HOME", "value": WORKDIR},
         {"name": "TMPDIR", "value": "/tmp"},
@@ -162,7 +192,7 @@ def trainer_container(
         # what every visionline pod reads: VISIONLINE_STORE, AWS_DEFAULT_REGION, ...
         container["envFrom"] = [{"configMapRef": {"name": k.settings_config_map, "optional": True}}]
     if k.nodes > 1:
-        container["ports"] = [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]
+        container["ports"] = [{"name": "rendezvous", "containerPort": k.rendezvous_port}]
     return container
 
 
@@ -202,7 +232,8 @@ def trainer_pod_spec(
 
 def pod_failure_policy() -> dict[str, Any]:
     """A configuration error fails the Job at once (a retry cannot fix it); a disrupted
-    pod (preemption, eviction, drain) is not counted: its replacement resumes."""
+    pod (preemption, eviction, drain) is not counted: its replacement resumes (for more
+    than one node: rejoins the group's rendezvous, and the whole group resumes)."""
     return {
         "rules": [
             {
@@ -222,8 +253,11 @@ def pod_failure_policy() -> dict[str, Any]:
 
 
 def job_spec(k: KubernetesComputeConfig, template: dict[str, Any]) -> dict[str, Any]:
+    """One node: ``backoffLimit`` retries of the one pod. More than one: an Indexed Job
+    whose retries are counted per node (``backoffLimitPerIndex``), so one flaky node
+    cannot use up the others' retries, and ``maxFailedIndexes: 0``: a node out of
+    retries fails the run (the group cannot train without it)."""
     spec: dict[str, Any] = {
-        "backoffLimit": k.backoff_limit,
         "activeDeadlineSeconds": k.active_deadline_seconds,
         # a replacement starts only once the old pod has fully terminated, so two pods of
         # a run never write the same checkpoints
@@ -234,9 +268,15 @@ def job_spec(k: KubernetesComputeConfig, template: dict[str, Any]) -> dict[str, 
     if k.ttl_seconds_after_finished is not None:
         spec["ttlSecondsAfterFinished"] = k.ttl_seconds_after_finished
     if k.nodes > 1:
-        spec.update(completions=k.nodes, parallelism=k.nodes, completionMode="Indexed")
+        spec.update(
+            completions=k.nodes,
+            parallelism=k.nodes,
+            completionMode="Indexed",
+            backoffLimitPerIndex=k.backoff_limit,
+            maxFailedIndexes=0,
+        )
     else:
-        spec.update(completions=1, parallelism=1)
+        spec.update(backoffLimit=k.backoff_limit, completions=1, parallelism=1)
     if k.queue_name:
         spec["suspend"] = True  # Kueue admits (unsuspends) it when the queue has quota
     return spec
@@ -261,7 +301,9 @@ def build_job(
     service = name if k.nodes > 1 else None
     rendezvous = f"{name}-0.{service}" if service else None
     mounts, volumes = _scratch(k)
-    command = trainer_command(k, config_uri, store_uri, run_id, origin, rendezvous)
+    command = trainer_command(
+        k, config_uri, store_uri, run_id, origin, rendezvous, cfg.compute.group_timeout_seconds
+    )
     container = trainer_container(k, command, run_id, mounts)
     template = {
         "metadata": {"labels": labels, "annotations": {f"{DOMAIN}/run-id": run_id}},
@@ -301,7 +343,13 @@ def build_rendezvous_service(cfg: PipelineConfig, run_id: str) -> dict[str, Any]
             # ranks must resolve each other before any of them is Ready
             "publishNotReadyAddresses": True,
             "selector": {"batch.kubernetes.io/job-name": name},
-            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "protocol": "TCP"}],
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": cfg.compute.kubernetes.rendezvous_port,
+                    "protocol": "TCP",
+                }
+            ],
         },
     }
 
