@@ -27,6 +27,11 @@ from visionline.monitoring.check import resolve_model
 from visionline.storage import ArtifactStore, PutItem, sha256_bytes
 
 STRATEGIES = ("least-confidence", "margin", "entropy")
+# The default of `label-queue --strategy`: the one that needed the fewest labels to
+# reach random labelling's final accuracy in the measured simulation
+# (benchmarks/results/estimate.json, ``active_learning``; docs/monitoring.md,
+# "Which strategy"): margin, ahead of least confidence, with entropy barely above random.
+DEFAULT_STRATEGY = "margin"
 # A queue's arms: the images the strategy chose, and a random sample of the same
 # captures beside them (``--control``), so that labelling can be measured against chance
 # (``visionline.monitoring.label_report``).
