@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from benchmarks.active_learning import ARMS, labels_to_reach
+from benchmarks.active_learning import ARMS
 from tests.integration.test_benchmarks import REPO, bench
 from tests.support.fashion import npm_tarball
 
@@ -31,13 +31,6 @@ def assert_curves(al: dict, rounds: int, seeds: int) -> None:
     # every arm starts from the same labelled images and weights within a seed
     firsts = {tuple(c[0] for c in arm["accuracy_per_seed"]) for arm in al["arms"].values()}
     assert len(firsts) == 1
-
-
-def test_labels_to_reach_interpolates_between_rounds():
-    labels = [1000, 1500, 2000]
-    assert labels_to_reach(labels, [0.70, 0.80, 0.90], 0.85) == 1750.0
-    assert labels_to_reach(labels, [0.70, 0.80, 0.90], 0.60) == 1000.0
-    assert labels_to_reach(labels, [0.70, 0.80, 0.84], 0.85) is None
 
 
 def test_active_learning_smoke_merges_into_the_result(tmp_path):
