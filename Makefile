@@ -111,7 +111,8 @@ format: install
 # after the revision that measured them, a smoke or dirty run, no result at all) and
 # measures exactly those again, then writes benchmarks/README.md. All of them take about
 # 30 minutes on 2 cores (measured: ingest 3, accuracy 3, train_overhead 1.5, serve 4,
-# pipeline 2, tune 12; estimate 36, measured under load ~19 from other work)
+# pipeline 2, tune 12; estimate 36, measured under load ~19 from other work, plus its
+# active-learning simulation: about 10 more for its 4 seeds at load ~4)
 # plus capture, which adds rounds (about a minute each) until the
 # 95% interval of its ratio is narrower than 0.05: on the order of 100 rounds, 2 hours.
 # serve measures photo-sized inputs at the default serving batch size (8) with 1, 8 and 32
@@ -121,6 +122,7 @@ format: install
 BENCH_CPU := ingest accuracy train_overhead serve pipeline capture tune estimate
 BENCH_ARGS_serve := --inputs photo --batch-sizes 8
 BENCH_ARGS_capture := --rounds 8 --max-rounds 150 --ci-width 0.05
+BENCH_ARGS_estimate := --seeds 4
 # what a failed staleness query runs: a command that fails, so make stops there
 STALE_QUERY_FAILED := stale-query-failed
 

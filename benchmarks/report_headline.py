@@ -219,8 +219,41 @@ def _estimate(r: dict) -> list[Row]:
     ]
 
 
+def _active_learning(r: dict) -> list[Row]:
+    """#19 item 6: labels each queue strategy needs to reach random's final accuracy."""
+    al = r.get("active_learning")
+    if not isinstance(al, dict):
+        return []
+    final = al.get("random_final_accuracy")
+    budget = (al.get("labels") or [None])[-1]
+    rows = []
+    for arm in ("least-confidence", "margin", "entropy"):
+        a = (al.get("arms") or {}).get(arm) or {}
+        seeds = ", ".join(_num(n, 4) for n in a.get("labels_to_random_final_per_seed") or [])
+        diffs = ", ".join(f"{d:+.3f}" for d in a.get("final_minus_random_per_seed") or [])
+        need = a.get("labels_to_random_final")
+        goal = NONE if budget is None else f"< {budget}"
+        if isinstance(need, (int, float)) and budget is not None:
+            goal += " (met)" if need < budget else " (missed)"
+        elif budget is not None:
+            goal += " (missed)"
+        rows.append(
+            (
+                f"active learning, {arm}: labels to random's final accuracy {_num(final, 4)}",
+                goal,
+                f"{_num(a.get('labels_to_random_final'), 4)} (per seed {seeds})",
+                f"random: {_num(budget, 4)} labels; final accuracy vs random per seed {diffs}",
+            )
+        )
+    return rows
+
+
+def _estimate_all(r: dict) -> list[Row]:
+    return _estimate(r) + _active_learning(r)
+
+
 HEADLINES: dict[str, Callable[[dict], list[Row]]] = {
-    "estimate": _estimate,
+    "estimate": _estimate_all,
     "accuracy": _accuracy,
     "capture": _capture,
     "ingest": _ingest,

@@ -110,6 +110,27 @@ def draw_accuracy(fig: Figure, r: dict) -> bool:
     return True
 
 
+def draw_active_learning(fig: Figure, r: dict) -> bool:
+    """Test accuracy against labels per strategy: the mean over seeds as a line, the
+    seeds' range as a band; random's final accuracy dotted."""
+    al = r.get("active_learning")
+    if not isinstance(al, dict) or not al.get("arms"):
+        return False
+    ax = fig.subplots()
+    labels = al["labels"]
+    for i, (arm, a) in enumerate(al["arms"].items()):
+        colour = "k" if arm == "random" else f"C{i}"
+        ax.plot(labels, a["accuracy_mean"], "o-", ms=3, color=colour, label=arm)
+        ax.fill_between(labels, a["accuracy_min"], a["accuracy_max"], color=colour, alpha=0.15)
+    ax.axhline(al["random_final_accuracy"], color="grey", ls=":", lw=1, label="random, final")
+    seeds = (al.get("setup") or {}).get("seeds", "?")
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("test accuracy (10,000 images)")
+    ax.set_title(f"active learning on Fashion-MNIST: mean of {seeds} seeds, band = range")
+    ax.legend(fontsize=7)
+    return True
+
+
 def draw_capture(fig: Figure, r: dict) -> bool:
     rounds = _rounds(r.get("ratio_paired"))
     if not rounds:
@@ -193,6 +214,7 @@ PLOTS: dict[str, Draw] = {
     "serve": draw_serve,
     "accuracy": draw_accuracy,
     "capture": draw_capture,
+    "estimate": draw_active_learning,
     "ingest": draw_ingest,
     "train_overhead": draw_train_overhead,
 }

@@ -26,6 +26,7 @@ from visionline.evaluation import evaluate_run
 from visionline.evaluation.gate import gate_run
 from visionline.evaluation.run import load_predictions
 from visionline.model.runs import load_run_info
+from visionline.monitoring.labels import DEFAULT_STRATEGY
 from visionline.registry import Registry
 from visionline.serving.packaging import package_run
 from visionline.storage import LocalStore
@@ -127,7 +128,8 @@ def test_control_arm_from_queue_to_report(small_digits_dir, digits_dir, tmp_path
     assert out.returncode == 0, out.stderr
     k = int(queue_cmd[queue_cmd.index("--k") + 1])
     control = round(float(queue_cmd[queue_cmd.index("--control") + 1]) * k)
-    assert f"{k} images queued by least-confidence and {control} at random" in out.stdout
+    # the documented command takes the default strategy, the best measured one
+    assert f"{k} images queued by {DEFAULT_STRATEGY} and {control} at random" in out.stdout
     queue_key = out.stdout.split("queue:")[1].split()[0][len(store.uri) + 1 :]
     rows = list(csv.DictReader(io.StringIO(store.get_bytes(queue_key).decode())))
     arms = [r["arm"] for r in rows]

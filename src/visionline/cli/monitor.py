@@ -14,6 +14,8 @@ from visionline.monitoring.check import check_images, check_window
 from visionline.monitoring.label_import import import_labels
 from visionline.monitoring.label_report import label_report
 from visionline.monitoring.labels import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
     build_label_queue,
     labelled_quality,
     read_feedback_file,
@@ -139,7 +141,11 @@ def label_queue_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help=f"{MODEL_HELP}; default version: the champion")
     p.add_argument("--k", type=int, default=50, help="how many images (default 50)")
     p.add_argument(
-        "--strategy", choices=["least-confidence", "margin", "entropy"], default="least-confidence"
+        "--strategy",
+        choices=STRATEGIES,
+        default=DEFAULT_STRATEGY,  # the best measured: see labels.DEFAULT_STRATEGY
+        help=f"how images are ranked (default {DEFAULT_STRATEGY}: the best measured, "
+        "docs/monitoring.md)",
     )
     p.add_argument("--window", help="captures in START..END only")
     p.add_argument(
