@@ -411,8 +411,7 @@ def test_gpu_overlay_schedules_serving_on_gpus(rendered):
     torchserve = next(c for c in spec["containers"] if c["name"] == "torchserve")
     assert torchserve["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
-    # the GPU limit places it; a GPU Feature Discovery label would strand it elsewhere
-    assert "nodeSelector" not in spec
+    assert "nodeSelector" not in spec  # the GPU limit places it (no GFD label needed)
 
 
 def test_local_overlay_is_one_cpu_replica(rendered):
