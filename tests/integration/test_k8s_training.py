@@ -49,10 +49,11 @@ def s3_digits(small_digits_dir, s3_store):
     return s3_store
 
 
-def _plan(store, moto_url, **kube):
+def _plan(store, moto_url, device: str = "auto", **kube):
     cfg = digits_config(
         store.uri,
         **{
+            "train.device": device,
             "data.cache_dir": ".visionline/cache",
             "train.epochs": 2,
             "train.batch_size": 16,
@@ -109,7 +110,9 @@ def controller(cluster, tmp_path):
 @pytest.mark.slow
 def test_succeeding_job_completes_the_run(cluster, controller, s3_digits, moto_server, caplog):
     _secret(cluster)
-    plan = _plan(s3_digits, moto_server, gpus=1)
+    # the Job asks for a GPU; this node has none, so the trainer is told to use the CPU
+    # (with `auto` it would refuse, exit 78: a GPU pod that cannot use CUDA, defect 6)
+    plan = _plan(s3_digits, moto_server, device="cpu", gpus=1)
     kubelet = controller()
     backend = KubernetesBackend(plan.cfg, api_client=cluster.api_client())
     with caplog.at_level(logging.INFO, logger="visionline"):
