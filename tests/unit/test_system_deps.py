@@ -31,6 +31,7 @@ if [ "$1" = install ]; then
   for p in "$@"; do
     case "$p" in
       nginx) printf '#!/bin/bash\\n' > "{bin}/nginx"; {chmod} +x "{bin}/nginx" ;;
+      tini) printf '#!/bin/bash\\n' > "{bin}/tini"; {chmod} +x "{bin}/tini" ;;
       openjdk-17-jre-headless) {cp} "{java17}" "{bin}/java"; {chmod} +x "{bin}/java" ;;
     esac
   done
@@ -82,6 +83,7 @@ def machine(
     sudo: str | None = None,  # None: no sudo; "nopasswd"; "password"
     java: str | None = "17.0.15",
     nginx: bool = False,
+    tini: bool = True,
     apt: bool = True,
 ) -> Machine:
     bin_dir, log = tmp_path / "bin", tmp_path / "asked.log"
@@ -94,6 +96,8 @@ def machine(
         _script(bin_dir / "java", JAVA.format(version=java))
     if nginx:
         _script(bin_dir / "nginx", "#!/bin/bash\n")
+    if tini:
+        _script(bin_dir / "tini", "#!/bin/bash\n")
     if apt:
         _script(
             bin_dir / "apt-get",
@@ -124,6 +128,17 @@ def test_root_installs_nginx_when_missing(tmp_path):
     assert "installing nginx (the serving front) for make test" in proc.stdout
     assert (m.bin / "nginx").exists()
     assert m.deps().stdout == "" and len(m.asked) == 2  # the second run finds it
+
+
+def test_root_installs_tini_when_missing(tmp_path):
+    """tini: the images' PID 1, under which the test cluster runs containers."""
+    m = machine(tmp_path, uid=0, nginx=True, tini=False)
+    proc = m.deps()
+    assert proc.returncode == 0, proc.stderr
+    assert m.asked[-1] == (
+        "apt-get install -y -qq --no-install-recommends tini (uid 0, DEBIAN_FRONTEND=noninteractive)"
+    )
+    assert (m.bin / "tini").exists()
 
 
 def test_root_installs_java_17_and_nginx(tmp_path):
