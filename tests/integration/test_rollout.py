@@ -7,6 +7,7 @@ from ``visionline rollout status / promote / abort``."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import threading
 import time
@@ -30,15 +31,23 @@ def _images(digits_dir: Path) -> list[tuple[bytes, str]]:
     return [(f.read_bytes(), f.parent.name) for f in files]
 
 
-def _load(url: str, token: str, images, per_client: int, stop=None) -> list[dict]:
-    """``CLIENTS`` threads, each on its own keepalive session; one record per request."""
+def _load(
+    url: str, token: str, images, per_client: int, stop=None, until_s: float = 0
+) -> list[dict]:
+    """``CLIENTS`` threads, each on its own keepalive session; one record per request.
+    With ``stop``, each client sends at least ``per_client`` requests and goes on (for
+    at most ``until_s`` seconds) until ``stop()`` holds: the watcher is a process of
+    its own whose start on a loaded machine no fixed count of requests can outlast."""
     out: list[dict] = []
     lock = threading.Lock()
+    deadline = time.monotonic() + until_s
 
     def client(c: int) -> None:
         s = requests.Session()
-        for i in range(per_client):
+        for i in itertools.count():
             if stop is not None and stop():
+                return
+            if i >= per_client and (stop is None or time.monotonic() > deadline):
                 return
             body, truth = images[(c * per_client + i) % len(images)]
             t = time.monotonic()
@@ -191,8 +200,9 @@ def test_a_canary_failing_5_percent_is_rolled_back_on_its_own(
             url,
             served["keys"]["inference"]["key"],
             images,
-            per_client=150,
+            per_client=50,
             stop=lambda: not json.loads(state.read_text())["active"],
+            until_s=300,
         )
         ended = json.loads(state.read_text())
         assert not ended["active"] and ended["outcome"] == "rollback", ended

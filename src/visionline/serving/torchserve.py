@@ -350,8 +350,11 @@ class TorchServe:
             if self._worker_failures() >= 3:
                 break  # a worker that crashes at load will not recover: fail fast
             time.sleep(0.5)
+        logs = self.workdir / "logs"
         raise ServingError(
-            f"model {model} did not become ready ({last}); see {self.workdir / 'logs' / 'model_log.log'}"
+            f"model {model} did not become ready in {timeout:.0f} s ({last}); see {logs}\n"
+            + _tail(logs / "model_log.log")
+            + _tail(logs / "ts_log.log")
         )
 
     def _worker_failures(self) -> int:
@@ -403,3 +406,12 @@ class TorchServe:
         for p in alive:  # a worker stuck in a long request: do not leave it behind
             p.kill()
         psutil.wait_procs(alive, timeout=10)
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    """The end of a server log, for an error that would otherwise only point at it."""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"--- {path.name} (last {len(text)} lines)\n" + "\n".join(text) + "\n"
