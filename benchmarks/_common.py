@@ -87,23 +87,47 @@ def results_dir(override: str | Path | None = None) -> Path:
     return Path(override or os.environ.get(RESULTS_ENV) or RESULTS)
 
 
-def write_result(
-    name: str, figures: dict, results_dir_: str | Path | None = None, smoke: bool = False
-) -> Path:
-    out_dir = results_dir(results_dir_)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / f"{name}.json"
-    payload = {
-        **figures,
+def measurement_meta(smoke: bool = False) -> dict:
+    """What every result (or a section measured on its own) records about its run."""
+    return {
         "smoke": smoke,
         "machine": machine(),
         "git_revision": git_revision(),
         "measured_at": datetime.now(UTC).isoformat(),
     }
+
+
+def read_result(name: str, results_dir_: str | Path | None = None) -> dict:
+    """The stored ``NAME.json`` ({} when there is none yet)."""
+    path = results_dir(results_dir_) / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_result(
+    name: str,
+    figures: dict,
+    results_dir_: str | Path | None = None,
+    smoke: bool = False,
+    keep_meta: bool = False,
+) -> Path:
+    """Write ``NAME.json``: the figures and this run's machine, revision and time, or
+    with ``keep_meta`` the ones ``figures`` already carry (a script that re-measured
+    only one section of a result; that section carries its own)."""
+    out_dir = results_dir(results_dir_)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}.json"
+    meta = measurement_meta(smoke)
+    if keep_meta:
+        meta = {k: figures[k] for k in meta if k in figures} | {
+            k: v for k, v in meta.items() if k not in figures
+        }
+    payload = {**figures, **meta}
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(out)  # a reader never sees half a result
     for k, v in figures.items():
+        if k in meta:
+            continue
         if not isinstance(v, (list, dict)) or len(json.dumps(v)) < 200:
             print(f"{k}: {v}")
     print(f"-> {out}")

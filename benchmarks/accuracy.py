@@ -1,4 +1,4 @@
-"""simple_cnn on the bundled digits (CPU), over several seeds, vs a tuned SVC on the same split.
+"""Test accuracy on digits and Fashion-MNIST (CPU), over seeds, vs a tuned SVC on the same split.
 
 The CNN is trained with ``fit()`` once per seed (``train.seed`` 0..N-1, everything else
 as in ``configs/digits.yaml`` except the epoch count, see below) and evaluated on the
@@ -20,13 +20,21 @@ The epoch count is 15 by default, not the config's 30, to keep five seeds within
 four minutes on two cores (the config's one-cycle schedule spans whatever count is set);
 ``--epochs 30`` trains as ``make demo`` does, in about twice the time.
 
+Fashion-MNIST (``--datasets``, both by default) is the unsaturated second section,
+``fashion_mnist``: ``simple_cnn`` and ``cnn3`` over ``--fmnist-seeds`` seeds against a
+CV-tuned SVC (``benchmarks/accuracy_fmnist.py`` says how). It needs the tarball
+``make fashion-mnist`` caches. A run of one dataset keeps the other's figures, each
+section with the revision it was measured at (``benchmarks/report.py`` marks the
+result by the least current).
+
     python benchmarks/accuracy.py [--seeds 5] [--epochs 15] [--cv-folds 5]
+    python benchmarks/accuracy.py --datasets fashion-mnist [--fmnist-seeds 3] [--fmnist-epochs 12]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import json
 import statistics
 import sys
 import tempfile
@@ -34,14 +42,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.svm import SVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, add_common_args, sig, write_digits_sample, write_result
+from benchmarks._common import (
+    REPO,
+    add_common_args,
+    measurement_meta,
+    read_result,
+    sig,
+    write_digits_sample,
+    write_result,
+)
+from benchmarks.accuracy_fmnist import fashion_section
+from benchmarks.svc_baseline import C_GRID, GAMMA_FACTORS, pixels, tune_svc
 from visionline.config import PipelineConfig, load_config
+from visionline.data import fashion_mnist
 from visionline.data.ingest import ingest
 from visionline.data.manifest import DatasetRef, read_manifest
 from visionline.evaluation import evaluate_run, load_predictions
@@ -50,49 +66,6 @@ from visionline.storage import LocalStore
 from visionline.training.loop import fit
 from visionline.training.plan import plan_run
 
-C_GRID = (0.3, 1, 3, 10, 30, 100)
-# multiples of sklearn's gamma='scale' (1 / (n_features * X.var())): below and above it
-GAMMA_FACTORS = (1 / 10, 1 / 3, 1, 3, 10)
-
-
-def _pixels(store: LocalStore, keys: list[str]) -> np.ndarray:
-    return np.stack(
-        [
-            np.asarray(Image.open(io.BytesIO(store.get_bytes(k))), dtype=np.float32).ravel() / 255
-            for k in keys
-        ]
-    )
-
-
-def tune_svc(
-    X: np.ndarray, y: np.ndarray, folds: int, c_grid: tuple, gamma_factors: tuple, seed: int = 0
-):
-    """Grid search by stratified k-fold CV; returns the refitted SVC and what it chose."""
-    scale = 1.0 / (X.shape[1] * X.var())
-    gammas = [scale * f for f in gamma_factors]
-    search = GridSearchCV(
-        SVC(kernel="rbf"),
-        {"C": list(c_grid), "gamma": gammas},
-        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-        n_jobs=1,  # the benchmark, not the grid, owns the cores
-        refit=True,
-    )
-    search.fit(X, y)
-    best = search.best_params_
-    factor = gamma_factors[gammas.index(best["gamma"])]
-    edge = []
-    if best["C"] in (c_grid[0], c_grid[-1]):
-        edge.append(f"C={best['C']}")
-    if factor in (gamma_factors[0], gamma_factors[-1]):
-        edge.append(f"gamma={factor:g}x scale")
-    params = {
-        "C": best["C"],
-        "gamma": round(float(best["gamma"]), 6),
-        "gamma_vs_scale": round(factor, 4),
-        "cv_accuracy": round(float(search.best_score_), 4),
-    }
-    return search.best_estimator_, params, edge
-
 
 def parse_args() -> tuple[argparse.Namespace, tuple, tuple, int | None]:
     """The command line, the SVC's grid (C, gamma factors) and the digits per class."""
@@ -100,6 +73,16 @@ def parse_args() -> tuple[argparse.Namespace, tuple, tuple, int | None]:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--cv-folds", type=int, default=5)
+    ap.add_argument(
+        "--datasets",
+        default="digits,fashion-mnist",
+        choices=["digits", "fashion-mnist", "digits,fashion-mnist"],
+        help="which sections to measure; the others keep their figures (and revision)",
+    )
+    ap.add_argument("--fashion-mnist", default=str(REPO / fashion_mnist.CACHED_TARBALL))
+    ap.add_argument("--checksums", help="a JSON map of file name -> SHA-256 (test sources)")
+    ap.add_argument("--fmnist-seeds", type=int, default=3)
+    ap.add_argument("--fmnist-epochs", type=int, default=12)
     add_common_args(ap)
     args = ap.parse_args()
     c_grid, gamma_factors = C_GRID, GAMMA_FACTORS
@@ -107,6 +90,7 @@ def parse_args() -> tuple[argparse.Namespace, tuple, tuple, int | None]:
     if args.smoke:
         per_class = 30
         args.seeds, args.epochs, args.cv_folds = 2, 1, 2
+        args.fmnist_seeds, args.fmnist_epochs = 2, 1
         c_grid, gamma_factors = (1, 10), (1 / 3, 1, 3)
     return args, c_grid, gamma_factors, per_class
 
@@ -146,13 +130,13 @@ def svc_arm(
     test_rows = m[m["split"] == "test"]
     t = time.perf_counter()
     svc, svc_params, edge = tune_svc(
-        _pixels(store, fit_rows["key"].tolist()),
+        pixels(store, fit_rows["key"].tolist()),
         fit_rows["label"].to_numpy(),
         folds,
         c_grid,
         gamma_factors,
     )
-    svc_pred = svc.predict(_pixels(store, test_rows["key"].tolist()))
+    svc_pred = svc.predict(pixels(store, test_rows["key"].tolist()))
     svc_seconds = time.perf_counter() - t
     svc_correct = dict(
         zip(test_rows["source"], svc_pred == test_rows["label"].to_numpy(), strict=True)
@@ -179,8 +163,8 @@ def mcnemar_per_seed(
     return per_seed
 
 
-def main() -> None:
-    args, c_grid, gamma_factors, per_class = parse_args()
+def digits_section(args: argparse.Namespace, c_grid, gamma_factors, per_class) -> dict:
+    """The digits figures (the top level of accuracy.json, as before Fashion-MNIST)."""
     with tempfile.TemporaryDirectory() as tmp:
         write_digits_sample(Path(tmp) / "digits", per_class)
         store = LocalStore(Path(tmp) / "store")
@@ -196,36 +180,64 @@ def main() -> None:
         svc_correct, svc_params, edge, svc_seconds = svc_arm(
             store, ref, args.cv_folds, c_grid, gamma_factors
         )
-
     sources = sorted(svc_correct)
     svc_acc = float(np.mean([svc_correct[s] for s in sources]))
     per_seed = mcnemar_per_seed(svc_correct, correct, args.seeds)
     accs = [cnn[s]["accuracy"] for s in range(args.seeds)]
-    write_result(
-        "accuracy",
-        {
-            "cnn_seeds": [round(a, 4) for a in accs],
-            "cnn_mean_accuracy": round(statistics.mean(accs), 4),
-            "cnn_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else None,
-            "cnn_min_accuracy": round(min(accs), 4),
-            "svc_accuracy": round(svc_acc, 4),
-            "svc_params": svc_params,
-            "svc_grid": {"C": list(c_grid), "gamma_vs_scale": [round(f, 4) for f in gamma_factors]},
-            "svc_grid_edge": edge or None,
-            "mcnemar_p": sig(statistics.median(r["p"] for r in per_seed)),
-            "mcnemar_per_seed": per_seed,
-            "test_images": len(sources),
-            "cv_folds": args.cv_folds,
-            "epochs": args.epochs,
-            "epochs_run": [cnn[s]["epochs_run"] for s in range(args.seeds)],
-            "train_seconds_per_seed": round(
-                statistics.median(c["seconds"] for c in cnn.values()), 1
-            ),
-            "svc_seconds": round(svc_seconds, 1),
-        },
-        args.results_dir,
-        smoke=args.smoke,
-    )
+    return {
+        "cnn_seeds": [round(a, 4) for a in accs],
+        "cnn_mean_accuracy": round(statistics.mean(accs), 4),
+        "cnn_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else None,
+        "cnn_min_accuracy": round(min(accs), 4),
+        "svc_accuracy": round(svc_acc, 4),
+        "svc_params": svc_params,
+        "svc_grid": {"C": list(c_grid), "gamma_vs_scale": [round(f, 4) for f in gamma_factors]},
+        "svc_grid_edge": edge or None,
+        "mcnemar_p": sig(statistics.median(r["p"] for r in per_seed)),
+        "mcnemar_per_seed": per_seed,
+        "test_images": len(sources),
+        "cv_folds": args.cv_folds,
+        "epochs": args.epochs,
+        "epochs_run": [cnn[s]["epochs_run"] for s in range(args.seeds)],
+        "train_seconds_per_seed": round(statistics.median(c["seconds"] for c in cnn.values()), 1),
+        "svc_seconds": round(svc_seconds, 1),
+    }
+
+
+def main() -> None:
+    args, c_grid, gamma_factors, per_class = parse_args()
+    datasets = args.datasets.split(",")
+    previous = read_result("accuracy", args.results_dir)
+    figures: dict = {}
+    if "fashion-mnist" in datasets:
+        tarball = Path(args.fashion_mnist)
+        if not tarball.is_file():
+            sys.exit(f"--fashion-mnist {tarball}: no such file; {fashion_mnist.how_to_get()}")
+        with tempfile.TemporaryDirectory() as tmp:
+            section = fashion_section(
+                tarball,
+                Path(tmp),
+                seeds=args.fmnist_seeds,
+                epochs=args.fmnist_epochs,
+                folds=args.cv_folds,
+                smoke=args.smoke,
+                sha256=json.loads(Path(args.checksums).read_text()) if args.checksums else None,
+            )
+        figures["fashion_mnist"] = section | measurement_meta(args.smoke)
+        for arch, m in section["models"].items():
+            print(
+                f"fashion-mnist {arch}: {m['mean_accuracy']} +- {m['seed_std']} over seeds, "
+                f"95% interval {m['interval_95']}; McNemar vs SVC p {m['mcnemar_vs_svc_p']}"
+            )
+        print(f"fashion-mnist SVC: {section['svc_accuracy']}; goal met: {section['goal_met']}")
+    elif "fashion_mnist" in previous:
+        figures["fashion_mnist"] = previous["fashion_mnist"]
+    if "digits" in datasets:
+        figures = digits_section(args, c_grid, gamma_factors, per_class) | figures
+        write_result("accuracy", figures, args.results_dir, smoke=args.smoke)
+    else:  # the digits figures stay, with the revision and machine they were measured on
+        kept = {k: v for k, v in previous.items() if k != "fashion_mnist"}
+        write_result("accuracy", kept | figures, args.results_dir, keep_meta=bool(kept))
 
 
 if __name__ == "__main__":

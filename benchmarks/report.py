@@ -90,8 +90,31 @@ def changed_since(repo: Path, revision: str, paths: list[str]) -> list[str] | No
 
 
 def status(repo: Path, name: str, result: dict | None) -> Status:
+    """The result's mark; a result whose sections were measured on their own (each with
+    its own ``git_revision``) is only as current as its least current part."""
     if result is None:
         return Status("missing", "no result: run `make bench`")
+    sections = [
+        (key, value)
+        for key, value in result.items()
+        if isinstance(value, dict) and "git_revision" in value
+    ]
+    marks = [_status_at(repo, name, result)]
+    marks += [_status_at(repo, name, value, key) for key, value in sections]
+    return min(marks, key=lambda m: RANK.index(m.label))
+
+
+RANK = ("missing", "unreadable", "stale", "unknown revision", "smoke", "dirty", "current")
+
+
+def _status_at(repo: Path, name: str, result: dict, section: str = "") -> Status:
+    status = _revision_status(repo, name, result)
+    if section and status.label != "current":
+        return Status(status.label, f"section {section}: {status.detail}".rstrip(": "))
+    return status
+
+
+def _revision_status(repo: Path, name: str, result: dict) -> Status:
     revision = str(result.get("git_revision") or "unknown")
     if result.get("smoke"):
         return Status("smoke", "not a figure")

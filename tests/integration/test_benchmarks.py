@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fashion import npm_tarball
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -63,7 +65,12 @@ def test_train_gpu_refuses_a_cpu_without_a_flag(tmp_path):
 
 @pytest.mark.slow
 def test_accuracy_smoke(tmp_path):
-    r = bench("accuracy", tmp_path)
+    # a small source in the npm layout (random images: the figures mean nothing)
+    data, digests = npm_tarball(tmp_path, test=20, train=120)
+    checksums = tmp_path / "sha256.json"
+    checksums.write_text(json.dumps(digests))
+    out = tmp_path / "out"
+    r = bench("accuracy", out, "--fashion-mnist", str(data), "--checksums", str(checksums))
     assert len(r["cnn_seeds"]) == 2 and all(0 <= a <= 1 for a in r["cnn_seeds"])
     assert r["cnn_mean_accuracy"] == pytest.approx(sum(r["cnn_seeds"]) / 2, abs=1e-4)
     assert r["cnn_std"] is not None and 0 <= r["svc_accuracy"] <= 1
@@ -72,6 +79,31 @@ def test_accuracy_smoke(tmp_path):
     assert min(factors) < 1 < max(factors)  # gamma on both sides of 'scale'
     assert 0 <= r["mcnemar_p"] <= 1 and len(r["mcnemar_per_seed"]) == 2
     assert r["test_images"] > 0
+    fm = r["fashion_mnist"]
+    assert set(fm["models"]) == {"simple_cnn", "cnn3"} and fm["smoke"] is True
+    for m in fm["models"].values():
+        low, high = m["interval_95"]
+        assert len(m["seeds"]) == 2 and low <= m["mean_accuracy"] <= high
+        assert len(m["per_class_recall"]) == 10 and 0 <= m["mcnemar_vs_svc_p"] <= 1
+    assert fm["svc_params"]["refit_on"] > fm["svc_params"]["cv_subset"] > 0
+    assert fm["test_images"] == 10 * 12  # a smoke run keeps 60 / 5 test images per class
+
+    # measuring one dataset again keeps the other's figures and the revision they carry
+    stored = json.loads((out / "accuracy.json").read_text())
+    stored["git_revision"] = "0" * 40
+    (out / "accuracy.json").write_text(json.dumps(stored))
+    again = bench(
+        "accuracy",
+        out,
+        "--datasets",
+        "fashion-mnist",
+        "--fashion-mnist",
+        str(data),
+        "--checksums",
+        str(checksums),
+    )
+    assert again["git_revision"] == "0" * 40 and again["cnn_seeds"] == r["cnn_seeds"]
+    assert again["fashion_mnist"]["measured_at"] > fm["measured_at"]
 
 
 @pytest.mark.slow

@@ -211,3 +211,22 @@ def test_only_a_current_result_meets_or_misses_its_goal(copy, tmp_path):
     head = out.read_text().split("## Headline figures", 1)[1].split("\n## ", 1)[0]
     capture = next(ln for ln in head.splitlines() if ln.startswith("| capture | throughput"))
     assert ">= 0.95 |" in capture and "(met)" not in capture
+
+
+def test_a_result_is_as_current_as_its_least_current_section(copy, tmp_path):
+    """accuracy.py measures Fashion-MNIST on its own: a section carries its revision,
+    and an old section makes the whole result stale however new the rest is."""
+    repo, rev = copy
+    results = tmp_path / "results"
+    results.mkdir()
+    config = "configs/fashion-mnist.yaml"
+    assert config in dependencies(repo, "benchmarks/accuracy.py")
+    changed = commit(repo, config, (repo / config).read_text() + "\n# tuned\n", "tune it")
+    section = {"models": {}, "smoke": False, "git_revision": rev, "measured_at": "x"}
+    result(results, "accuracy", changed, cnn_seeds=[0.99], fashion_mnist=section)
+    proc = report(repo, "--stale", "accuracy", results=results)
+    assert proc.stdout.split() == ["accuracy"]
+    assert f"section fashion_mnist: changed since: `{config}`" in proc.stderr
+    # measured again at the new revision, the section is current, and so is the result
+    result(results, "accuracy", changed, fashion_mnist=section | {"git_revision": changed})
+    assert report(repo, "--stale", "accuracy", results=results).stdout.split() == []

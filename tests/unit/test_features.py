@@ -12,13 +12,13 @@ from visionline.model.predictor import FeatureTap, Predictor, penultimate_layer
 from visionline.monitoring.features import describe_batch, feature_dim, make_projection
 from visionline.serving.inference import BUILDERS
 
-WIDTH = {"simple_cnn": 128, "resnet18": 512, "efficientnet_b0": 1280, "mobilenet_v3_small": 1024}
+WIDTH = {"simple_cnn": 128, "cnn3": 256, "resnet18": 512, "efficientnet_b0": 1280, "mobilenet_v3_small": 1024}
 
 
 @pytest.mark.parametrize("arch", list(WIDTH))
 def test_features_are_the_input_of_the_head(arch):
     torch.manual_seed(0)
-    size, ch = (16, 1) if arch == "simple_cnn" else (32, 3)
+    size, ch = (16, 1) if arch in ("simple_cnn", "cnn3") else (32, 3)
     model = build_model(ModelConfig(arch=arch), 5, ch, size).eval()
     pre = Preprocessing(size, ch, (0.5,) * ch, (0.25,) * ch)
     x = torch.randn(3, ch, size, size)

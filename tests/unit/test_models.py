@@ -7,7 +7,7 @@ from visionline.model.architectures import TORCHVISION_ARCHS, build_model, set_b
 from visionline.training.optim import LRSchedule, build_optimizer
 
 
-@pytest.mark.parametrize("arch", ["simple_cnn", *TORCHVISION_ARCHS])
+@pytest.mark.parametrize("arch", ["simple_cnn", "cnn3", *TORCHVISION_ARCHS])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_arch_builds_for_any_channels_and_classes(arch, channels):
     model = build_model(
@@ -18,10 +18,13 @@ def test_every_arch_builds_for_any_channels_and_classes(arch, channels):
     assert out.shape == (2, 7)
 
 
-def test_simple_cnn_sizes():
+@pytest.mark.parametrize("arch", ["simple_cnn", "cnn3"])
+def test_small_cnn_sizes(arch):
     for size in (8, 16, 28, 64):
-        m = build_model(ModelConfig(), num_classes=3, channels=1, image_size=size)
+        m = build_model(ModelConfig(arch=arch), num_classes=3, channels=1, image_size=size)
         assert m(torch.randn(1, 1, size, size)).shape == (1, 3)
+    with pytest.raises(ValueError, match=f"{arch} needs image_size"):
+        build_model(ModelConfig(arch=arch), num_classes=3, channels=1, image_size=5)
 
 
 def test_pretrained_must_fit(tmp_path):
