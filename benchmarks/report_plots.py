@@ -87,9 +87,18 @@ def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def draw_accuracy(fig: Figure, r: dict) -> bool:
     seeds = r.get("cnn_seeds") or []
-    if not seeds:
+    fashion = r.get("fashion_mnist") or {}
+    if fashion.get("models"):
+        if not seeds:
+            _draw_fashion(fig.subplots(), fashion)
+            return True
+        ax, fm = fig.subplots(1, 2)
+        _draw_fashion(fm, fashion)
+    elif seeds:
+        ax = fig.subplots()
+    else:
         return False
-    ax = fig.subplots()
+    ax.set_title("digits", fontsize=9)
     n = r.get("test_images")
     xs = list(range(len(seeds)))
     if isinstance(n, int) and n > 0:
@@ -108,6 +117,32 @@ def draw_accuracy(fig: Figure, r: dict) -> bool:
     ax.set_ylabel(f"test accuracy ({n or '?'} images)")
     ax.legend(fontsize=7)
     return True
+
+
+PUBLISHED_MARKS = {"SVC (paper)": 0.897, "ResNet-18": 0.949, "WRN-28-10": 0.963}
+
+
+def _draw_fashion(ax: Axes, f: dict) -> None:
+    """Each model's mean over seeds with its Wilson interval, its seeds as dots, against
+    our SVC, the goal and the published table."""
+    names = list(f["models"])
+    for i, name in enumerate(names):
+        m = f["models"][name]
+        low, high = m["interval_95"]
+        mean = m["mean_accuracy"]
+        ax.errorbar([i], [mean], [[mean - low], [high - mean]], fmt="s", capsize=5, color="C0")
+        ax.plot([i] * len(m["seeds"]), m["seeds"], ".", color="grey")
+    ax.axhline(f["svc_accuracy"], color="red", ls="--", lw=1, label="our CV-tuned SVC")
+    ax.axhline(f["goal"], color="green", ls=":", lw=1, label="goal")
+    for label, value in PUBLISHED_MARKS.items():
+        ax.axhline(value, color="grey", ls="-", lw=0.5)
+        ax.text(len(names) - 0.5, value, f" {label}", fontsize=6, va="center")
+    ax.axhspan(0.91, 0.93, color="grey", alpha=0.1, label="published small CNNs")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_xlim(-0.5, len(names) - 0.5 + 0.6)
+    ax.set_ylabel(f"test accuracy ({f['test_images']} images)")
+    ax.set_title("fashion-mnist: mean of seeds, Wilson 95%; seeds as dots", fontsize=9)
+    ax.legend(fontsize=6, loc="lower right")
 
 
 def draw_active_learning(fig: Figure, r: dict) -> bool:
