@@ -6,6 +6,7 @@ from ``visionline rollout status / promote / abort``."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import itertools
 import json
@@ -16,10 +17,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from prefect.client.orchestration import get_client
 
+from flows.rollout import rollout_verdict
 from tests.support.rollout import fault, register_variant
 from tests.support.serving import served_digits, visionline_cli
 from visionline.monitoring.capture_windows import read_captures, wait_for_captures
+from visionline.registry import Registry
 from visionline.serving.torchserve import TorchServe
 
 pytestmark = [pytest.mark.torchserve, pytest.mark.slow]
@@ -99,7 +103,7 @@ def _config(served: dict, work: Path, **rollout) -> Path:
 
 
 def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promoted(
-    packaged_digits, digits_dir, tmp_path
+    packaged_digits, digits_dir, tmp_path, prefect_api
 ):
     store, ref, _ = packaged_digits
     # slow (5 s) on 5% of its batches, failing on 10%, wrong on 30% of its answers
@@ -170,6 +174,14 @@ def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promot
         promote = visionline_cli(cfg, "rollout", "promote", "--workdir", workdir)
         assert promote.returncode == 1 and "blocked by accuracy" in promote.stderr, promote
         assert "is the champion" not in promote.stdout
+        # the flow publishes the same verdict, and does not promote what a check blocks
+        judged = rollout_verdict(str(cfg), workdir, promote=True)
+        assert judged["promoted"] is None and judged["state"]["active"]
+        artifacts = _latest_artifacts()
+        assert "not promotable" in artifacts["rollout"].description
+        assert "McNemar p =" in artifacts["rollout"].data
+        checks = {row["check"]: row for row in json.loads(artifacts["rollout-checks"].data)}
+        assert checks["accuracy"]["passed"] is False and checks["errors"]["passed"] is False
 
         aborted = visionline_cli(cfg, "rollout", "abort", "--workdir", workdir)
         assert aborted.returncode == 0 and "aborted" in aborted.stdout, aborted.stderr
@@ -214,3 +226,53 @@ def test_a_canary_failing_5_percent_is_rolled_back_on_its_own(
         assert [r["status"] for r in after] == [200] * len(after)
         status = visionline_cli(cfg, "rollout", "status", "--workdir", str(workdir))
         assert "rollback" in status.stdout and "errors: error rate" in status.stdout
+
+
+def _latest_artifacts() -> dict:
+    async def read() -> dict:
+        async with get_client() as client:
+            return {a.key: a for a in await client.read_latest_artifacts()}
+
+    return asyncio.run(read())
+
+
+def test_an_equal_challenger_is_promoted_by_the_flow_once_labels_show_it(
+    packaged_digits, digits_dir, tmp_path, prefect_api
+):
+    store, ref, _ = packaged_digits
+    challenger = register_variant(store, ref, fault(), tmp_path / "variant")  # no fault
+    images = _images(digits_dir)
+    with served_digits(packaged_digits, tmp_path) as served:
+        cfg = _config(served, tmp_path, min_requests=40, min_labelled=40)
+        workdir = str(served["tsdir"])
+        started = visionline_cli(cfg, "deploy", str(challenger), "--shadow", "--workdir", workdir)
+        assert started.returncode == 0, started.stdout + started.stderr
+        since = json.loads((served["tsdir"] / "rollout" / "rollout.json").read_text())["started"]
+        url = f"{served['root']}/predictions/{ref.name}"
+        answered = _load(url, served["keys"]["inference"]["key"], images, per_client=10)
+        t0 = datetime.fromisoformat(since)
+        for version in (ref.version, challenger.version):  # every answer captured by both
+            assert wait_for_captures(store, ref.name, version, t0, len(answered)) >= len(answered)
+
+        # without labels the accuracy check blocks it, and says how many it needs
+        judged = rollout_verdict(str(cfg), workdir, promote=True)
+        assert judged["promoted"] is None
+        checks = {c["name"]: c for c in judged["report"]["verdict"]["checks"]}
+        assert not checks["accuracy"]["passed"] and checks["accuracy"]["needs"] == 40
+
+        labels = _labels_csv(tmp_path, answered)
+        fed = visionline_cli(cfg, "labels", "feedback", str(labels), "--model", ref.name)
+        assert fed.returncode == 0, fed.stdout + fed.stderr
+        judged = rollout_verdict(str(cfg), workdir, promote=True)
+        assert judged["promoted"], judged["report"]["verdict"]
+        assert judged["state"]["outcome"] == "promote" and not judged["state"]["active"]
+        assert Registry(store, ref.name).aliases()["champion"] == challenger.version
+        assert "promoted, serving at" in _latest_artifacts()["rollout"].description
+        # users are answered by the new champion alone (a deploy starts TorchServe anew,
+        # with new tokens), and the challenger's server is gone
+        keys = json.loads((served["tsdir"] / "key_file.json").read_text())
+        assert keys["inference"]["key"] != served["keys"]["inference"]["key"]
+        after = _load(url, keys["inference"]["key"], images, per_client=2)
+        assert [r["status"] for r in after] == [200] * len(after)
+        challenger_dir = served["tsdir"] / "rollout" / "challenger"
+        assert not TorchServe(challenger_dir, served["cfg"].serve).is_running()
