@@ -143,6 +143,13 @@ class KubeAccess:
 
         return client.AppsV1Api(self.client)
 
+    @property
+    def custom(self) -> Any:
+        """Custom resources (a JobSet)."""
+        from kubernetes import client
+
+        return client.CustomObjectsApi(self.client)
+
     def _call(self, verb: str, resource: str) -> Any:
         return api_errors(verb, resource, self.k.namespace, self.k.role)
 

@@ -172,14 +172,3 @@ def test_two_node_group_resumes_as_a_whole_after_one_node_is_evicted(
     for key in want:
         assert torch.equal(got[key], want[key]), key
     print(f"two-node run with one eviction: {took:.1f}s")
-
-
-def test_jobset_kind_is_refused_at_submit_with_what_to_do(cluster, s3_store, moto_server):
-    from visionline.errors import ConfigError
-
-    plan = training._plan(s3_store, moto_server, nodes=2, kind="jobset")
-    backend = KubernetesBackend(plan.cfg, api_client=cluster.api_client())
-    assert backend.manifests(plan, s3_store)[0]["kind"] == "JobSet"
-    with pytest.raises(ConfigError, match=r"does not submit JobSets yet.*--dry-run"):
-        backend.submit(plan, s3_store)
-    assert not [r for r in cluster.requests() if r[0] == "POST"]  # nothing created

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,25 @@ def render(kustomization: str) -> list[dict[str, Any]]:
     proc = sh(f"kubectl kustomize {kustomization}")
     assert proc.returncode == 0, f"kubectl kustomize {kustomization}:\n{proc.stderr}"
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def render_with(overlay: str, components: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``overlay`` rendered with optional ``components`` (``k8s/components/<name>``) added,
+    as an operator adds them to the overlay's kustomization.yaml."""
+    with tempfile.TemporaryDirectory() as tmp:
+        # kustomize takes no absolute paths: the directories relative to the temporary one
+        up = os.path.relpath(REPO, tmp)
+        (Path(tmp) / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [f"{up}/{overlay}"],
+                    "components": [f"{up}/k8s/components/{c}" for c in components],
+                }
+            )
+        )
+        return render(tmp)
 
 
 def find(objects: list[dict], kind: str, name: str) -> dict:

@@ -3,9 +3,10 @@ carries the same Indexed Job as ``kind: job`` (same pod template, failure policy
 per-index retries) under the elastic rendezvous, at JobSet's pod names.
 
 JobSet is a CRD, absent from the 1.31 schemas: the JobSet is checked against the schema
-below, written from the JobSet CRD (jobset.x-k8s.io/v1alpha2, the fields used here, with
-their types and enums), strict (no field it does not know); its Job template is checked
-against the real batch/v1 Job schema."""
+written from the JobSet CRD (tests/support/k8s/jobset_crd.py, jobset.x-k8s.io/v1alpha2,
+the fields used here, with their types and enums), strict (no field it does not know);
+its Job template is checked against the real batch/v1 Job schema. The test cluster
+checks every JobSet written to it the same way."""
 
 from __future__ import annotations
 
@@ -14,119 +15,14 @@ import pytest
 
 from tests.conftest import REPO
 from tests.support.k8s import validate
+from tests.support.k8s.jobset_crd import JOBSET_SCHEMA, validate_jobset
 from visionline.compute.kubernetes import build_manifests
-from visionline.compute.kubernetes.jobset import build_jobset, rendezvous_host
+from visionline.compute.kubernetes.jobset import build_jobset, jobset_name, rendezvous_host
 from visionline.config import load_config
 
 RUN = "digits-cnn-0123456789ab-deadbeef"
 URI = "s3://bucket/artifacts/configs/abc.yaml"
 STORE = "s3://bucket/artifacts"
-
-_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-_FAILURE_RULE = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "action"],
-    "properties": {
-        "name": {"type": "string", "pattern": "^[a-zA-Z]([-_a-zA-Z0-9]*[a-zA-Z0-9])?$"},
-        "action": {"enum": ["FailJobSet", "RestartJobSet", "RestartJobSetAndIgnoreMaxRestarts"]},
-        "onJobFailureReasons": {
-            "type": "array",
-            "items": {
-                "enum": [
-                    "BackoffLimitExceeded",
-                    "DeadlineExceeded",
-                    "PodFailurePolicy",
-                    "MaxFailedIndexesExceeded",
-                    "FailedIndexes",
-                ]
-            },
-        },
-        "targetReplicatedJobs": {"type": "array", "items": {"type": "string"}},
-    },
-}
-JOBSET_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "jobset.x-k8s.io/v1alpha2"},
-        "kind": {"const": "JobSet"},
-        "metadata": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["name", "namespace"],
-            "properties": {
-                "name": {"type": "string", "maxLength": 63},
-                "namespace": {"type": "string"},
-                "labels": _STR_MAP,
-                "annotations": _STR_MAP,
-                "ownerReferences": {"type": "array"},
-            },
-        },
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["replicatedJobs"],
-            "properties": {
-                "replicatedJobs": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["name", "template"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "replicas": {"type": "integer", "minimum": 0},
-                            "template": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "required": ["spec"],
-                                "properties": {
-                                    "metadata": {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "properties": {"labels": _STR_MAP, "annotations": _STR_MAP},
-                                    },
-                                    "spec": {"type": "object"},  # a batch/v1 JobSpec
-                                },
-                            },
-                        },
-                    },
-                },
-                "network": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "enableDNSHostnames": {"type": "boolean"},
-                        "subdomain": {"type": "string"},
-                        "publishNotReadyAddresses": {"type": "boolean"},
-                    },
-                },
-                "failurePolicy": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "maxRestarts": {"type": "integer", "minimum": 0},
-                        "rules": {"type": "array", "items": _FAILURE_RULE},
-                    },
-                },
-                "successPolicy": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["operator"],
-                    "properties": {
-                        "operator": {"enum": ["All", "Any"]},
-                        "targetReplicatedJobs": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "suspend": {"type": "boolean"},
-                "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
-            },
-        },
-    },
-}
 
 
 def _cfg(**kube):
@@ -182,3 +78,16 @@ def test_schema_refuses_what_the_crd_does_not_have():
     jobset["spec"]["network"]["enableDnsHostnames"] = True  # a misspelt field
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(jobset, JOBSET_SCHEMA)
+
+
+@pytest.mark.parametrize("nodes", [2, 128])
+def test_a_long_run_ids_pod_names_fit_what_the_jobset_webhook_allows(nodes):
+    """The webhook refuses a JobSet whose pod names (``<jobset>-node-<job>-<pod>-<5>``)
+    would pass 63 characters: a 52-character name, a Job's, did for every long run id."""
+    run = "a-rather-long-model-name-resnet18-" + "0123456789ab" * 3
+    jobset = build_jobset(_cfg(nodes=nodes, kind="jobset"), run, URI, STORE)
+    name = jobset["metadata"]["name"]
+    validate_jobset(jobset)  # the schema, the Job template, and the webhook's name checks
+    assert len(f"{name}-node-0-{nodes - 1}-abcde") <= 63
+    assert name == jobset_name(run) and name.startswith("train-a-rather-long")
+    assert jobset_name(run) != jobset_name(run + "x")  # distinct runs, distinct names

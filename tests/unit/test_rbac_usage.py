@@ -18,7 +18,7 @@ from pathlib import Path
 import prefect_kubernetes
 import pytest
 
-from tests.support.manifests import REPO, find, render, which
+from tests.support.manifests import REPO, find, render, render_with, which
 from tests.support.rbac_usage import by_triple, granted, uses
 
 pytestmark = pytest.mark.skipif(
@@ -38,6 +38,13 @@ NOT_GRANTED = {
     ("apps", "deployments", "create"): "serving/kubernetes/deployer.py",
     ("apps", "deployments", "delete"): "serving/kubernetes/deployer.py",
     ("", "configmaps", "create"): "kube.py",
+}
+# Granted by the optional component k8s/components/jobset only, which an operator adds
+# where the cluster runs the JobSet controller and the config says kind: jobset: the
+# JobSet's own calls (its Jobs and pods are read with the base's verbs).
+JOBSET_COMPONENT = {
+    ("jobset.x-k8s.io", "jobsets", verb): "compute/kubernetes/workloads.py"
+    for verb in ("create", "get", "delete")
 }
 WORKER_CODE = ("worker.py", "observer.py")  # what `prefect worker start --type kubernetes` runs
 # The worker's Secret calls, made only with CREATE_SECRET_FOR_API_KEY or
@@ -60,6 +67,11 @@ def objects() -> list[dict]:
     return render("k8s/overlays/local")
 
 
+@pytest.fixture(scope="module")
+def with_jobset() -> list[dict]:
+    return render_with("k8s/overlays/local", ("jobset",))
+
+
 def _role(objects: list[dict], name: str) -> set[tuple[str, str, str]]:
     return granted(find(objects, "Role", name))
 
@@ -69,9 +81,10 @@ def _pipeline_uses() -> dict:
     return by_triple(uses(files, REPO))
 
 
-def test_pipeline_role_grants_exactly_what_the_code_calls(objects):
+def test_pipeline_role_grants_exactly_what_the_code_calls(with_jobset):
+    """With every optional component that adds to the Role (the next test: which)."""
     used = _pipeline_uses()
-    role = _role(objects, "visionline-pipeline")
+    role = _role(with_jobset, "visionline-pipeline")
     for triple, module in NOT_GRANTED.items():
         assert triple in used, f"{triple} is no longer used: drop it from NOT_GRANTED"
         assert all(module in where for where in used[triple]), (triple, used[triple])
@@ -79,6 +92,19 @@ def test_pipeline_role_grants_exactly_what_the_code_calls(objects):
     assert not unused, f"the pipeline Role grants what no code calls: {sorted(unused)}"
     missing = {t: used[t] for t in used.keys() - role - NOT_GRANTED.keys()}
     assert not missing, f"the code calls what the pipeline Role does not grant: {missing}"
+
+
+def test_jobset_verbs_come_with_the_jobset_component_only(objects, with_jobset):
+    base = _role(objects, "visionline-pipeline")
+    assert _role(with_jobset, "visionline-pipeline") - base == set(JOBSET_COMPONENT)
+    assert not base & set(JOBSET_COMPONENT)
+    used = _pipeline_uses()
+    for triple, module in JOBSET_COMPONENT.items():
+        assert used.get(triple), f"{triple} is no longer used: drop it from the component"
+        assert all(module in where for where in used[triple]), (triple, used[triple])
+    # nothing else changes: the worker's Role, the bindings
+    others = [o for o in objects if o["metadata"]["name"] != "visionline-pipeline"]
+    assert others == [o for o in with_jobset if o["metadata"]["name"] != "visionline-pipeline"]
 
 
 def test_only_the_pipeline_side_calls_the_api():

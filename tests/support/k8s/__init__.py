@@ -34,7 +34,12 @@ once it stopped (``Fate.stop_seconds`` makes a shutdown slow). Its containers ru
 (runtime.py) as PID 1 of their own PID namespace, under the image's ENTRYPOINT read from
 the Dockerfile, with ``command``/``args`` and ``$(VAR)`` expansion, ``envFrom`` and the
 downward API (downward.py) as the kubelet resolves them; signals go to PID 1.
-``DeploymentController`` (deployments.py) rolls Deployments out in one step, with
+``JobSetController`` (jobsets.py) plays the JobSet controller (v0.8): it serves the
+JobSet API (jobset_crd.py: the CRD's schema and the webhook's checks), makes each
+JobSet's Jobs, labelled as the real one labels them, and their headless Service, and
+applies its success and failure policies, restarting the group by recreating its Jobs;
+the Job controller above runs those Jobs. Without it a cluster answers 404 for jobsets,
+as one without the CRD does. ``DeploymentController`` (deployments.py) rolls Deployments out in one step, with
 scripted pods. The strict alternative for serving: ``RolloutController``
 (replicasets.py) rolls them through ReplicaSets (maxSurge, maxUnavailable, probes,
 progressDeadlineSeconds) and ``ServingKubelet`` (servingpods.py) runs their pods for
@@ -48,6 +53,7 @@ from .api_server import ApiServer
 from .cluster import Cluster, dumps, job_from_requests
 from .deployments import DeploymentController
 from .jobs import JobController
+from .jobsets import JobSetController
 from .kubelet import Fate, Kubelet
 from .logs import PodLog
 from .objects import SCHEMA_VERSION, now_rfc3339, validate
@@ -63,6 +69,7 @@ __all__ = [
     "DeploymentController",
     "Fate",
     "JobController",
+    "JobSetController",
     "Kubelet",
     "PodLog",
     "Rbac",

@@ -62,6 +62,10 @@ class ApiServer(GarbageCollector, KubernetesEmulator):
         if res is not None and res.plural is not None:
             verb = {"fetch": "get", "update": "patch"}.get(action or "", action or "")
             self._authorize(request, verb)
+            if res not in self.resources:
+                # a kind the server does not serve (a CRD not installed): 404, as for
+                # any path the API server has no handler for
+                self._refuse(404, "NotFound", "the server could not find the requested resource")
             if action == "fetch" and request.subresource == "log" and res.plural == "pods":
                 return await self._serve_log(request)
             if action == "create" and isinstance(request.data, dict):

@@ -8,16 +8,19 @@ index only, and counted against ``backoffLimitPerIndex`` for that index unless t
 Job completes when every index has succeeded, and fails once an index failed for good
 and no pod is left running (``maxFailedIndexes: 0``).
 
-The network: every pod shares this machine's loopback, so each index gets its own
-loopback address (``127.0.<n>.<2 + index>`` for its n-th pod, which Linux routes
-without configuration; the downward API's ``status.podIP``),
-and each pod's container runs in its own UTS and mount namespace, with its hostname and
-an ``/etc/hosts`` bind-mounted over the machine's that maps every
+The network (``Network``): every pod shares this machine's loopback, so each index gets
+its own loopback address (``127.<job>.<n>.<2 + index>`` for its n-th pod, ``<job>``
+numbering the Indexed Jobs in the order their first pod was made, 0 for the first;
+Linux routes them without configuration; the downward API's ``status.podIP``), and each
+pod's container runs in its own UTS and mount namespace, with its hostname and an
+``/etc/hosts`` bind-mounted over the machine's that maps every
 ``<job>-<i>.<subdomain>[.<ns>.svc.cluster.local]`` to its index's address: what the
-headless Service's DNS records give a pod in a real cluster. A process thus sees a
-name and an address of its own (torchrun's c10d rendezvous picks the store's host by
-them), and a server bound to a port of one pod does not collide with another pod's
-bind of the same port on another address.
+headless Service's DNS records give a pod in a real cluster. Pods of several Jobs that
+share a subdomain (a JobSet's) see each other's names, and every pod's file is
+rewritten in place when a pod of its subdomain is made (a replacement's new address),
+as DNS answers change. A process thus sees a name and an address of its own (torchrun's
+c10d rendezvous picks the store's host by them), and a server bound to a port of one pod
+does not collide with another pod's bind of the same port on another address.
 """
 
 from __future__ import annotations
@@ -33,31 +36,67 @@ if TYPE_CHECKING:
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 
 
-def address(index: int, generation: int = 0) -> str:
-    """The loopback address of the pod of ``index``, the ``generation``-th made for it:
-    a replacement pod gets an address of its own, as in a cluster."""
-    return f"127.0.{generation}.{2 + index}"
+def address(index: int, generation: int = 0, job: int = 0) -> str:
+    """The loopback address of the pod of ``index``, the ``generation``-th made for it,
+    of the ``job``-th Indexed Job: a replacement pod gets an address of its own, as in a
+    cluster."""
+    return f"127.{job}.{generation}.{2 + index}"
 
 
-def hosts_file(
-    job: dict[str, Any], namespace: str, path: Path, generations: dict[int, int]
-) -> Path:
-    """An ``/etc/hosts`` for a pod of ``job``: this machine's entries, then one line per
-    index (the address of its newest pod, ``generations``), the fully qualified name
-    first (what ``getfqdn`` answers)."""
-    name = job["metadata"]["name"]
-    subdomain = job["spec"]["template"]["spec"].get("subdomain")
-    lines = [Path("/etc/hosts").read_text().rstrip("\n")]
-    for i in range(int(job["spec"].get("completions") or 1)):
-        host = f"{name}-{i}"
-        names = [host]
-        if subdomain:
-            names = [f"{host}.{subdomain}.{namespace}.svc.cluster.local", f"{host}.{subdomain}"]
-            names.append(host)
-        lines.append(f"{address(i, generations.get(i, 0))} {' '.join(names)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+class Network:
+    """The pods' addresses and their headless Services' DNS records, as ``/etc/hosts``
+    files (see module docstring)."""
+
+    def __init__(self, namespace: str, workdir: Path) -> None:
+        self.namespace = namespace
+        self.workdir = workdir
+        self.generations: dict[str, dict[int, int]] = {}  # Job uid -> index -> pods made
+        self._jobs: dict[str, int] = {}  # Job uid -> its number in the addresses
+        # subdomain (else the Job's name) -> hostname -> address; and the pods' files
+        self._records: dict[str, dict[str, str]] = {}
+        self._files: dict[str, list[Path]] = {}
+
+    def add_pod(self, job: dict[str, Any], index: int, pod: str) -> tuple[Path, str]:
+        """A new pod of ``index`` of ``job``: (its /etc/hosts, its address)."""
+        uid, name = job["metadata"]["uid"], job["metadata"]["name"]
+        number = self._jobs.setdefault(uid, len(self._jobs))
+        gens = self.generations.setdefault(uid, {})
+        gens[index] = gens.get(index, -1) + 1
+        subdomain = job["spec"]["template"]["spec"].get("subdomain")
+        domain = subdomain or f"job:{name}"
+        records = self._records.setdefault(domain, {})
+        for i in range(int(job["spec"].get("completions") or 1)):
+            records[f"{name}-{i}"] = address(i, gens.get(i, 0), number)
+        path = self.workdir / f"{pod}.hosts"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        self._files.setdefault(domain, []).append(path)
+        text = self._hosts(records, subdomain)
+        for each in self._files[domain]:
+            _rewrite(each, text)
+        return path, address(index, gens[index], number)
+
+    def _hosts(self, records: dict[str, str], subdomain: str | None) -> str:
+        """This machine's entries, then one line per pod name, the fully qualified name
+        first (what ``getfqdn`` answers)."""
+        lines = [Path("/etc/hosts").read_text().rstrip("\n")]
+        for host, ip in records.items():
+            names = [host]
+            if subdomain:
+                fqdn = f"{host}.{subdomain}.{self.namespace}.svc.cluster.local"
+                names = [fqdn, f"{host}.{subdomain}", host]
+            lines.append(f"{ip} {' '.join(names)}")
+        return "\n".join(lines) + "\n"
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Write ``text`` over the file in place (its inode is bind-mounted into running
+    pods): one write over the old bytes, then cut to length, so a reader never finds
+    it empty."""
+    data = text.encode()
+    with path.open("r+b") as f:
+        f.write(data)
+        f.truncate(len(data))
 
 
 def index_of(pod: dict[str, Any]) -> int:

@@ -88,7 +88,6 @@ class JobController(threading.Thread):
         if not hold:
             self.released.set()
         self.pod_fates: dict[str, Fate] = {}
-        self.generations: dict[str, dict[int, int]] = {}  # Indexed Job uid -> index -> pods
         self.started: dict[str, float] = {}
         self.errors: list[BaseException] = []
         self.kubelet = Kubelet(
@@ -101,6 +100,8 @@ class JobController(threading.Thread):
             errors=self.errors,
         )
         self.workdir = self.kubelet.workdir
+        self.network = indexed.Network(namespace, self.workdir)  # addresses, DNS
+        self.generations = self.network.generations  # Indexed Job uid -> index -> pods
         self.extra_env = self.kubelet.extra_env
         self.procs = self.kubelet.procs
         self.grace_exits = self.kubelet.grace_exits  # pod -> seconds from SIGTERM to exit
@@ -256,11 +257,8 @@ class JobController(threading.Thread):
             template["spec"]["hostname"] = extra["hostname"]
             for c in template["spec"]["containers"]:
                 c.setdefault("env", []).insert(0, extra["env"])
-            gens = self.generations.setdefault(job["metadata"]["uid"], {})
-            gens[index] = gens.get(index, -1) + 1
-            hosts = indexed.hosts_file(job, self.namespace, self.workdir / f"{name}.hosts", gens)
+            hosts, ip = self.network.add_pod(job, index, name)
             self.kubelet.networks[name] = (extra["hostname"], hosts)
-            ip = indexed.address(index, gens[index])
         meta["name"] = name
         meta["namespace"] = self.namespace
         meta.setdefault("labels", {}).update(

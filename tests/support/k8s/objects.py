@@ -15,7 +15,13 @@ def now_rfc3339() -> str:
 
 
 def validate(obj: dict[str, Any]) -> None:
-    """Raise when ``obj`` does not validate against the 1.31 schema (strict)."""
+    """Raise when ``obj`` does not validate against the 1.31 schema (strict), or a
+    JobSet against the JobSet CRD's (jobset_crd.py)."""
+    if str(obj.get("apiVersion", "")).startswith("jobset.x-k8s.io/"):
+        from .jobset_crd import validate_jobset
+
+        validate_jobset(obj)
+        return
     # imported here: loading the schemas is slow, and only callers that validate pay it
     import kubernetes_validate
 

@@ -74,11 +74,13 @@ class Rbac:
 
 
 @cache
-def shipped() -> Rbac:
-    """The RBAC of the rendered local overlay (what `kubectl apply -k` installs)."""
-    from tests.support.manifests import render
+def shipped(components: tuple[str, ...] = ()) -> Rbac:
+    """The RBAC of the rendered local overlay (what `kubectl apply -k` installs), with
+    the optional ``components`` (``k8s/components/<name>``) an operator adds to it."""
+    from tests.support.manifests import render, render_with
 
-    return Rbac(render("k8s/overlays/local"))
+    overlay = "k8s/overlays/local"
+    return Rbac(render_with(overlay, components) if components else render(overlay))
 
 
 def token(account: str) -> str:

@@ -33,8 +33,16 @@ are per index, ``backoffLimitPerIndex``, and a disruption costs none), it rejoin
 the whole group restarts from the last checkpoint while the surviving pods stay;
 ``compute.group_timeout_seconds`` bounds how long survivors wait (docs/kubernetes.md).
 
-The rooms: ``manifest`` (the objects), ``diagnosis`` (pod and Job status in operator
-words), ``watch`` (the run), ``backend`` (submit).
+``compute.kubernetes.kind: jobset`` (more than one node, a cluster running the JobSet
+controller): the same Indexed Job wrapped in a JobSet (``jobset``), which makes the Job
+and its headless Service and restarts the whole group when the Job fails for good. It
+is submitted, watched, explained and cancelled as the Job is, through ``workloads``
+(the kind's API calls and status words); the pipeline's Role then needs the component
+``k8s/components/jobset``.
+
+The rooms: ``manifest`` (the objects), ``jobset`` (the JobSet), ``diagnosis`` (pod and
+Job status in operator words), ``workloads`` (Job or JobSet on the API), ``watch`` (the
+run), ``backend`` (submit).
 """
 
 from visionline.compute.kubernetes.backend import KubernetesBackend

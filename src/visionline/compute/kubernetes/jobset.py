@@ -12,13 +12,25 @@ import copy
 from typing import TYPE_CHECKING, Any
 
 from visionline.compute.kubernetes.manifest import build_job, trainer_command
-from visionline.kube import DOMAIN
+from visionline.kube import DOMAIN, dns_name
 
 if TYPE_CHECKING:
     from visionline.config import PipelineConfig
 
 API_VERSION = "jobset.x-k8s.io/v1alpha2"
 REPLICATED_JOB = "node"
+
+
+# The JobSet webhook refuses a JobSet whose pods' names, ``<jobset>-node-<job index>-<pod
+# index>-<5 random>``, would exceed 63 characters: with one Job and up to 128 pods, 17
+# characters follow the JobSet's name.
+MAX_NAME = 63 - len(f"-{REPLICATED_JOB}-0-127-abcde")
+
+
+def jobset_name(run_id: str) -> str:
+    """The run's JobSet name: as ``job_name`` makes a Job's, short enough for the pod
+    names JobSet and the Job controller derive from it."""
+    return dns_name("train", run_id, max_len=MAX_NAME)
 
 
 def rendezvous_host(name: str) -> str:
@@ -38,7 +50,7 @@ def build_jobset(
     """The JobSet for one run, as the API's JSON (see module docstring)."""
     k = cfg.compute.kubernetes
     job = build_job(cfg, run_id, config_uri, store_uri, origin, owner)
-    name = job["metadata"]["name"]
+    name = jobset_name(run_id)
     spec = copy.deepcopy(job["spec"])
     pod = spec["template"]["spec"]
     pod.pop("subdomain", None)  # JobSet sets it (network.subdomain)
@@ -85,6 +97,6 @@ def build_jobset(
         jobset_spec["suspend"] = True
     if ttl is not None:
         jobset_spec["ttlSecondsAfterFinished"] = ttl
-    metadata = copy.deepcopy(job["metadata"])
+    metadata = {**copy.deepcopy(job["metadata"]), "name": name}
     metadata["annotations"][f"{DOMAIN}/kind"] = "jobset"
     return {"apiVersion": API_VERSION, "kind": "JobSet", "metadata": metadata, "spec": jobset_spec}

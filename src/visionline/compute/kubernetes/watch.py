@@ -1,7 +1,7 @@
-"""Watching a submitted training Job: ``KubernetesRun`` polls the Job and its pods (a run
-lasts hours; a poll every few seconds costs nothing and never has to resume an expired
-watch), relays each pod's trainer log into this module's logger (the flow run's log),
-gives up on pods that waiting cannot help, and cancels by deleting the Job."""
+"""Watching a submitted training Job or JobSet (workloads.py): ``KubernetesRun`` polls it
+and its pods (a run lasts hours; a poll every few seconds costs nothing and never has to
+resume an expired watch), relays each pod's trainer log into this module's logger (the
+flow run's log), gives up on pods that waiting cannot help, and cancels by deleting it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from kubernetes.client.exceptions import ApiException
 
 from visionline.compute import FAILED, SUCCEEDED
-from visionline.compute.kubernetes.diagnosis import explain_failure, pod_problem, true_condition
+from visionline.compute.kubernetes.diagnosis import pod_problem
 from visionline.compute.kubernetes.manifest import CONTAINER
 from visionline.compute.kubernetes.owner import cancel_on_exit
 from visionline.errors import TrainingError
@@ -106,7 +106,7 @@ class _LogFollower(threading.Thread):
 
 
 class KubernetesRun:
-    """A submitted training Job (RunHandle)."""
+    """A submitted training Job or JobSet (RunHandle)."""
 
     def __init__(
         self, backend: KubernetesBackend, run_id: str, name: str, already_done: bool = False
@@ -115,6 +115,8 @@ class KubernetesRun:
         self.run_id = run_id
         self.name = name
         self.namespace = backend.k.namespace
+        self.workload = backend.workload
+        self.kind = self.workload.kind
         self.failure: str | None = None
         self._state: str | None = SUCCEEDED if already_done else None
         self._followers: dict[str, _LogFollower] = {}
@@ -139,20 +141,10 @@ class KubernetesRun:
         except KubernetesNotFoundError:
             return None
 
-    def _job(self) -> dict[str, Any] | None:
-        try:
-            with self._call("get", "jobs"):
-                return as_dict(
-                    self.backend.client,
-                    self.backend.batch.read_namespaced_job(self.name, self.namespace),
-                )
-        except KubernetesNotFoundError:
-            return None
-
     def _pods(self) -> list[dict[str, Any]]:
         with self._call("list", "pods"):
             items = self.core.list_namespaced_pod(
-                self.namespace, label_selector=f"batch.kubernetes.io/job-name={self.name}"
+                self.namespace, label_selector=self.workload.pod_selector(self.name)
             )
         pods = as_dict(self.backend.client, items).get("items") or []
         return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
@@ -210,9 +202,9 @@ class KubernetesRun:
                 return message
         return None
 
-    def _explain(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
-        head = f"training run {self.run_id} (Job {self.namespace}/{self.name}) failed"
-        text, last = explain_failure(job, pods, self.backend.k, head, self._last_problem)
+    def _explain(self, obj: dict[str, Any], pods: list[dict[str, Any]]) -> str:
+        head = f"training run {self.run_id} ({self.kind} {self.namespace}/{self.name}) failed"
+        text, last = self.workload.explain(obj, pods, head, self._last_problem)
         if last is not None:
             tail = self._tail(last["metadata"]["name"])
             if tail:
@@ -222,34 +214,35 @@ class KubernetesRun:
     def poll(self) -> str | None:
         if self._state is not None:
             return self._state
-        job = self._job()
-        if job is None:
+        obj = self.workload.read(self.name)
+        if obj is None:
             return self._fail(
-                f"training run {self.run_id}: Job {self.namespace}/{self.name} is gone"
+                f"training run {self.run_id}: {self.kind} {self.namespace}/{self.name} is gone"
             )
         pods = self._pods()
         self._follow(pods)
-        if job.get("spec", {}).get("suspend") and not self._suspended_logged:
+        if obj.get("spec", {}).get("suspend") and not self._suspended_logged:
             self._suspended_logged = True
             log.info(
-                "training run %s: Job %s is queued (suspended) in %s until it is admitted",
+                "training run %s: %s %s is queued (suspended) in %s until it is admitted",
                 self.run_id,
+                self.kind,
                 self.name,
                 self.backend.k.queue_name or "its queue",
             )
-        if true_condition(job, "Complete") or true_condition(job, "SuccessCriteriaMet"):
+        if self.workload.succeeded(obj):
             self._stop_followers(wait=True)
             self._state = SUCCEEDED
-            log.info("training run %s: Job %s completed", self.run_id, self.name)
+            log.info("training run %s: %s %s completed", self.run_id, self.kind, self.name)
             return self._state
-        if true_condition(job, "Failed"):
-            return self._fail(self._explain(job, pods))
+        if self.workload.failed(obj):
+            return self._fail(self._explain(obj, pods))
         stuck = self._watch_pods(pods)
         if stuck:
-            self._delete()
+            self.workload.delete(self.name)
             return self._fail(
-                f"training run {self.run_id} (Job {self.namespace}/{self.name}) cannot start: "
-                f"{stuck}. The Job was deleted"
+                f"training run {self.run_id} ({self.kind} {self.namespace}/{self.name}) "
+                f"cannot start: {stuck}. The {self.kind} was deleted"
             )
         return None
 
@@ -282,26 +275,16 @@ class KubernetesRun:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
                     f"training run {self.run_id} still running after {timeout:.0f}s "
-                    f"(Job {self.namespace}/{self.name})"
+                    f"({self.kind} {self.namespace}/{self.name})"
                 )
             time.sleep(self.backend.k.poll_seconds)
 
-    def _delete(self) -> None:
-        try:
-            with self._call("delete", "jobs"):
-                # Foreground: the Job disappears only after its pods (the API's default
-                # for Jobs would orphan them, still running on their GPUs).
-                self.backend.batch.delete_namespaced_job(
-                    self.name, self.namespace, propagation_policy="Foreground"
-                )
-        except KubernetesNotFoundError:
-            pass
-
     def cancel(self) -> None:
-        """Delete the Job and its pods; the pods get SIGTERM and their grace period, so
-        the trainer checkpoints and a later submit of the same run resumes."""
+        """Delete the Job (JobSet) and its pods, in the foreground; the pods get SIGTERM
+        and their grace period, so the trainer checkpoints and a later submit of the same
+        run resumes."""
         if self._state is not None:
             return
-        self._delete()
-        log.info("training run %s: cancelled, Job %s deleted", self.run_id, self.name)
-        self._fail(f"training run {self.run_id} was cancelled (Job {self.name} deleted)")
+        self.workload.delete(self.name)
+        log.info("training run %s: cancelled, %s %s deleted", self.run_id, self.kind, self.name)
+        self._fail(f"training run {self.run_id} was cancelled ({self.kind} {self.name} deleted)")
