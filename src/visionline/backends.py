@@ -15,6 +15,7 @@ from visionline.errors import ConfigError
 from visionline.registry import ModelRef
 from visionline.serving.deploy import Deployer
 from visionline.serving.kubernetes import KubernetesDeployer
+from visionline.serving.kubernetes.rollout import KubernetesRollout
 from visionline.serving.local import LocalDeployer
 from visionline.serving.rollout.local import LocalRollout
 from visionline.storage import ArtifactStore
@@ -55,14 +56,22 @@ def local_server(
     return LocalDeployer(store, cfg.serve, workdir or cfg.deploy.workdir)
 
 
-def rollout(cfg: PipelineConfig, store: ArtifactStore, workdir: str | None = None) -> LocalRollout:
+def rollout(
+    cfg: PipelineConfig, store: ArtifactStore, workdir: str | None = None
+) -> LocalRollout | KubernetesRollout:
     """The challenger beside the served champion (shadow or canary) on deploy.target."""
-    if cfg.deploy.target != "local":
-        raise ConfigError(
-            f"deploy.target {cfg.deploy.target}: shadow and canary rollouts run locally for "
-            "now (deploy.target local)"
-        )
+    if cfg.deploy.target == "kubernetes":
+        return KubernetesRollout(cfg, store)
     return LocalRollout(local_server(cfg, store, workdir), store, cfg.deploy.rollout)
+
+
+def rollout_manifests(
+    cfg: PipelineConfig, store: ArtifactStore, ref: ModelRef, mode: str, percent: float
+) -> list[dict[str, Any]]:
+    """The objects ``rollout(cfg, store).start`` would create and change; nothing changes."""
+    if cfg.deploy.target != "kubernetes":
+        raise ConfigError(f"deploy.target {cfg.deploy.target} applies no objects to show")
+    return KubernetesRollout(cfg, store).manifests(ref, mode, percent)
 
 
 def serving_manifests(

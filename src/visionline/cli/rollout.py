@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from visionline.backends import rollout
-from visionline.cli.common import Command, pipeline_config
+from visionline.cli.common import Command, pipeline_config, target_flag, with_target
 from visionline.config import PipelineConfig
 from visionline.errors import EXIT_FAILED, VisionlineError
 from visionline.registry import ModelRef
+from visionline.serving.kubernetes.rollout import KubernetesRollout
 from visionline.serving.rollout.evidence import format_report
 from visionline.serving.rollout.watch import watch
 from visionline.storage import ArtifactStore, open_store
@@ -39,8 +40,6 @@ def deploy_mode(cfg: PipelineConfig, args: argparse.Namespace) -> tuple[str, flo
 
 def ensure_no_rollout(cfg: PipelineConfig, store: ArtifactStore) -> None:
     """A plain deploy would drop a challenger from the front and leave it running."""
-    if cfg.deploy.target != "local":
-        return
     state = rollout(cfg, store).state()
     if state:
         raise VisionlineError(
@@ -77,7 +76,12 @@ def start_rollout(
     share = "mirrored to" if mode == "shadow" else "answered by"
     print(f"{mode} rollout: {percent:g}% of predictions {share} {ref}; {state['champion']} is")
     print("still the champion" + (" and answers every user" if mode == "shadow" else ""))
-    if mode == "canary" and cfg.deploy.rollout.auto_rollback:
+    if mode == "canary" and cfg.deploy.rollout.auto_rollback and isinstance(ro, KubernetesRollout):
+        print("no watchdog is started for a rollout on Kubernetes: run")
+        print("  visionline rollout watch --target kubernetes")
+        print("where it can keep running (it reads the champion pods' front logs), or judge")
+        print("it yourself with visionline rollout status")
+    elif mode == "canary" and cfg.deploy.rollout.auto_rollback:
         pid = _watcher(args, Path(ro.local.workdir).resolve(), ro.dir)
         print(f"watching it (pid {pid}, {ro.dir / 'watch.log'}): rolled back on its own when")
         print("its error rate or p99 latency exceeds the champion's by the configured margins")
@@ -87,6 +91,7 @@ def start_rollout(
 
 def rollout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["status", "promote", "abort", "watch"])
+    target_flag(p)
     p.add_argument("--workdir", help="the local server's directory (default: deploy.workdir)")
     p.add_argument("--json", action="store_true", help="status: the report as JSON")
     p.add_argument("--reason", help="abort: recorded with the rollout's end")
@@ -97,7 +102,7 @@ def rollout_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    cfg = pipeline_config(args)
+    cfg = with_target(pipeline_config(args), args)
     ro = rollout(cfg, open_store(cfg.store), args.workdir)
     if args.action == "status":
         report = ro.report()

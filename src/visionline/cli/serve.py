@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from visionline.backends import deployer, local_server, serving_manifests
+from visionline.backends import deployer, local_server, rollout_manifests, serving_manifests
 from visionline.cli.common import (
     MODEL_HELP,
     Command,
@@ -108,17 +108,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     store = open_store(cfg.store)
     ref = model_ref(store, args.model, cfg)
     warn_if_packaged_otherwise(store, ref, cfg)
+    mode, percent = deploy_mode(cfg, args)
     if args.dry_run:
-        if args.shadow is not None or args.canary is not None:
-            raise VisionlineError(
-                "--dry-run with --shadow/--canary: a rollout's Kubernetes objects are not "
-                "built yet (rollouts run locally, deploy.target local)"
-            )
         if cfg.deploy.target != "kubernetes":
             raise VisionlineError("--dry-run prints Kubernetes objects: add --target kubernetes")
-        print_objects(serving_manifests(cfg, store, ref), args.output)
+        objects = (
+            serving_manifests(cfg, store, ref)
+            if mode == "replace"
+            else rollout_manifests(cfg, store, ref, mode, percent)
+        )
+        print_objects(objects, args.output)
         return 0
-    mode, percent = deploy_mode(cfg, args)
     if mode != "replace":
         return start_rollout(cfg, store, ref, mode, percent, args)
     if args.workdir:

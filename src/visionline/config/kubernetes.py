@@ -261,6 +261,8 @@ class RolloutConfig(Section):
     canary_percent: float = Field(10.0, gt=0, le=100)
     # the longest a shadow challenger may take; a slower answer is logged as a 504
     challenger_timeout_s: float = Field(10.0, gt=0, le=600)
+    # on Kubernetes: the challenger Deployment's replicas (it has no HPA)
+    challenger_replicas: int = Field(1, ge=1, le=100)
     # requests each side must have answered (shadow: joined by request id) before a verdict
     min_requests: int = Field(200, ge=1)
     # labelled shadowed requests needed before the accuracy check can pass

@@ -33,7 +33,9 @@ content (as kustomize's generator does) and immutable: a settings change is a ne
 ConfigMap and a new template, and an old template still finds its own.
 
 The rooms: ``containers`` (one builder per container), ``objects`` (ConfigMap, pod
-template, Deployment, Service, retarget), ``deployer`` (apply, wait, rollback, status).
+template, Deployment, Service, retarget), ``deployer`` (apply, wait, rollback, status),
+``challenger`` (a rollout's objects: the challenger's Deployment and Service, the
+champion's rollout front) and ``rollout`` (a shadow or canary rollout: start, status, end).
 """
 
 from visionline.serving.kubernetes.deployer import KubernetesDeployer

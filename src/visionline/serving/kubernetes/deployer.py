@@ -26,6 +26,7 @@ from visionline.serving.client import RestClient
 from visionline.serving.deploy import DeploymentError, DeploymentStatus
 from visionline.serving.kubernetes.containers import FETCH
 from visionline.serving.kubernetes.objects import (
+    COMPONENT,
     PREVIOUS,
     build_objects,
     retarget,
@@ -100,12 +101,17 @@ class KubernetesDeployer(KubeAccess):
     """Deployer for ``deploy.target: kubernetes``."""
 
     def __init__(
-        self, cfg: PipelineConfig, store: ArtifactStore, api_client: Any | None = None
+        self,
+        cfg: PipelineConfig,
+        store: ArtifactStore,
+        api_client: Any | None = None,
+        component: str = COMPONENT,
     ) -> None:
         self.cfg = cfg
         self.k = cfg.deploy.kubernetes
         self.store = store
         self._client = api_client
+        self.component = component  # its pods' app.kubernetes.io/component
 
     # -- objects ------------------------------------------------------------------------
     def manifests(self, ref: ModelRef) -> list[dict[str, Any]]:
@@ -159,7 +165,7 @@ class KubernetesDeployer(KubeAccess):
     # -- rollout ------------------------------------------------------------------------
     def _new_pods(self, template: dict[str, Any]) -> list[dict[str, Any]]:
         labels = template["metadata"]["labels"]
-        keys = (*selector_labels(self.k), f"{DOMAIN}/model-version")
+        keys = (*selector_labels(self.k, self.component), f"{DOMAIN}/model-version")
         selector = ",".join(f"{key}={labels[key]}" for key in keys if key in labels)
         with self._call("list", "pods"):
             items = self.core.list_namespaced_pod(self.k.namespace, label_selector=selector)

@@ -26,7 +26,7 @@ from visionline.serving.kubernetes.containers import (
     torchserve_container,
     work_mounts,
 )
-from visionline.serving.nginx import Backend, render_nginx_conf
+from visionline.serving.nginx import Backend, RolloutFront, render_nginx_conf
 from visionline.serving.torchserve import max_body_bytes
 
 if TYPE_CHECKING:
@@ -38,11 +38,11 @@ MODEL = f"{DOMAIN}/model"
 SHA256 = f"{DOMAIN}/model-sha256"
 
 
-def selector_labels(k: KubernetesDeployConfig) -> dict[str, str]:
+def selector_labels(k: KubernetesDeployConfig, component: str = COMPONENT) -> dict[str, str]:
     # A Deployment's selector can never change: only labels that never will.
     return {
         "app.kubernetes.io/name": "visionline",
-        "app.kubernetes.io/component": COMPONENT,
+        "app.kubernetes.io/component": component,
         "app.kubernetes.io/instance": k.deployment,
     }
 
@@ -55,10 +55,11 @@ def serve_settings(cfg: PipelineConfig) -> dict[str, Any]:
     return cfg.serve.model_dump(mode="json")
 
 
-def config_map(cfg: PipelineConfig) -> dict[str, Any]:
-    """Serve settings and nginx.conf, named after their content and immutable."""
-    k, serve = cfg.deploy.kubernetes, cfg.serve
-    nginx = render_nginx_conf(
+def front_conf(cfg: PipelineConfig, rollout: RolloutFront | None = None) -> str:
+    """The pod's nginx.conf: the authenticating front of TorchServe on the pod's loopback,
+    and with ``rollout`` the champion's front of a rollout (``serving.kubernetes.challenger``)."""
+    serve = cfg.serve
+    return render_nginx_conf(
         credentials_dir=CREDENTIALS_DIR,
         backend=Backend(
             "127.0.0.1",
@@ -73,7 +74,14 @@ def config_map(cfg: PipelineConfig) -> dict[str, Any]:
         max_body_bytes=max_body_bytes(serve),
         max_image_bytes=serve.max_request_bytes,
         health_path=HEALTH_PATH,
+        rollout=rollout,
     )
+
+
+def config_map(cfg: PipelineConfig) -> dict[str, Any]:
+    """Serve settings and nginx.conf, named after their content and immutable."""
+    k = cfg.deploy.kubernetes
+    nginx = front_conf(cfg)
     data = {
         "serve.json": json.dumps(serve_settings(cfg), indent=2, sort_keys=True) + "\n",
         "nginx.conf": nginx,

@@ -31,17 +31,23 @@ from visionline.serving.rollout.verdict import (
 from visionline.storage import ArtifactStore
 
 
-def read_request_log(path: Path) -> list[dict[str, Any]]:
-    """The front's rollout log; a line being written (cut short) is skipped."""
-    if not path.is_file():
-        return []
+def parse_request_log(text: str) -> list[dict[str, Any]]:
+    """The front's rollout lines in ``text``; any other line (the front's plain access
+    log in a pod's log, a line being written and cut short) is skipped."""
     out = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except ValueError:
             continue
+        if isinstance(rec, dict) and "side" in rec:
+            out.append(rec)
     return out
+
+
+def read_request_log(path: Path) -> list[dict[str, Any]]:
+    """The front's rollout log file (none yet: no line)."""
+    return parse_request_log(path.read_text(errors="replace")) if path.is_file() else []
 
 
 def _latency(rec: dict[str, Any]) -> float:
@@ -86,11 +92,12 @@ def rollout_report(
     champion: ModelRef,
     challenger: ModelRef,
     since: datetime,
-    log_path: Path,
+    records: list[dict[str, Any]],
     margins: Margins,
 ) -> dict[str, Any]:
-    """Everything ``visionline rollout status`` shows, and the verdict."""
-    stats = sides(read_request_log(log_path))
+    """Everything ``visionline rollout status`` shows, and the verdict; ``records``: the
+    front's request log (``read_request_log``)."""
+    stats = sides(records)
     answers = joined_answers(store, champion, challenger, since)
     agreement = disagreement(
         zip(answers["champion"], answers["challenger"], strict=True), margins.confidence
@@ -116,6 +123,7 @@ def rollout_report(
 def format_report(report: dict[str, Any]) -> str:
     """The report as ``visionline rollout status`` prints it."""
     lines = [f"champion {report['champion']}  challenger {report['challenger']}"]
+    lines += report.get("objects") or []  # where it runs (Kubernetes)
     for side, s in report["sides"].items():
         p50 = "-" if s["p50_ms"] is None else f"{s['p50_ms']:.0f} ms"
         p99 = "-" if s["p99_ms"] is None else f"{s['p99_ms']:.0f} ms"
@@ -123,6 +131,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"  {side:<10} {s['requests']:>6} requests  errors {s['error_rate']:.2%}  "
             f"p50 {p50}  p99 {p99}"
         )
+    if "request_log" in report:
+        lines += _log_source(report["request_log"])
     d = report["disagreement"]
     if d["n"]:
         lo, hi = d["interval"]
@@ -147,3 +157,19 @@ def format_report(report: dict[str, Any]) -> str:
     for c in v["checks"]:
         lines.append(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}")
     return "\n".join(lines)
+
+
+def _log_source(src: dict[str, Any]) -> list[str]:
+    """Where the request counts above came from, on Kubernetes: the champion pods' fronts."""
+    if src["pods"]:
+        lines = [
+            f"request log: {src['lines']} lines from the front (auth-proxy) of "
+            f"{len(src['pods'])} champion pod(s) ({', '.join(src['pods'])}); requests "
+            "answered by pods that are gone since are not counted"
+        ]
+    else:
+        lines = [
+            "request log: none could be read (no champion pod runs the rollout front, or "
+            "its front's log is unreadable): the counts above say nothing about the traffic"
+        ]
+    return lines + [f"  could not read {pod}: {why}" for pod, why in src["unreadable"].items()]

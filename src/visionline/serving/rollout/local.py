@@ -26,7 +26,7 @@ from visionline.serving.deploy import DeployResult, deploy_checked
 from visionline.serving.fetch import fetch_mar
 from visionline.serving.local import LocalDeployer
 from visionline.serving.nginx import RolloutFront
-from visionline.serving.rollout.evidence import rollout_report
+from visionline.serving.rollout.evidence import read_request_log, rollout_report
 from visionline.serving.rollout.verdict import Margins
 from visionline.serving.torchserve import LOOPBACK, ServedModel, TorchServe
 from visionline.storage import ArtifactStore
@@ -180,6 +180,10 @@ class LocalRollout:
         return state
 
     # -- the verdict ------------------------------------------------------------------
+    def records(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """The front's request log of the rollout ``state``."""
+        return read_request_log(Path(state["log"]))
+
     def report(self, state: dict[str, Any] | None = None) -> dict[str, Any]:
         state = state or self.state() or self.last()
         if state is None:
@@ -189,7 +193,7 @@ class LocalRollout:
             _ref(state["champion"]),
             _ref(state["challenger"]),
             datetime.fromisoformat(state["started"]),
-            Path(state["log"]),
+            self.records(state),
             margins(self.rcfg),
         )
 

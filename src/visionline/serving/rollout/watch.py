@@ -6,22 +6,36 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from typing import Any, Protocol
 
-from visionline.serving.rollout.evidence import read_request_log, sides
-from visionline.serving.rollout.local import LocalRollout, margins
+from visionline.config import RolloutConfig
+from visionline.serving.rollout.evidence import sides
+from visionline.serving.rollout.local import margins
 from visionline.serving.rollout.verdict import health_checks
 
 log = logging.getLogger(__name__)
 
 
-def check_once(rollout: LocalRollout) -> str | None:
+class Watched(Protocol):
+    """A rollout, local (``serving.rollout.local``) or on Kubernetes
+    (``serving.kubernetes.rollout``)."""
+
+    rcfg: RolloutConfig
+
+    def state(self) -> dict[str, Any] | None: ...
+
+    def records(self, state: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def end(self, action: str, reason: str = "") -> dict[str, Any]: ...
+
+
+def check_once(rollout: Watched) -> str | None:
     """Roll back when a health check fails; the reason, or None (healthy, too early,
     or no rollout in progress)."""
     state = rollout.state()
     if state is None:
         return None
-    stats = sides(read_request_log(Path(state["log"])))
+    stats = sides(rollout.records(state))
     failed = [
         c
         for c in health_checks(stats["champion"], stats["challenger"], margins(rollout.rcfg))
@@ -35,7 +49,7 @@ def check_once(rollout: LocalRollout) -> str | None:
     return reason
 
 
-def watch(rollout: LocalRollout, interval_s: float, timeout_s: float | None = None) -> str | None:
+def watch(rollout: Watched, interval_s: float, timeout_s: float | None = None) -> str | None:
     """Check every ``interval_s`` until the rollout ends (rolled back here, promoted or
     aborted elsewhere) or ``timeout_s`` passes; the rollback reason, if it was one."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
