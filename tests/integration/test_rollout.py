@@ -246,7 +246,9 @@ def test_an_equal_challenger_is_promoted_by_the_flow_once_labels_show_it(
     challenger = register_variant(store, ref, fault(), tmp_path / "variant")  # no fault
     images = _images(digits_dir)
     with served_digits(packaged_digits, tmp_path) as served:
-        cfg = _config(served, tmp_path, min_requests=40, min_labelled=40)
+        # the same model on a second server: its p99 on a loaded test machine is noise,
+        # which the slack keeps out of a test of the accuracy check and the promotion
+        cfg = _config(served, tmp_path, min_requests=40, min_labelled=40, latency_slack_ms=60000)
         workdir = str(served["tsdir"])
         started = visionline_cli(cfg, "deploy", str(challenger), "--shadow", "--workdir", workdir)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -267,7 +269,8 @@ def test_an_equal_challenger_is_promoted_by_the_flow_once_labels_show_it(
         fed = visionline_cli(cfg, "labels", "feedback", str(labels), "--model", ref.name)
         assert fed.returncode == 0, fed.stdout + fed.stderr
         judged = rollout_verdict(str(cfg), workdir, promote=True)
-        assert judged["promoted"], judged["report"]["verdict"]
+        blocking = [c for c in judged["report"]["verdict"]["checks"] if not c["passed"]]
+        assert judged["promoted"] and not blocking, blocking
         assert judged["state"]["outcome"] == "promote" and not judged["state"]["active"]
         assert Registry(store, ref.name).aliases()["champion"] == challenger.version
         assert "promoted, serving at" in _latest_artifacts()["rollout"].description
