@@ -23,6 +23,7 @@ from tests.conftest import digits_config
 from tests.support.k8s import Cluster, Fate, JobController
 from tests.support.k8s.rbac import PIPELINE, token
 from tests.support.manifests import REPO
+from tests.support.waiting import until
 from visionline.errors import EXIT_PREEMPTED
 from visionline.storage import S3Store
 
@@ -90,16 +91,6 @@ def _flow_run_job(config_path, kubeconfig, moto_url) -> dict:
     }
 
 
-def _until(what, predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def flow_run(tmp_path, s3_client, bucket, moto_server):
     """(cluster, controller, flow-run pod name, training Job name) once the flow run's
@@ -126,12 +117,12 @@ def flow_run(tmp_path, s3_client, bucket, moto_server):
         try:
             batch = client.BatchV1Api(cluster.admin_client())
             batch.create_namespaced_job(NS, _flow_run_job(config_path, kubeconfig, moto_server))
-            flow_pod = _until("the flow-run pod", lambda: controller.pods(FLOW_JOB))[0]
-            training = _until(
+            flow_pod = until("the flow-run pod", lambda: controller.pods(FLOW_JOB))[0]
+            training = until(
                 "the training Job",
                 lambda: [j for j in controller.jobs() if j["metadata"]["name"] != FLOW_JOB],
             )[0]["metadata"]["name"]
-            _until(
+            until(
                 "the training pod to run",
                 lambda: [
                     p
@@ -164,7 +155,7 @@ def test_sigterm_to_the_flow_run_deletes_its_training_job(flow_run):
     assert proc.wait(timeout=30) == EXIT_PREEMPTED, _log(cluster, flow_pod)
     # the flow's own process deleted it: its Job is still there, nobody else did
     assert [j["metadata"]["name"] for j in controller.jobs() if j["metadata"]["name"] == FLOW_JOB]
-    _until("the training Job and its pods to go", lambda: not _training_left(controller, training))
+    until("the training Job and its pods to go", lambda: not _training_left(controller, training))
     assert ("jobs", training, "Foreground") in cluster.deletions  # its pods first
     assert "cancelling it" in _log(cluster, flow_pod)
 
@@ -179,5 +170,5 @@ def test_a_flow_run_killed_outright_takes_its_training_job_along(flow_run):
     # would delete the failed one later
     batch = client.BatchV1Api(cluster.admin_client())
     batch.delete_namespaced_job(FLOW_JOB, NS, propagation_policy="Foreground")
-    _until("the training Job and its pods to go", lambda: not _training_left(controller, training))
+    until("the training Job and its pods to go", lambda: not _training_left(controller, training))
     assert not [j for j in controller.jobs() if j["metadata"]["name"] == FLOW_JOB]

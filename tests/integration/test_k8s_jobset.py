@@ -13,7 +13,6 @@ pods' logs, reports a failure in the words the Job path uses, and deletes it on 
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 from kubernetes import client
@@ -23,6 +22,7 @@ from tests.support.k8s import Cluster, Fate, JobController, JobSetController
 from tests.support.k8s.jobset_crd import GROUP, PLURAL, VERSION
 from tests.support.k8s.rbac import shipped
 from tests.support.s3 import free_port
+from tests.support.waiting import until
 from visionline.compute.kubernetes import KubernetesBackend
 from visionline.compute.kubernetes.jobset import jobset_name
 from visionline.compute.kubernetes.owner import OWNER_JOB_NAME, OWNER_JOB_UID
@@ -88,16 +88,6 @@ def _left(cluster, name) -> list[str]:
         s.metadata.name for s in core.list_namespaced_service(NS).items if s.metadata.name == name
     ]
     return found
-
-
-def _until(what, predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -178,7 +168,7 @@ def test_cancel_deletes_the_jobset_its_job_pods_and_service(
     handle = KubernetesBackend(plan.cfg, api_client=cluster.api_client()).submit(plan, s3_store)
     name = handle.name
     core = client.CoreV1Api(cluster.admin_client())
-    _until(
+    until(
         "both pods to run",
         lambda: (
             len(
@@ -195,7 +185,7 @@ def test_cancel_deletes_the_jobset_its_job_pods_and_service(
     assert ("jobsets", name, "Foreground") in cluster.deletions  # its Jobs and pods first
     # still there while its pods stop, then nothing of it is left
     assert _jobset(cluster, name)["metadata"].get("deletionTimestamp")
-    _until("the JobSet and everything of it to go", lambda: not _left(cluster, name))
+    until("the JobSet and everything of it to go", lambda: not _left(cluster, name))
     with pytest.raises(TrainingError, match=r"cancelled \(JobSet .* deleted\)"):
         handle.wait(timeout=5)
 
@@ -229,9 +219,9 @@ def test_a_flow_run_killed_outright_takes_its_jobset_along(
     handle = KubernetesBackend(plan.cfg, api_client=cluster.api_client()).submit(plan, s3_store)
     name = handle.name
     assert _jobset(cluster, name)["metadata"]["ownerReferences"][0]["uid"] == flow.metadata.uid
-    _until("the JobSet's pods", lambda: len(_left(cluster, name)) == 5)  # +Job, 2 pods, Service
+    until("the JobSet's pods", lambda: len(_left(cluster, name)) == 5)  # +Job, 2 pods, Service
     batch.delete_namespaced_job(flow.metadata.name, NS, propagation_policy="Foreground")
-    _until("the JobSet and everything of it to go", lambda: not _left(cluster, name))
+    until("the JobSet and everything of it to go", lambda: not _left(cluster, name))
 
 
 def test_without_the_jobset_controller_submit_says_to_install_it(cluster, s3_store, moto_server):

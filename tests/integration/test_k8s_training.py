@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 
 import pytest
 
 from tests.conftest import digits_config
 from tests.support.k8s import Cluster, Fate, JobController, job_from_requests
+from tests.support.waiting import until
 from visionline.compute import config_key
 from visionline.compute.kubernetes import KubernetesBackend, job_name
 from visionline.data.ingest import ingest
@@ -248,15 +248,8 @@ def test_cancel_deletes_the_job_and_its_pods(cluster, controller, s3_store, moto
     assert ("jobs", job_name(plan.run_id), "Foreground") in cluster.deletions
     # in the foreground: the Job goes once its pod has stopped (the kubelet confirms it)
     batch = client.BatchV1Api(cluster.admin_client())
-    _until(lambda: not batch.list_namespaced_job(NS).items)
+    until("the Job to go", lambda: not batch.list_namespaced_job(NS).items, 10)
     assert not core.list_namespaced_pod(NS, label_selector=selector).items
-
-
-def _until(check, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the time"
-        time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -278,7 +271,7 @@ def test_resubmit_right_after_cancel_waits_for_the_job_to_go(
     )
     first = backend.submit(plan, s3_digits)
     selector = f"batch.kubernetes.io/job-name={name}"
-    _until(lambda: core.list_namespaced_pod(NS, label_selector=selector).items)
+    until("the pod", lambda: core.list_namespaced_pod(NS, label_selector=selector).items, 10)
     old_uid = batch.read_namespaced_job(name, NS).metadata.uid
     first.cancel()
     assert batch.read_namespaced_job(name, NS).metadata.deletion_timestamp is not None
@@ -308,7 +301,7 @@ def test_resubmit_gives_up_on_a_job_stuck_in_deletion(cluster, controller, s3_st
     name = job_name(plan.run_id)
     core = client.CoreV1Api(cluster.admin_client())
     selector = f"batch.kubernetes.io/job-name={name}"
-    _until(lambda: core.list_namespaced_pod(NS, label_selector=selector).items)
+    until("the pod", lambda: core.list_namespaced_pod(NS, label_selector=selector).items, 10)
     handle.cancel()
     backend.deletion_timeout = 1.0
     with pytest.raises(TrainingError) as e:
@@ -335,7 +328,7 @@ def test_multi_node_service_is_collected_with_its_job(cluster, controller, s3_st
     assert (ref.kind, ref.name, ref.uid) == ("Job", name, job.metadata.uid)
     # as `kubectl delete job` does it: the Job at once, its dependents after it
     batch.delete_namespaced_job(name, NS, propagation_policy="Background")
-    _until(lambda: not core.list_namespaced_service(NS).items)
+    until("the Service to go", lambda: not core.list_namespaced_service(NS).items, 10)
 
 
 def test_rbac_refusal_names_verb_resource_namespace_and_role(cluster, s3_store, moto_server):
