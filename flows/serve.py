@@ -12,6 +12,7 @@ import yaml
 from prefect import serve
 
 from flows.monitoring import monitoring
+from flows.rollout import rollout_verdict
 from flows.training_pipeline import training_pipeline
 from flows.tune import tune
 
@@ -20,6 +21,7 @@ FLOWS = {
     "flows/training_pipeline.py:training_pipeline": training_pipeline,
     "flows/monitoring.py:monitoring": monitoring,
     "flows/tune.py:tune": tune,
+    "flows/rollout.py:rollout_verdict": rollout_verdict,
 }
 
 

@@ -19,6 +19,7 @@ EXPECTED = {
     "retrain": (["0 2 * * *"], "flows/training_pipeline.py:training_pipeline"),
     "monitor": (["0 * * * *"], "flows/monitoring.py:monitoring"),
     "tune": ([], "flows/tune.py:tune"),  # on demand: a search is started, not scheduled
+    "rollout": ([], "flows/rollout.py:rollout_verdict"),  # on demand, while a rollout runs
 }
 
 
