@@ -39,7 +39,8 @@ def judge(config: str, workdir: str | None, promote: bool) -> dict[str, Any]:
     if promote and state.get("active") and report["_verdict"].promotable:
         report, result = ro.promote()
         promoted = result.endpoint if result is not None else None
-        state = ro.last()
+        # locally the ended rollout is on record; on Kubernetes nothing of it is left
+        state = ro.last() or {**state, "active": False, "outcome": "promote"}
     text = format_report(report)
     report.pop("_verdict")
     return {"state": state, "report": report, "text": text, "promoted": promoted}
