@@ -9,7 +9,9 @@ A figure may be cited only at the revision that measured it, so each result is m
 
 - ``current``: measured on a clean tree, and no file the benchmark depends on differs
   from that revision (the files are derived from its imports: ``benchmarks.deps``);
-- ``stale``: such a file changed after the measured revision (committed or not);
+- ``stale``: such a file changed after the measured revision (committed or not); a
+  Python file whose syntax tree is unchanged (a formatter's or a comment's change) has
+  not changed anything that runs and does not count;
 - ``dirty``: measured with uncommitted changes to tracked files;
 - ``smoke``: a reduced run that checks the script works, never a figure;
 - ``unknown revision``: the revision is missing or not in this repository;
@@ -86,7 +88,24 @@ def changed_since(repo: Path, revision: str, paths: list[str]) -> list[str] | No
     new = _git(repo, "ls-files", "--others", "--exclude-standard", "--", *paths)
     if diff.returncode or new.returncode:
         return None
-    return sorted(set(diff.stdout.split()) | set(new.stdout.split()))
+    changed = [p for p in diff.stdout.split() if not _same_code(repo, revision, p)]
+    return sorted(set(changed) | set(new.stdout.split()))
+
+
+def _same_code(repo: Path, revision: str, path: str) -> bool:
+    """A Python file whose syntax tree is the one it had at ``revision``: only its
+    layout or comments changed (a formatter's work), so nothing that runs did.
+    Docstrings are in the tree and count; any other file counts by its text."""
+    if not path.endswith(".py") or not (repo / path).is_file():
+        return False
+    old = _git(repo, "show", f"{revision}:{path}")
+    if old.returncode:
+        return False
+    try:
+        before = ast.dump(ast.parse(old.stdout))
+        return before == ast.dump(ast.parse((repo / path).read_text()))
+    except (SyntaxError, ValueError, OSError):
+        return False
 
 
 def status(repo: Path, name: str, result: dict | None) -> Status:

@@ -82,7 +82,7 @@ def test_a_change_to_an_imported_file_flips_the_mark(copy, tmp_path):
     plan = "src/visionline/serving/inference.py"
     assert plan in dependencies(repo, "benchmarks/capture.py")
     assert plan not in dependencies(repo, "benchmarks/ingest.py")
-    changed = commit(repo, plan, (repo / plan).read_text() + "\n# changed\n", "change the plan")
+    changed = commit(repo, plan, (repo / plan).read_text() + "\nCHANGED = 1\n", "change the plan")
 
     out = tmp_path / "README.md"
     after = report(repo, "--out", str(out), results=results)
@@ -104,7 +104,7 @@ def test_a_change_to_an_imported_file_flips_the_mark(copy, tmp_path):
     result(results, "capture", changed)
     sink = repo / "src/visionline/monitoring/capture_sink.py"
     assert report(repo, "--stale", "capture", results=results).stdout.split() == []
-    sink.write_text(sink.read_text() + "\n# edited, not committed\n")
+    sink.write_text(sink.read_text() + "\nEDITED = 1  # not committed\n")
     try:
         assert report(repo, "--stale", "capture", results=results).stdout.split() == ["capture"]
         lines = make_bench(repo, results)
@@ -230,3 +230,25 @@ def test_a_result_is_as_current_as_its_least_current_section(copy, tmp_path):
     # measured again at the new revision, the section is current, and so is the result
     result(results, "accuracy", changed, fashion_mnist=section | {"git_revision": changed})
     assert report(repo, "--stale", "accuracy", results=results).stdout.split() == []
+
+
+def test_a_formatter_or_a_comment_leaves_a_result_current_and_code_does_not(copy, tmp_path):
+    """A Python dependency whose syntax tree is unchanged (layout, comments) changed
+    nothing that runs; a changed statement, or a changed docstring, is a change."""
+    repo, _ = copy
+    rev = git(repo, "rev-parse", "HEAD")  # other tests commit changes to the copy
+    results = tmp_path / "results"
+    results.mkdir()
+    dep = "src/visionline/evaluation/gate.py"
+    assert dep in dependencies(repo, "benchmarks/accuracy.py")
+    result(results, "accuracy", rev, cnn_seeds=[0.99])
+    original = (repo / dep).read_text()
+    layout = original.replace("\n\n\n", "\n\n\n# a comment, as a formatter or a reader adds\n", 1)
+    assert layout != original
+    try:
+        (repo / dep).write_text(layout)
+        assert report(repo, "--stale", "accuracy", results=results).stdout.split() == []
+        (repo / dep).write_text(layout + "\nCHANGED = True\n")
+        assert report(repo, "--stale", "accuracy", results=results).stdout.split() == ["accuracy"]
+    finally:
+        git(repo, "checkout", "--", dep)

@@ -12,7 +12,13 @@ from visionline.model.predictor import FeatureTap, Predictor, penultimate_layer
 from visionline.monitoring.features import describe_batch, feature_dim, make_projection
 from visionline.serving.inference import BUILDERS
 
-WIDTH = {"simple_cnn": 128, "cnn3": 256, "resnet18": 512, "efficientnet_b0": 1280, "mobilenet_v3_small": 1024}
+WIDTH = {
+    "simple_cnn": 128,
+    "cnn3": 256,
+    "resnet18": 512,
+    "efficientnet_b0": 1280,
+    "mobilenet_v3_small": 1024,
+}
 
 
 @pytest.mark.parametrize("arch", list(WIDTH))

@@ -9,7 +9,9 @@ from pydantic import Field, model_validator
 
 from visionline.config.section import Section
 
-Arch = Literal["simple_cnn", "cnn3", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_small"]
+Arch = Literal[
+    "simple_cnn", "cnn3", "resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_small"
+]
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 Scheduler = Literal["none", "cosine", "step", "onecycle", "plateau"]
 
