@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from flows.timing import task
-from visionline.backends import compute_backend, deployer, rollout
+from visionline.backends import compute_backend, deployer, ensure_no_rollout, rollout
 from visionline.compute import cancel_waited_runs
 from visionline.config import PipelineConfig, load_config
 from visionline.data.ingest import ingest as run_ingest
@@ -139,6 +139,7 @@ def deploy(cfg: PipelineConfig, model: ModelRef) -> dict:
         r = cfg.deploy.rollout
         percent = r.shadow_percent if cfg.deploy.mode == "shadow" else r.canary_percent
         return rollout(cfg, store).start(model, cfg.deploy.mode, percent)
+    ensure_no_rollout(cfg, store)
     result = deploy_checked(deployer(cfg, store), store, model)
     return {
         "model": str(model),

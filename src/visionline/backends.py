@@ -11,7 +11,7 @@ from visionline.compute import ComputeBackend
 from visionline.compute.kubernetes import KubernetesBackend
 from visionline.compute.local import LocalBackend
 from visionline.config import PipelineConfig
-from visionline.errors import ConfigError
+from visionline.errors import ConfigError, ServingError
 from visionline.registry import ModelRef
 from visionline.serving.deploy import Deployer
 from visionline.serving.kubernetes import KubernetesDeployer
@@ -63,6 +63,18 @@ def rollout(
     if cfg.deploy.target == "kubernetes":
         return KubernetesRollout(cfg, store)
     return LocalRollout(local_server(cfg, store, workdir), store, cfg.deploy.rollout)
+
+
+def ensure_no_rollout(cfg: PipelineConfig, store: ArtifactStore) -> None:
+    """A plain deploy would drop a challenger from the front and leave it running (and,
+    on Kubernetes, keep the rollout front's mount in the template it records for a
+    rollback, naming a ConfigMap that goes with the challenger)."""
+    state = rollout(cfg, store).state()
+    if state:
+        raise ServingError(
+            f"a {state['mode']} rollout of {state['challenger']} is in progress: "
+            "visionline rollout promote or visionline rollout abort first"
+        )
 
 
 def rollout_manifests(

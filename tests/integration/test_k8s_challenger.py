@@ -19,10 +19,12 @@ import sys
 import pytest
 import yaml
 
+import flows.tasks as flow_tasks
 from tests.conftest import REPO
 from tests.support.k8s import Cluster, DeploymentController
 from tests.support.k8s.rbac import PIPELINE, token
 from visionline.config import load_config
+from visionline.errors import ServingError
 from visionline.registry import ModelRef, Registry
 from visionline.serving.kubernetes import KubernetesDeployer
 from visionline.serving.kubernetes.rollout import KubernetesRollout
@@ -241,16 +243,23 @@ def test_shadow_on_kubernetes_deploys_reports_and_aborts(cluster, setup):
     assert gone.returncode != 0 and "no rollout is in progress on Kubernetes" in gone.stderr
 
 
-def test_canary_promote_is_blocked_without_traffic_and_a_second_rollout_refused(cluster, setup):
+def test_canary_promote_is_blocked_without_traffic_and_a_second_rollout_refused(
+    cluster, setup, monkeypatch
+):
     ro = KubernetesRollout(setup["cfg"], setup["store"], api_client=cluster.api_client())
     state = ro.start(ModelRef("digits", "2"), "canary", 10)
     assert state["mode"] == "canary" and state["champion"] == "digits:1"
-    conf = _get(
-        cluster, "ConfigMap", _front(_get(cluster, "Deployment", CHAMPION)["spec"]["template"])
-    )
+    before = _get(cluster, "Deployment", CHAMPION)
+    conf = _get(cluster, "ConfigMap", _front(before["spec"]["template"]))
     assert "/_visionline_canary$1 last" in conf["data"]["nginx.conf"]
     with pytest.raises(Exception, match="rollout of digits:2 is in progress"):
         ro.start(ModelRef("digits", "2"), "shadow", 50)
+    # nor does the pipeline's deploy step replace the champion under a running rollout
+    monkeypatch.setenv("KUBECONFIG", str(setup["kubeconfig"]))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ServingError, match="rollout of digits:2 is in progress"):
+        flow_tasks.deploy.fn(setup["cfg"], ModelRef("digits", "2"))
+    assert _get(cluster, "Deployment", CHAMPION)["spec"] == before["spec"]
 
     report, result = ro.promote()
     assert result is None  # no request answered: the verdict blocks it

@@ -38,16 +38,6 @@ def deploy_mode(cfg: PipelineConfig, args: argparse.Namespace) -> tuple[str, flo
     return mode, percent
 
 
-def ensure_no_rollout(cfg: PipelineConfig, store: ArtifactStore) -> None:
-    """A plain deploy would drop a challenger from the front and leave it running."""
-    state = rollout(cfg, store).state()
-    if state:
-        raise VisionlineError(
-            f"a {state['mode']} rollout of {state['challenger']} is in progress: "
-            "visionline rollout promote or visionline rollout abort first"
-        )
-
-
 def _watcher(args: argparse.Namespace, workdir: Path, log_dir: Path) -> int:
     """The canary's watchdog as a process of its own, outliving this command."""
     argv = [sys.executable, "-m", "visionline.cli"]

@@ -7,7 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from visionline.backends import deployer, local_server, rollout_manifests, serving_manifests
+from visionline.backends import (
+    deployer,
+    ensure_no_rollout,
+    local_server,
+    rollout_manifests,
+    serving_manifests,
+)
 from visionline.cli.common import (
     MODEL_HELP,
     Command,
@@ -19,7 +25,7 @@ from visionline.cli.common import (
     target_flag,
     with_target,
 )
-from visionline.cli.rollout import deploy_mode, ensure_no_rollout, start_rollout
+from visionline.cli.rollout import deploy_mode, start_rollout
 from visionline.config import PipelineConfig
 from visionline.errors import EXIT_FAILED, EXIT_USAGE, VisionlineError
 from visionline.registry import ModelRef, Registry

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from visionline.errors import ServingError
+from visionline.errors import ConfigError, ServingError
 from visionline.kube import (
     KubeAccess,
     KubernetesApiError,
@@ -77,7 +77,13 @@ class KubernetesRollout(KubeAccess):
         self.rcfg = cfg.deploy.rollout
         self.store = store
         self._client = api_client
-        self.kc = challenger_config(cfg).deploy.kubernetes
+
+    @cached_property
+    def kc(self) -> Any:
+        """The challenger's names; computed when first needed, so that a plain deploy
+        asking whether a rollout runs is not refused for names only a challenger's
+        suffix would make too long."""
+        return challenger_config(self.cfg).deploy.kubernetes
 
     @cached_property
     def champion(self) -> KubernetesDeployer:
@@ -136,7 +142,11 @@ class KubernetesRollout(KubeAccess):
     # -- state --------------------------------------------------------------------------
     def state(self) -> dict[str, Any] | None:
         """The rollout in progress (the challenger's Deployment), or None."""
-        d = self.challenger._read()
+        try:
+            challenger = self.challenger
+        except ConfigError:
+            return None  # names too long for a challenger: none can have been created
+        d = challenger._read()
         state = rollout_state(d)
         if state is not None and d is not None:
             state["started"] = d["metadata"].get("creationTimestamp")

@@ -9,6 +9,7 @@ import time
 from typing import Any, Protocol
 
 from visionline.config import RolloutConfig
+from visionline.kube import KubernetesApiError
 from visionline.serving.rollout.evidence import sides
 from visionline.serving.rollout.local import margins
 from visionline.serving.rollout.verdict import health_checks
@@ -49,15 +50,40 @@ def check_once(rollout: Watched) -> str | None:
     return reason
 
 
+# Consecutive failed checks a watchdog rides out before it gives up: one API server
+# hiccup (a 5xx, a timeout, a 429) must not leave a canary unwatched.
+MAX_TRANSIENT = 10
+
+
+def transient(e: Exception) -> bool:
+    """An error a later check may not meet: the API server's 429 or 5xx, a connection
+    that failed (no status), a local log that could not be read. A refusal (403) or a
+    missing object (404) is an answer, not a hiccup."""
+    if isinstance(e, KubernetesApiError):
+        return e.status is None or e.status == 429 or e.status >= 500
+    return isinstance(e, OSError)
+
+
 def watch(rollout: Watched, interval_s: float, timeout_s: float | None = None) -> str | None:
     """Check every ``interval_s`` until the rollout ends (rolled back here, promoted or
-    aborted elsewhere) or ``timeout_s`` passes; the rollback reason, if it was one."""
+    aborted elsewhere) or ``timeout_s`` passes; the rollback reason, if it was one.
+    Up to ``MAX_TRANSIENT`` transient errors in a row are logged and ridden out."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while rollout.state() is not None:
-        reason = check_once(rollout)
+    failures = 0
+    while True:
+        try:
+            if rollout.state() is None:
+                return None
+            reason = check_once(rollout)
+            failures = 0
+        except (KubernetesApiError, OSError) as e:
+            failures += 1
+            if not transient(e) or failures > MAX_TRANSIENT:
+                raise
+            log.warning("watch: check %d failed, trying again: %s", failures, e)
+            reason = None
         if reason:
             return reason
         if deadline is not None and time.monotonic() > deadline:
             return None
         time.sleep(interval_s)
-    return None

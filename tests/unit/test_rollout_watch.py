@@ -1,0 +1,73 @@
+"""The canary's watchdog rides out the API server's hiccups and stops on its answers;
+a rollout on Kubernetes whose names are too long for a challenger has none."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import REPO
+from visionline.config import RolloutConfig, load_config
+from visionline.kube import KubernetesApiError, KubernetesPermissionError
+from visionline.serving.kubernetes.rollout import KubernetesRollout
+from visionline.serving.rollout import watch as watchdog
+from visionline.storage import LocalStore
+
+
+def _records(side: str, n: int, status: int) -> list[dict]:
+    return [
+        {"id": f"{side}-{i}", "side": side, "status": status, "request_time": 0.01}
+        for i in range(n)
+    ]
+
+
+class FlakyCanary:
+    """A canary whose challenger answers every request with a 500, read through an
+    API that fails ``errors`` times in a row first (each with ``status``)."""
+
+    def __init__(self, errors: int, status: int | None) -> None:
+        self.rcfg = RolloutConfig(min_requests=10)
+        self.errors, self.status = errors, status
+        self.ended: list[tuple[str, str]] = []
+
+    def state(self) -> dict | None:
+        return None if self.ended else {"mode": "canary", "challenger": "digits:2"}
+
+    def records(self, state: dict) -> list[dict]:
+        if self.errors:
+            self.errors -= 1
+            raise KubernetesApiError("list pods: the server is busy", self.status)
+        return _records("champion", 20, 200) + _records("challenger", 20, 500)
+
+    def end(self, action: str, reason: str = "") -> dict:
+        self.ended.append((action, reason))
+        return {}
+
+
+@pytest.mark.parametrize("status", [None, 429, 503])
+def test_transient_errors_are_ridden_out_and_the_canary_still_rolled_back(status):
+    canary = FlakyCanary(errors=3, status=status)
+    reason = watchdog.watch(canary, interval_s=0)
+    assert reason and reason.startswith("errors: error rate 100.00%")
+    assert canary.ended == [("rollback", reason)]
+
+
+def test_a_refusal_or_too_many_failures_stop_the_watch():
+    with pytest.raises(KubernetesPermissionError):
+        canary = FlakyCanary(errors=1, status=403)
+        canary.records = lambda state: (_ for _ in ()).throw(
+            KubernetesPermissionError("get pods/log: forbidden", 403)
+        )
+        watchdog.watch(canary, interval_s=0)
+    endless = FlakyCanary(errors=watchdog.MAX_TRANSIENT + 1, status=503)
+    with pytest.raises(KubernetesApiError, match="busy"):
+        watchdog.watch(endless, interval_s=0)
+    assert endless.ended == []
+
+
+def test_names_too_long_for_a_challenger_mean_no_rollout(tmp_path):
+    """A plain deploy asks whether a rollout runs; a champion whose name leaves no room
+    for the challenger's suffix has none, and is not refused for it."""
+    cfg = load_config(REPO / "configs" / "digits.yaml").with_overrides(
+        **{"deploy.target": "kubernetes", "deploy.kubernetes.deployment": "d" * 60}
+    )
+    assert KubernetesRollout(cfg, LocalStore(tmp_path / "store")).state() is None
