@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -23,6 +24,7 @@ import flows.tasks as flow_tasks
 from tests.conftest import REPO
 from tests.support.k8s import Cluster, DeploymentController
 from tests.support.k8s.rbac import PIPELINE, token
+from tests.support.waiting import until
 from visionline.config import load_config
 from visionline.errors import ServingError
 from visionline.registry import ModelRef, Registry
@@ -324,3 +326,39 @@ def test_the_canary_watchdog_rolls_back_on_the_fronts_logs(cluster, setup):
     assert ro.state() is None and _get(cluster, "Deployment", CHALLENGER) is None
     assert _front(_get(cluster, "Deployment", CHAMPION)["spec"]["template"]) is None
     assert not cluster.forbidden
+
+
+def test_the_challenger_outlives_the_last_old_front_still_draining(cluster, setup):
+    """An abort puts the plain front back, but an old pod in its preStop drain still
+    answers and still sends the challenger its share: the challenger's Deployment and
+    Service stay until that pod is gone."""
+    import threading
+
+    from kubernetes import client
+
+    ro = KubernetesRollout(setup["cfg"], setup["store"], api_client=cluster.api_client())
+    ro.start(ModelRef("digits", "2"), "shadow", 50)
+    rollout_template = _get(cluster, "Deployment", CHAMPION)["spec"]["template"]
+    assert _front(rollout_template)
+    draining = f"{CHAMPION}-old-draining"
+    plain_front_back = ro._set_front
+
+    def set_front_then_one_old_pod_drains(change) -> None:
+        plain_front_back(change)
+        _champion_pod(cluster, rollout_template, draining)  # the ReplicaSet's last old pod
+
+    ro._set_front = set_front_then_one_old_pod_drains
+    ended = threading.Thread(target=ro.end, args=("abort", "test"))
+    ended.start()
+    until(
+        "the plain front",
+        lambda: not _front(_get(cluster, "Deployment", CHAMPION)["spec"]["template"]),
+    )
+    time.sleep(1.0)
+    assert _get(cluster, "Deployment", CHALLENGER) is not None  # still sent to: kept
+    assert _get(cluster, "Service", CHALLENGER) is not None
+    client.CoreV1Api(cluster.admin_client()).delete_namespaced_pod(draining, NS)
+    ended.join(timeout=30)
+    assert not ended.is_alive()
+    assert _get(cluster, "Deployment", CHALLENGER) is None
+    assert not cluster.forbidden and not cluster.rejected

@@ -16,6 +16,7 @@ in it, and the report says how many pods it read.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -224,6 +225,7 @@ class KubernetesRollout(KubeAccess):
                 f"{self.k.namespace} rollout status deployment/{self.k.deployment}, then "
                 "visionline rollout abort again"
             ) from e
+        self._wait_rollout_fronts_gone()
         try:
             with self._call("delete", "deployments"):
                 self.apps.delete_namespaced_deployment(
@@ -252,6 +254,30 @@ class KubernetesRollout(KubeAccess):
             f"no rollout is in progress on Kubernetes (no Deployment "
             f"{self.k.namespace}/{self.kc.deployment})"
         )
+
+    def _rollout_front_pods(self) -> list[str]:
+        """Champion pods, terminating ones included, whose front still sends to the
+        challenger (a rolled-out Deployment's status counts no terminating pod)."""
+        selector = ",".join(f"{k}={v}" for k, v in selector_labels(self.k).items())
+        with self._call("list", "pods"):
+            items = self.core.list_namespaced_pod(self.k.namespace, label_selector=selector)
+        pods = as_dict(self.client, items).get("items") or []
+        return [p["metadata"]["name"] for p in pods if front_of({"spec": p.get("spec") or {}})]
+
+    def _wait_rollout_fronts_gone(self) -> None:
+        """Until the last old front has drained: it keeps answering (and sending the
+        challenger its share) through its preStop drain, and the challenger's Service
+        must outlive it. Bounded by the grace period; after it the kubelet kills them."""
+        limit = self.k.termination_grace_period_seconds + 30
+        deadline = time.monotonic() + limit
+        while (left := self._rollout_front_pods()) and time.monotonic() < deadline:
+            time.sleep(self.k.poll_seconds)
+        if left:
+            log.warning(
+                "pods %s still run the rollout front after %d s; removing the challenger",
+                ", ".join(left),
+                limit,
+            )
 
     # -- the verdict --------------------------------------------------------------------
     def _front_logs(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
