@@ -239,8 +239,17 @@ def _latest_artifacts() -> dict:
     return asyncio.run(read())
 
 
+@pytest.fixture
+def champion_restored(packaged_digits):
+    """The session's packaged digits stays the champion for the tests after this one
+    (the test_serving server serves whatever the registry's champion is)."""
+    store, ref, _ = packaged_digits
+    yield
+    Registry(store, ref.name).promote(ref.version, "test_rollout: the session's champion back")
+
+
 def test_an_equal_challenger_is_promoted_by_the_flow_once_labels_show_it(
-    packaged_digits, digits_dir, tmp_path, prefect_api
+    packaged_digits, digits_dir, tmp_path, prefect_api, champion_restored
 ):
     store, ref, _ = packaged_digits
     challenger = register_variant(store, ref, fault(), tmp_path / "variant")  # no fault
