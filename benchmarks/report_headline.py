@@ -206,18 +206,32 @@ def _train_gpu(r: dict) -> list[Row]:
     ]
 
 
+def _test_acc(t: Any) -> str:
+    """``acc [low, high]`` of a test figure as tune.py writes it."""
+    if not isinstance(t, dict) or "accuracy" not in t:
+        return NONE
+    low, high = t.get("interval_95") or (None, None)
+    return f"{_num(t.get('accuracy'), 4)} [{_num(low, 4)}, {_num(high, 4)}]"
+
+
 def _tune(r: dict) -> list[Row]:
+    data = f"{r.get('dataset', 'digits')}, {r.get('train_per_class', 'all')} per class"
+    best = r.get("best_test") or {}
+    versus = best.get("vs_default") or {}
+    orders = r.get("pruning_speedup_per_order")
     return [
         (
-            "search: best / default val accuracy",
+            f"search ({data}): best trial / default, test accuracy",
             "best above default",
-            f"{_num(r.get('best_val_accuracy'), 4)} / {_num(r.get('default_val_accuracy'), 4)}",
-            "the default config's own run",
+            f"{_test_acc(best)} / {_test_acc(r.get('default_test'))}",
+            f"the default config's own run (val {_num(r.get('best_val_accuracy'), 4)} / "
+            f"{_num(r.get('default_val_accuracy'), 4)}; McNemar p {_num(versus.get('p'))})",
         ),
         (
             "pruning speed-up (same trials)",
             "> 1",
-            _num(r.get("pruning_speedup")),
+            _num(r.get("pruning_speedup"))
+            + (f" (the lowest; per order {', '.join(map(_num, orders))})" if orders else ""),
             "the same trials without pruning",
         ),
     ]

