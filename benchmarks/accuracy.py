@@ -28,7 +28,7 @@ section with the revision it was measured at (``benchmarks/report.py`` marks the
 result by the least current).
 
     python benchmarks/accuracy.py [--seeds 5] [--epochs 15] [--cv-folds 5]
-    python benchmarks/accuracy.py --datasets fashion-mnist [--fmnist-seeds 3] [--fmnist-epochs 12]
+    python benchmarks/accuracy.py --datasets fashion-mnist [--fmnist-seeds 3] [--fmnist-epochs 10]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def parse_args() -> tuple[argparse.Namespace, tuple, tuple, int | None]:
     ap.add_argument("--fashion-mnist", default=str(REPO / fashion_mnist.CACHED_TARBALL))
     ap.add_argument("--checksums", help="a JSON map of file name -> SHA-256 (test sources)")
     ap.add_argument("--fmnist-seeds", type=int, default=3)
-    ap.add_argument("--fmnist-epochs", type=int, default=12)
+    ap.add_argument("--fmnist-epochs", type=int, default=10)
     add_common_args(ap)
     args = ap.parse_args()
     c_grid, gamma_factors = C_GRID, GAMMA_FACTORS
