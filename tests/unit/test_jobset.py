@@ -13,25 +13,12 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from tests.conftest import REPO
 from tests.support.k8s import validate
+from tests.support.k8s.job_config import RUN, STORE, URI
+from tests.support.k8s.job_config import kube_config as _cfg
 from tests.support.k8s.jobset_crd import JOBSET_SCHEMA, validate_jobset
 from visionline.compute.kubernetes import build_manifests
 from visionline.compute.kubernetes.jobset import build_jobset, jobset_name, rendezvous_host
-from visionline.config import load_config
-
-RUN = "digits-cnn-0123456789ab-deadbeef"
-URI = "s3://bucket/artifacts/configs/abc.yaml"
-STORE = "s3://bucket/artifacts"
-
-
-def _cfg(**kube):
-    cfg = load_config(REPO / "configs" / "digits.yaml")
-    return cfg.with_overrides(
-        store=STORE,
-        **{"compute.backend": "kubernetes"},
-        **{f"compute.kubernetes.{k}": v for k, v in kube.items()},
-    )
 
 
 @pytest.mark.parametrize("queue", [None, "gpu-queue"])

@@ -7,24 +7,11 @@ import json
 
 import pytest
 
-from tests.conftest import REPO
 from tests.support.k8s import validate
+from tests.support.k8s.job_config import RUN, STORE, URI
+from tests.support.k8s.job_config import kube_config as _cfg
 from visionline.compute.kubernetes import build_manifests, job_name, pod_problem
-from visionline.config import load_config
 from visionline.errors import EXIT_CONFIG_ERROR, ConfigError
-
-RUN = "digits-cnn-0123456789ab-deadbeef"
-URI = "s3://bucket/artifacts/configs/abc.yaml"
-STORE = "s3://bucket/artifacts"
-
-
-def _cfg(**kube):
-    cfg = load_config(REPO / "configs" / "digits.yaml")
-    return cfg.with_overrides(
-        store=STORE,
-        **{"compute.backend": "kubernetes"},
-        **{f"compute.kubernetes.{k}": v for k, v in kube.items()},
-    )
 
 
 def _container(job):
