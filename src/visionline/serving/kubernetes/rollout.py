@@ -256,8 +256,9 @@ class KubernetesRollout(KubeAccess):
         )
 
     def _rollout_front_pods(self) -> list[str]:
-        """Champion pods, terminating ones included, whose front still sends to the
-        challenger (a rolled-out Deployment's status counts no terminating pod)."""
+        """Champion pods, terminating ones included, that run the rollout front: they
+        send the challenger its share and log the rollout's requests (a rolled-out
+        Deployment's status counts no terminating pod)."""
         selector = ",".join(f"{k}={v}" for k, v in selector_labels(self.k).items())
         with self._call("list", "pods"):
             items = self.core.list_namespaced_pod(self.k.namespace, label_selector=selector)
@@ -283,16 +284,9 @@ class KubernetesRollout(KubeAccess):
     def _front_logs(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The rollout's request log from the front containers of the champion pods that
         run the rollout front, and where it came from."""
-        selector = ",".join(f"{k}={v}" for k, v in selector_labels(self.k).items())
-        with self._call("list", "pods"):
-            items = self.core.list_namespaced_pod(self.k.namespace, label_selector=selector)
-        pods = as_dict(self.client, items).get("items") or []
         records: list[dict[str, Any]] = []
         read, unread = [], {}
-        for pod in pods:
-            name = pod["metadata"]["name"]
-            if not front_of({"spec": pod.get("spec") or {}}):
-                continue  # a pod of the champion's plain front: it logs no rollout line
+        for name in self._rollout_front_pods():  # a plain front logs no rollout line
             try:
                 with self._call("get", "pods/log"):
                     resp = self.core.read_namespaced_pod_log(
