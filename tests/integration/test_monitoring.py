@@ -359,6 +359,38 @@ def test_serving_goes_on_while_the_capture_store_is_unreachable(env, tmp_path, m
             server.stop()
 
 
+def test_records_a_worker_holds_when_its_server_stops_are_written(env, tmp_path):
+    """TorchServe ends its workers with SIGKILL; a worker still holding records (up to a
+    flush interval of them: here far longer than the test) lost them all at every stop,
+    scale-down and rollout. Stopping sends the workers SIGTERM first, as tini -g does in
+    the pod, and the capture sink writes what it holds before the worker exits."""
+    from tests.support.ports import serve_ports
+    from visionline.serving.packaging import build_mar
+    from visionline.serving.torchserve import ServedModel, TorchServe
+
+    captures = LocalStore(tmp_path / "captures")
+    cfg = env["cfg"].with_overrides(
+        **{
+            "monitor.store": captures.uri,
+            "monitor.sample_rate": 1.0,
+            "monitor.flush_interval_s": 3600.0,
+        },
+        **serve_ports(),
+    )
+    mar = build_mar(env["store"], "champ", "digits", "1", cfg, tmp_path / "mar")
+    server = TorchServe(tmp_path / "ts", cfg.serve)
+    try:
+        server.start([ServedModel("digits", "digits.mar", 4, 5, 1)], {"digits": mar})
+        url = f"{server.endpoints.inference}/predictions/digits"
+        headers = {"Authorization": f"Bearer {server.tokens()['inference']}"}
+        for _, png in list(env["test"].values())[:24]:
+            assert requests.post(url, data=png, headers=headers, timeout=30).ok
+        assert read_captures(captures, "digits", "1").empty  # all of them still queued
+    finally:
+        server.stop()
+    assert len(read_captures(captures, "digits", "1")) == 24
+
+
 @pytest.mark.slow
 def test_monitoring_flow_reports_and_starts_retrain_after_n_drifted_windows(
     prefect_api, env, captured, tmp_path

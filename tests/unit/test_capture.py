@@ -184,3 +184,53 @@ def test_the_serving_environment_overrides_every_capture_setting():
     ):
         with pytest.raises(ValueError, match=msg):
             s.with_environment(bad)
+
+
+SIGTERM_CHILD = """
+import os, signal, sys, time
+from datetime import UTC, datetime
+sys.path[:0] = {paths!r}
+from tests.unit.test_capture import _record
+from visionline.monitoring.capture_sink import CaptureSink, close_on_sigterm
+from visionline.storage import LocalStore
+
+sink = CaptureSink(LocalStore({root!r}), "captures/m/1", flush_records=1000, flush_interval_s=600)
+if {chained!r}:
+    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(7))
+assert close_on_sigterm(sink)
+for i in range(30):
+    sink.offer(_record(i, datetime.now(UTC)))
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)  # never reached: the signal ends the process once the records are written
+"""
+
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_sigterm_writes_the_queued_records_then_ends_the_process(tmp_path, chained):
+    """A stopping serving worker gets SIGTERM (tini -g in the pod, TorchServe.stop here);
+    by default Python dies at once and the queue, up to a flush interval of records, is
+    lost. The records must land, and the process must still end as the signal (or the
+    handler installed before) says."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    paths = [str(REPO), str(REPO / "src")]
+    code = SIGTERM_CHILD.format(paths=paths, root=str(tmp_path), chained=chained)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == (7 if chained else -signal.SIGTERM), proc.stderr
+    assert len(read_captures(LocalStore(tmp_path), "m", "1")) == 30
+
+
+def test_no_handler_is_installed_off_the_main_thread(tmp_path):
+    from visionline.monitoring.capture_sink import close_on_sigterm
+
+    sink = CaptureSink(LocalStore(tmp_path), "captures/m/1", flush_interval_s=600)
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(close_on_sigterm(sink)))
+    t.start()
+    t.join()
+    sink.close()
+    assert result == [False]

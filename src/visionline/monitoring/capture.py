@@ -35,7 +35,7 @@ from visionline.monitoring.capture_settings import (
     CaptureSettings,
     capture_prefix,
 )
-from visionline.monitoring.capture_sink import CaptureSink, open_capture_store
+from visionline.monitoring.capture_sink import CaptureSink, close_on_sigterm, open_capture_store
 from visionline.monitoring.features import describe_batch
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class RequestCapture:
                 settings.flush_interval_s,
                 int(settings.max_queue_mb * 1024 * 1024),
             )
+            close_on_sigterm(sink)
             log.info(
                 "capture on: %.1f%% of requests to %s/%s (images %s)",
                 100 * settings.sample_rate,

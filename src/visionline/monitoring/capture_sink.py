@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +53,30 @@ def open_capture_store(uri: str) -> ArtifactStore:
 
 
 _WAKE = object()
+
+
+def close_on_sigterm(sink: CaptureSink, timeout: float = 5.0) -> bool:
+    """Write what ``sink`` holds before SIGTERM ends this process, then end it as the
+    signal would have (or as the handler installed before this one does).
+
+    A stopping worker otherwise loses every record still queued, up to a flush interval
+    of them: in the pod, tini (``-g``) sends SIGTERM to the JVM and the workers alike
+    and Python's default action exits at once, skipping ``atexit``. Only the main
+    thread may install a handler: elsewhere this does nothing and returns False."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        sink.close(timeout)
+        if callable(previous):
+            previous(signum, frame)
+            return
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return True
 
 
 class CaptureSink:

@@ -12,11 +12,13 @@ the pid file and the workers' sockets: two servers on one host do not collide.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import ipaddress
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -391,6 +393,9 @@ class TorchServe:
         if not self._pid_file.exists():
             return
         procs = self._process_tree()
+        for worker in procs[1:]:  # as tini -g does in the pod: they write what they hold
+            with contextlib.suppress(psutil.Error):
+                worker.send_signal(signal.SIGTERM)
         proc = subprocess.run(
             [*self._torchserve(), "--stop"],
             cwd=self.workdir,
