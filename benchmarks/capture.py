@@ -11,9 +11,12 @@ restart picks another.
 
 Each arm of a round starts its own server (pinned: server on its cores, load generator
 on another, as ``benchmarks/serve.py`` pins them), warms it up, sends the round's load,
-and for the capturing arm waits until every record is written (the count in the store
-stops growing) before it stops the server: no capture work of one arm runs during the
-other, and records are counted per round. The arms run in random order within a round;
+and stops it; a stopping worker writes every record it still holds before it exits
+(the server's stop waits for that), so no capture work of one arm runs during the
+other, and the records of a round are counted once its server is gone: exactly, with no
+guess at when the writes have ended. (Counting while the server ran, once the count had
+stopped growing for two flush intervals, could stop early on a loaded machine; and
+before the workers wrote on SIGTERM, whatever they held at the stop was lost.) The arms run in random order within a round;
 the figure is the paired per-round ratio (median, and the geometric mean with a 95%
 interval). Rounds go on past ``--rounds`` until that interval is narrower than
 ``--ci-width`` or ``--max-rounds`` is reached (``interval_reached`` says which).
@@ -43,7 +46,6 @@ import random
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--flush-interval-s",
         type=float,
         default=2.0,
-        help="monitor.flush_interval_s of the capturing archive (the wait after each arm)",
+        help="monitor.flush_interval_s of the capturing archive",
     )
     ap.add_argument("--no-pin", action="store_true", help="do not pin client and server cores")
     ap.add_argument("--seed", type=int, default=0)
@@ -204,18 +206,10 @@ def fix_plan(arms: Arms, store: LocalStore) -> None:
     print(f"capture: both arms serve with cpu_inference {arms.plan}", flush=True)
 
 
-def wait_until_written(arms: Arms, since: datetime) -> int:
-    """Records since ``since``, once the count has not grown for two flush intervals."""
-    quiet_for = 2 * arms.args.flush_interval_s + 1.0
-    deadline = time.monotonic() + max(60.0, 6 * quiet_for)
-    count, changed = -1, time.monotonic()
-    while True:
-        n = len(read_captures(arms.captures, "bench", "1", since, None, columns=["time"]))
-        if n != count:
-            count, changed = n, time.monotonic()
-        if time.monotonic() - changed >= quiet_for or time.monotonic() > deadline:
-            return count
-        time.sleep(0.5)
+def written_since(arms: Arms, since: datetime) -> int:
+    """Records written since ``since``. Called once the server has stopped: a stopping
+    worker writes what it still holds before it exits, so nothing is left to come."""
+    return len(read_captures(arms.captures, "bench", "1", since, None, columns=["time"]))
 
 
 def run_arm(arms: Arms, arm: str, r: int) -> None:
@@ -230,15 +224,14 @@ def run_arm(arms: Arms, arm: str, r: int) -> None:
         res = load(url, token, arms.images, arms.args.concurrency, arms.per_client)
         arms.rates[arm].append(res["requests_per_s"])
         arms.latencies[arm] += res["latencies_ms"]
-        if arm == "on":
-            arms.captured.append(wait_until_written(arms, since))
-            arms.sent.append(arms.per_client * arms.args.concurrency)
     except Exception:
         print_log(server, arm)
         raise
     finally:
         server.stop()
     if arm == "on":
+        arms.captured.append(written_since(arms, since))
+        arms.sent.append(arms.per_client * arms.args.concurrency)
         arms.worker = add_counts(arms.worker, worker_log_counts(workdir / "logs" / "model_log.log"))
     shutil.rmtree(workdir, ignore_errors=True)
 
