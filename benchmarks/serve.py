@@ -46,12 +46,17 @@ reported only when at least 10 requests lie beyond it.
 
 Inputs: ``photo``, 640x480 JPEGs with photo-like content (about 60-100 KB), and
 ``small``, 320x320 JPEGs of drawn shapes. Defaults (what ``make bench`` runs): photo
-inputs, batch 8, 1, 8 and 32 clients, 3 runs of 2 rounds, then the open loop: about
-15 minutes on 2 cores (an estimate from the per-request rates of the last full run and
-the smoke run's set-up times, not yet timed end to end). ``--smoke`` runs 1 run of 2
+inputs, batch 8, 1, 8 and 32 clients, 3 runs of 2 rounds (at least 40 requests per arm
+per round), then the open loop. On 2 cores that is about 15 minutes: per run about 45 s
+to start the servers, 40 s of one-at-a-time loads, 100 s of rounds; the open loop about
+280 s (2 arms x 2 rates x 1,000 requests at 13-21/s). An estimate from the last full
+run's per-request rates and the smoke run's set-up times, not timed end to end. The
+compiled arm's graphs are kept in inductor's cache (``.visionline/cache/inductor``):
+the first run on a machine compiles two or three graphs (from the third batch size on,
+one graph serves any size), 20-60 s each on one busy core, a few minutes more, once. ``--smoke`` runs 1 run of 2
 tiny rounds at batch 2 and 50 open-loop requests, and is marked ``"smoke": true``.
 
-    python benchmarks/serve.py [--runs 3] [--rounds 2] [--min-requests-per-round 48]
+    python benchmarks/serve.py [--runs 3] [--rounds 2] [--min-requests-per-round 40]
                                [--inputs photo] [--batch-sizes 8] [--concurrency 1,8,32]
                                [--open-loop-requests 1000]
                                [--open-loop-arms visionline,stock_eager] [--no-pin]
@@ -104,6 +109,9 @@ ARMS = {
 TORCHSERVE_MODELS = ["ours", "ours_eager", "stock", "stock_compiled"]
 BATCH_DELAY_MS = 10
 COMPILE_TIMEOUT_S = 600  # the compiled worker's first batches compile before answering
+# inductor's cache for the compiled arm's workers (they inherit the environment): kept
+# between runs and between invocations, as a deployment that restarts keeps it
+INDUCTOR_CACHE = Path(__file__).resolve().parents[1] / ".visionline" / "cache" / "inductor"
 
 
 @dataclass
@@ -131,7 +139,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="independent runs, own servers each")
     ap.add_argument("--rounds", type=int, default=2, help="paired rounds per point per run")
-    ap.add_argument("--min-requests-per-round", type=int, default=48)
+    ap.add_argument("--min-requests-per-round", type=int, default=40)
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--inputs", default="photo")
     ap.add_argument("--batch-sizes", default="8")
@@ -191,6 +199,10 @@ def start_servers(
         ]
         server.start(served, arch.mars)
         lit.start()
+    except BaseException:
+        lit.stop()
+        server.stop(quiet=True)
+        raise
     finally:
         if pin.on:
             os.sched_setaffinity(0, pin.client)
@@ -362,6 +374,7 @@ def measure(
 def main() -> None:
     started = time.perf_counter()
     args = parse_args()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE))
     inputs = make_inputs(args.inputs.split(","))
     rng = random.Random(args.seed)
     pin = Pinning.of(args.no_pin)

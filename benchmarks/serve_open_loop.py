@@ -71,7 +71,7 @@ def open_loop(
     return {
         "arrivals": "poisson",
         "offered_per_s": round(rate, 2),
-        "scheduled_per_s": round(n / schedule[-1], 2) if schedule[-1] > 0 else None,
+        "scheduled_per_s": round((n - 1) / schedule[-1], 2) if schedule[-1] > 0 else None,
         "achieved_per_s": round(len(done) / wall, 2),
         "send_lag_s": round(sent_s - schedule[-1], 3),
         "failed": len(errors),

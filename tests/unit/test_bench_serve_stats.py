@@ -7,6 +7,9 @@ from __future__ import annotations
 import itertools
 import random
 import statistics
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -200,3 +203,45 @@ def test_serve_json_figures_and_headline_from_runs(tmp_path) -> None:
     assert first[2].startswith("0.9 (median 1.15; per-run medians 1.2, 1.12; 8 pairs)")
     assert "p99 400 ms" in rows["open loop visionline: latency at 50% / 80% of capacity"][2]
     assert save(draw_serve, r, "current", tmp_path / "serve.png") is not None
+
+
+class _Slow(BaseHTTPRequestHandler):
+    """Answers every 5th request with a 500, the others after 5 ms."""
+
+    count = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).count += 1
+        status = 500 if type(self).count % 5 == 0 else 200
+        time.sleep(0.005)
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_open_loop_against_a_real_server() -> None:
+    from benchmarks.serve_open_loop import open_loop
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/predictions/x"
+        t = time.perf_counter()
+        got = open_loop(url, "token", [b"jpeg"], 100.0, 200, random.Random(3))
+        wall = time.perf_counter() - t
+    finally:
+        server.shutdown()
+    assert got["failed"] == 40 and len(got["first_errors"]) == 3
+    assert got["n"] == 160  # latencies of the answered requests only
+    assert got["p50_ms"] >= 5.0  # from the scheduled send time: at least the server's 5 ms
+    assert got["arrivals"] == "poisson" and got["offered_per_s"] == 100.0
+    # the schedule sets the pace: its last send is about 2 s in (199 gaps of 10 ms on
+    # average, sd 0.14 s), so the run cannot end sooner, whatever the server's speed
+    last_send = 199 / got["scheduled_per_s"]
+    assert 1.5 < last_send < 2.5
+    assert last_send <= wall < last_send + 15
