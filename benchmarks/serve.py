@@ -53,8 +53,9 @@ to start the servers, 40 s of one-at-a-time loads, 100 s of rounds; the open loo
 run's per-request rates and the smoke run's set-up times, not timed end to end. The
 compiled arm's graphs are kept in inductor's cache (``.visionline/cache/inductor``):
 the first run on a machine compiles two or three graphs (from the third batch size on,
-one graph serves any size), 20-60 s each on one busy core, a few minutes more, once. ``--smoke`` runs 1 run of 2
-tiny rounds at batch 2 and 50 open-loop requests, and is marked ``"smoke": true``.
+one graph serves any size), 20-60 s each on one busy core, a few minutes more, once. ``--smoke`` runs 1 run (or
+``--runs``) of 2 tiny rounds at batch 2 and 50 open-loop requests; it, and any run with
+fewer than 3 runs, 2 rounds or 1,000 open-loop requests, is marked ``"smoke": true``.
 
     python benchmarks/serve.py [--runs 3] [--rounds 2] [--min-requests-per-round 40]
                                [--inputs photo] [--batch-sizes 8] [--concurrency 1,8,32]
@@ -137,7 +138,9 @@ class Ceilings:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=3, help="independent runs, own servers each")
+    ap.add_argument(
+        "--runs", type=int, default=None, help="independent runs, own servers each (3; smoke 1)"
+    )
     ap.add_argument("--rounds", type=int, default=2, help="paired rounds per point per run")
     ap.add_argument("--min-requests-per-round", type=int, default=40)
     ap.add_argument("--requests-per-client", type=int, default=2)
@@ -151,8 +154,10 @@ def parse_args() -> argparse.Namespace:
     add_common_args(ap)
     args = ap.parse_args()
     if args.smoke:
-        args.runs, args.rounds, args.min_requests_per_round = 1, 2, 4
+        args.runs = args.runs or 1
+        args.rounds, args.min_requests_per_round = 2, 4
         args.batch_sizes, args.concurrency, args.open_loop_requests = "2", "1,2", 50
+    args.runs = args.runs or 3
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.open_loop_arms = [a for a in args.open_loop_arms.split(",") if a]
@@ -389,7 +394,10 @@ def main() -> None:
     runs, opened = measure(args, inputs, pin, rng)
     result = figures(args, inputs, pin, preprocess_ms, runs, opened, BATCH_DELAY_MS)
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    write_result("serve", result, args.results_dir, smoke=args.smoke)
+    # fewer runs, rounds or open-loop requests than #21 asks: not a figure to cite
+    reduced = args.runs < 3 or args.rounds < 2 or args.open_loop_requests < 1000
+    result["reduced_run"] = reduced
+    write_result("serve", result, args.results_dir, smoke=args.smoke or reduced)
     print(json.dumps({k: result[k] for k in ("paired_min_over_pairs", "wall_s")}))
 
 
