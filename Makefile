@@ -23,7 +23,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
 .PHONY: system-deps install tools lock demo test test-fast lint lint-k8s format bench bench-tune \
-	bench-gpu fashion-mnist ui clean
+	bench-gpu fashion-mnist litserve-venv ui clean
 
 install: $(STAMP)
 
@@ -35,6 +35,18 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 tools: $(TOOLS_STAMP)
+
+# LitServe, a baseline of the serve benchmark, pins a web stack of its own: a venv apart,
+# with the torch and torchvision that .venv serves with (pip takes them from the index).
+LITSERVE_VENV  ?= .litserve-venv
+LITSERVE_STAMP := $(LITSERVE_VENV)/.installed
+
+litserve-venv: $(LITSERVE_STAMP)
+
+$(LITSERVE_STAMP): benchmarks/litserve-requirements.txt constraints.txt
+	$(PYTHON) -m venv $(LITSERVE_VENV)
+	$(LITSERVE_VENV)/bin/python -m pip install -q -c constraints.txt -r benchmarks/litserve-requirements.txt
+	touch $(LITSERVE_STAMP)
 
 $(TOOLS_STAMP): tools/requirements.txt tools/constraints.txt
 	$(PYTHON) -m venv $(TOOLS_VENV)
@@ -110,14 +122,15 @@ format: install
 # `make bench` asks the report which of them are not current (a file they import changed
 # after the revision that measured them, a smoke or dirty run, no result at all) and
 # measures exactly those again, then writes benchmarks/README.md. All of them take about
-# 30 minutes on 2 cores (measured: ingest 3, accuracy 3, train_overhead 1.5, serve 4,
+# 30 minutes on 2 cores (measured: ingest 3, accuracy 3, train_overhead 1.5, serve about 15,
 # pipeline 2, tune 12; estimate 36, measured under load ~19 from other work, plus its
 # active-learning simulation: about 10 more for its 4 seeds at load ~4)
 # plus capture, which adds rounds (about a minute each) until the
 # 95% interval of its ratio is narrower than 0.05: on the order of 100 rounds, 2 hours.
 # serve measures photo-sized inputs at the default serving batch size (8) with 1, 8 and 32
-# clients here; its default grid (photo and small inputs, batch 1 and 8) takes about 25
-# minutes on its own. bench-tune runs the
+# clients, 3 independent runs against stock TorchServe (eager and compiled) and LitServe
+# (its venv: make litserve-venv), then an open loop: about 15 minutes (its docstring says
+# how that was estimated). bench-tune runs the
 # model-selection search whatever its status, bench-gpu the GPU one (not in make bench).
 BENCH_CPU := ingest accuracy train_overhead serve pipeline capture tune estimate
 BENCH_ARGS_serve := --inputs photo --batch-sizes 8
@@ -131,7 +144,7 @@ define bench_one
 
 endef
 
-bench: install fashion-mnist
+bench: install fashion-mnist litserve-venv
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m benchmarks.report --stale $(BENCH_CPU)
 	$(foreach b,$(shell $(PY) -m benchmarks.report --stale $(BENCH_CPU) 2>/dev/null \

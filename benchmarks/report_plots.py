@@ -51,8 +51,8 @@ def draw_serve(fig: Figure, r: dict) -> bool:
         return False
     tput, lat = fig.subplots(1, 2)
     keys = sorted({(p.get("input"), p.get("batch_size")) for p in points}, key=str)
-    for arm in sorted({p["arm"] for p in points}):
-        for inp, batch in keys:
+    for n, arm in enumerate(sorted({p["arm"] for p in points})):
+        for k, (inp, batch) in enumerate(keys):
             pts = sorted(
                 (
                     p
@@ -65,15 +65,22 @@ def draw_serve(fig: Figure, r: dict) -> bool:
                 continue
             label = f"{arm} ({inp}, batch {batch})" if len(keys) > 1 else arm
             c = [p["concurrency"] for p in pts]
-            tput.plot(c, [p["requests_per_s"] for p in pts], "o-", label=label)
+            y = [p["requests_per_s"] for p in pts]
+            # the range of the per-run medians, where there were several runs
+            runs = [p.get("per_run_medians") or [v] for p, v in zip(pts, y, strict=True)]
+            err = [[max(0.0, v - min(m)) for v, m in zip(y, runs, strict=True)]]
+            err.append([max(0.0, max(m) - v) for v, m in zip(y, runs, strict=True)])
+            # one colour per arm in both panels, a line style per input and batch size
+            style = {"color": f"C{n % 10}", "ls": ("-", "--", ":", "-.")[k % 4]}
+            tput.errorbar(c, y, err, fmt="o", capsize=3, label=label, **style)
             tail = [p.get("p99_ms") or p.get("p90_ms") or p.get("p50_ms") for p in pts]
-            if arm != "in_process" and any(t is not None for t in tail):
-                lat.plot(c, tail, "o-", label=label)
+            if not arm.startswith("in_process") and any(t is not None for t in tail):
+                lat.plot(c, tail, "o", label=label, **style)
     for ax in (tput, lat):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
         ax.legend(fontsize=7)
-    tput.set_ylabel("requests / s (median over rounds)")
+    tput.set_ylabel("requests / s (median; bars: per-run range)")
     lat.set_ylabel("p99 ms (p90 if too few for a p99)")
     return True
 

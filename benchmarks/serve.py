@@ -1,307 +1,180 @@
-"""Serving throughput and latency: our handler vs TorchServe's stock image_classifier.
+"""Serving throughput and latency: our handler against what a user would run instead.
 
-Same model (resnet18, 224x224, 10 classes, the same weights), same preprocessing work
-(resize 256, centre crop 224, ImageNet normalisation: the stock handler's own), the same
-TorchServe (one server per batch size serving every arm's archive, one worker each,
-batch delay 10 ms). Arms, all measured in every round, in random order within a round:
+The same model (resnet18, 224x224, 10 classes, the same weights) and the same work per
+request (decode the JPEG, resize 256, centre crop 224, ImageNet normalisation, one
+forward pass per batch, softmax, top 5 as JSON), one worker per arm batching up to
+``--batch-sizes`` requests within 10 ms. Arms, all measured in every round, in random
+order within a round:
 
 - ``visionline``: our handler as shipped (``cpu_inference: auto``: the worker times
   eager, conv-bn fused and oneDNN layout at load and keeps the fastest);
-- ``visionline_eager``: our handler with ``cpu_inference: eager``: the handler alone,
-  running the same forward pass as the stock handler;
-- ``stock``: TorchServe's built-in ``image_classifier`` handler, as its docs set it up;
-- ``in_process``: the forward pass our worker chose, called in a process of its own on
-  preprocessed tensors at the same batch size (no HTTP, no decoding): the ceiling.
+- ``visionline_eager``: our handler with ``cpu_inference: eager``: the handler alone;
+- ``stock_eager``: TorchServe's built-in ``image_classifier`` handler, no model-config;
+- ``stock_compiled``: the same stock handler with the best CPU setting TorchServe 0.12's
+  ``model-config.yaml`` offers, ``pt2: {compile: {enable: true, backend: inductor,
+  options: {freezing: true}}}`` (``serve_setup.COMPILED_CONFIG`` says why); it compiles
+  at the first batch of each size, so it is warmed with a burst of every size 1..batch
+  first (``compile_warmup_s``);
+- ``litserve``: the same model and weights served by LitServe 0.2.19 with batching
+  (``litserve_app.py``, in its own venv: ``make litserve-venv``);
+- ``in_process_full``: the ceiling of our request path: decode, preprocessing, the
+  forward pass our worker chose, softmax and top-k on the same JPEGs at the same batch
+  size, in a process of its own (no HTTP, no TorchServe);
+- ``in_process_forward_only``: that forward pass alone on a fixed tensor.
 
-The three workers load at once when a server starts; ``worker_load_s`` is TorchServe's
-own WorkerLoadTime for each (our ``auto`` worker's includes timing its forward plan).
+``--runs`` independent runs (default 3), each starting its own servers, each of
+``--rounds`` paired rounds at every point (input, batch size, clients). A pair is two
+arms' throughputs in the same round of the same run; a comparison reports the minimum
+over every pair of every run (``paired_min_over_pairs``, with where it lies), the median
+over pairs, and each run's own median with their range across runs. No run is
+preferred to another: there is no best-of anywhere.
 
-So ``visionline_eager`` vs ``stock`` is what the handler buys, ``visionline`` vs
-``visionline_eager`` what the forward plan buys, and ``visionline`` vs ``in_process``
-what the request path costs. Ratios are paired: each round's ratio of the two arms'
-throughputs, summarised by median, quartiles and range over rounds. A point's ratio is
-its median paired ratio; ``paired_min_ratio_vs_stock`` and
-``paired_median_ratio_vs_stock`` are the min and median of those over points.
+After the closed-loop rounds of the last run, ``open_loop``: requests arriving as a
+Poisson process at 50% and 80% of the arm's closed-loop capacity in that run (its
+highest per-point median), ``--open-loop-requests`` (1,000) per point, p50 and p99
+latency from each request's scheduled send time (``serve_open_loop``), for
+``--open-loop-arms`` (ours and stock_eager by default).
 
-Inputs: ``photo``, 640x480 JPEGs with photo-like content (smooth colour fields,
-shapes, sensor noise; about 60-100 KB at quality 90), and ``small``, 320x320 JPEGs of
-drawn shapes. Where the machine has at least 2 cores the load generator is pinned to
-one core and the server (Java frontend, Python workers) and the in-process arm to the
-others, as ``taskset`` would (on 2 cores: client on one, server on the other).
-Latency percentiles pool every round's requests; a percentile q is reported only when
-at least 10 requests lie beyond it (p90: n >= 100, p99: n >= 1000), with n alongside.
+Worker load time is measured one worker at a time: each archive's model scaled to a
+second worker on the idle running server, synchronously, then back to one
+(``serve_setup.solo_load_seconds``).
+Throughput per core divides by the server's pinned cores: where the machine has at
+least 2 cores the load generator sits on one core and every server (TorchServe's
+frontend and workers, LitServe's processes) and the in-process arms on the others.
+Latency percentiles pool every round's requests of every run; a percentile q is
+reported only when at least 10 requests lie beyond it.
 
-The default grid (2 inputs x batch 1, 8 x 1, 8, 32 clients, 5 rounds) takes about 25
-minutes on 2 cores; ``make bench`` runs photo inputs at batch 8 (about 6 minutes).
+Inputs: ``photo``, 640x480 JPEGs with photo-like content (about 60-100 KB), and
+``small``, 320x320 JPEGs of drawn shapes. Defaults (what ``make bench`` runs): photo
+inputs, batch 8, 1, 8 and 32 clients, 3 runs of 2 rounds (at least 40 requests per arm
+per round), then the open loop. On 2 cores that is about 15 minutes: per run about 45 s
+to start the servers, 40 s of one-at-a-time loads, 100 s of rounds; the open loop about
+280 s (2 arms x 2 rates x 1,000 requests at 13-21/s). An estimate from the last full
+run's per-request rates and the smoke run's set-up times, not timed end to end. The
+compiled arm's graphs are kept in inductor's cache (``.visionline/cache/inductor``):
+the first run on a machine compiles two or three graphs (from the third batch size on,
+one graph serves any size), 20-60 s each on one busy core, a few minutes more, once. ``--smoke`` runs 1 run (or
+``--runs``) of 2 tiny rounds at batch 2 and 50 open-loop requests; it, and any run with
+fewer than 3 runs, 2 rounds or 1,000 open-loop requests, is marked ``"smoke": true``.
 
-    python benchmarks/serve.py [--rounds 5] [--min-requests-per-round 64]
-                               [--inputs photo,small] [--batch-sizes 1,8]
-                               [--concurrency 1,8,32] [--no-pin]
+    python benchmarks/serve.py [--runs 3] [--rounds 2] [--min-requests-per-round 40]
+                               [--inputs photo] [--batch-sizes 8] [--concurrency 1,8,32]
+                               [--open-loop-requests 1000]
+                               [--open-loop-arms visionline,stock_eager] [--no-pin]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from PIL import Image
-from torchvision import transforms as T
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import add_common_args, arm_order, paired, write_result
+from benchmarks import serve_setup
+from benchmarks._common import add_common_args, arm_order, write_result
 from benchmarks.serve_arms import (
     InProcess,
     Pinning,
     load,
     make_inputs,
-    percentiles,
     worker_load_seconds,
     worker_plan,
 )
+from benchmarks.serve_ceiling import FullPathInProcess
+from benchmarks.serve_figures import figures
+from benchmarks.serve_litserve import LitServeServer
+from benchmarks.serve_open_loop import open_loop
+from benchmarks.serve_stats import capacity
 from tests.support.ports import serve_ports
-from visionline.config import PipelineConfig, ServeConfig, parse_config
-from visionline.data.images import decode_image
-from visionline.data.transforms import Preprocessing, eval_transform
-from visionline.model.architectures import build_model
-from visionline.serving.packaging import archiver_command, build_mar, handler_files
+from visionline.config import ServeConfig
 from visionline.serving.torchserve import ServedModel, TorchServe
-from visionline.storage import LocalStore
 
-IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-CLASSES = [f"c{i}" for i in range(10)]
-# arm -> model name on the server (None: not served)
+IMAGENET = serve_setup.IMAGENET  # benchmarks/capture.py reads it from here
+# arm -> model name on the TorchServe server ("litserve": its own server; None: in process)
 ARMS = {
     "visionline": "ours",
     "visionline_eager": "ours_eager",
-    "stock": "stock",
-    "in_process": None,
+    "stock_eager": "stock",
+    "stock_compiled": "stock_compiled",
+    "litserve": "litserve",
+    "in_process_full": None,
+    "in_process_forward_only": None,
 }
+TORCHSERVE_MODELS = ["ours", "ours_eager", "stock", "stock_compiled"]
 BATCH_DELAY_MS = 10
+COMPILE_TIMEOUT_S = 600  # the compiled worker's first batches compile before answering
+# inductor's cache for the compiled arm's workers (they inherit the environment): kept
+# between runs and between invocations, as a deployment that restarts keeps it
+INDUCTOR_CACHE = Path(__file__).resolve().parents[1] / ".visionline" / "cache" / "inductor"
 
 
-# --------------------------------------------------------------------------- the model
-def make_run(store: LocalStore, arch: str = "resnet18") -> PipelineConfig:
-    cfg = parse_config(
-        {
-            "store": store.uri,
-            "data": {
-                "dataset": "bench",
-                "image_size": 224,
-                "crop_ratio": 0.875,
-                "channels": 3,
-                **IMAGENET,
-            },
-            "model": {"arch": arch},
-            "serve": {"model_name": "ours", "top_k": 5, "cpu_inference": "auto"},
-        }
-    )
-    torch.manual_seed(0)
-    model = build_model(cfg.model, len(CLASSES), 3, 224).eval()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    store.put_bytes("runs/bench/model.pt", buf.getvalue())
-    store.put_json(
-        "runs/bench/run.json",
-        {
-            "classes": CLASSES,
-            "preprocessing": {"image_size": 224, "channels": 3, "crop_ratio": 0.875, **IMAGENET},
-        },
-    )
-    return cfg
-
-
-def stock_mar(our_mar_src: Path, out: Path) -> Path:
-    """The same weights and model file, with TorchServe's built-in image_classifier."""
-    src = our_mar_src
-    out.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            *archiver_command(),
-            "--model-name",
-            "stock",
-            "--version",
-            "1",
-            "--model-file",
-            str(handler_files()[1]),
-            "--serialized-file",
-            str(src / "model.pt"),
-            "--handler",
-            "image_classifier",
-            "--extra-files",
-            f"{src / 'model_spec.json'},{src / 'index_to_name.json'}",
-            "--export-path",
-            str(out),
-            "--force",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out / "stock.mar"
-
-
-# --------------------------------------------------------------------------- preprocessing
-def preprocess_cost(inputs: dict[str, list[bytes]], repeats: int) -> dict[str, dict[str, float]]:
-    """ms per image of each handler's preprocessing, in this process: the part the two
-    handlers really differ in besides the forward pass."""
-    stock_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(**IMAGENET)])
-    ours_tf = eval_transform(
-        Preprocessing(224, 3, tuple(IMAGENET["mean"]), tuple(IMAGENET["std"]), 0.875)
-    )
-    out = {}
-    for name, images in inputs.items():
-        ours_tf(decode_image(images[0]))  # first calls pay one-off set-up: not counted
-        stock_tf(Image.open(io.BytesIO(images[0])).convert("RGB"))
-        took = {"visionline": 0.0, "stock": 0.0}
-        for _ in range(repeats):
-            for img in images:
-                t = time.perf_counter()
-                ours_tf(decode_image(img))
-                took["visionline"] += time.perf_counter() - t
-                t = time.perf_counter()
-                stock_tf(Image.open(io.BytesIO(img)).convert("RGB"))
-                took["stock"] += time.perf_counter() - t
-        out[name] = {k: round(v / (repeats * len(images)) * 1000, 3) for k, v in took.items()}
-    return out
-
-
-# --------------------------------------------------------------------------- main
 @dataclass
-class Measurements:
-    """Per (input, batch size, concurrency) point: arm -> per-round throughputs and
-    latencies; per batch size: what the workers chose and how long they took to load."""
+class Run:
+    """One run: per point (input, batch size, clients), arm -> per-round requests/s and
+    every request's latency; per batch size what the servers reported at start."""
 
     rates: dict[tuple, dict[str, list[float]]] = field(default_factory=dict)
     lat: dict[tuple, dict[str, list[float]]] = field(default_factory=dict)
     worker_plans: dict[int, str] = field(default_factory=dict)
     in_process_plans: dict[int, dict] = field(default_factory=dict)
-    load_s: dict[int, dict[str, float]] = field(default_factory=dict)
+    solo_load: dict[int, dict] = field(default_factory=dict)
+    startup_load_s: dict[int, dict] = field(default_factory=dict)
+    compile_warmup_s: dict[int, float] = field(default_factory=dict)
+    litserve_start_to_ready_s: dict[int, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class Ceilings:
+    forward_only: InProcess
+    full: FullPathInProcess
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=5, help="paired rounds per point")
-    ap.add_argument("--min-requests-per-round", type=int, default=64)
+    ap.add_argument(
+        "--runs", type=int, default=None, help="independent runs, own servers each (3; smoke 1)"
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="paired rounds per point per run")
+    ap.add_argument("--min-requests-per-round", type=int, default=40)
     ap.add_argument("--requests-per-client", type=int, default=2)
-    ap.add_argument("--inputs", default="photo,small")
-    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--inputs", default="photo")
+    ap.add_argument("--batch-sizes", default="8")
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--open-loop-requests", type=int, default=1000)
+    ap.add_argument("--open-loop-arms", default="visionline,stock_eager")
     ap.add_argument("--no-pin", action="store_true", help="do not pin client and server cores")
     ap.add_argument("--seed", type=int, default=0)
     add_common_args(ap)
     args = ap.parse_args()
     if args.smoke:
+        args.runs = args.runs or 1
         args.rounds, args.min_requests_per_round = 2, 4
-        args.batch_sizes, args.concurrency = "2", "1,2"
+        args.batch_sizes, args.concurrency, args.open_loop_requests = "2", "1,2", 50
+    args.runs = args.runs or 3
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.open_loop_arms = [a for a in args.open_loop_arms.split(",") if a]
+    unknown = [a for a in args.open_loop_arms if ARMS.get(a) is None]
+    if unknown:
+        ap.error(
+            f"--open-loop-arms: {unknown} are not served arms ({[a for a in ARMS if ARMS[a]]})"
+        )
+    if args.runs < 1 or args.rounds < 1:
+        ap.error("--runs and --rounds must be at least 1")
     return args
 
 
-def build_archives(tmp: Path) -> tuple[PipelineConfig, dict[str, Path], Path]:
-    """Our archive as shipped, ours with eager inference and the stock one (model name ->
-    .mar), and the weights file the in-process arm loads."""
-    store = LocalStore(tmp / "store")
-    cfg = make_run(store)
-    ours = build_mar(store, "bench", "ours", "1", cfg, tmp / "ours")
-    eager = build_mar(
-        store,
-        "bench",
-        "ours_eager",
-        "1",
-        cfg.with_overrides(**{"serve.cpu_inference": "eager"}),
-        tmp / "ours_eager",
-    )
-    stock = stock_mar(tmp / "ours" / "src", tmp / "stock")
-    mars = {"ours": ours, "ours_eager": eager, "stock": stock}
-    state_path = tmp / "state.pt"
-    state_path.write_bytes(store.get_bytes("runs/bench/model.pt"))
-    return cfg, mars, state_path
-
-
-def start_server(server: TorchServe, bs: int, mars: dict[str, Path], pin: Pinning) -> None:
-    # The server and its workers inherit the affinity of the thread that
-    # starts them; the load generator's threads inherit the client core.
-    if pin.on:
-        os.sched_setaffinity(0, pin.server)
-    server.start(
-        [ServedModel(name, f"{name}.mar", bs, BATCH_DELAY_MS, 1) for name in mars],
-        mars,
-    )
-    if pin.on:
-        os.sched_setaffinity(0, pin.client)
-
-
-def record_plans(server: TorchServe, bs: int, in_process: InProcess, m: Measurements) -> None:
-    """What our worker chose and how long each worker took to load; the in-process arm
-    then plans the same forward pass."""
-    m.worker_plans[bs] = worker_plan(server)
-    m.load_s[bs] = worker_load_seconds(server)
-    # the ceiling runs the forward pass our worker chose
-    choice = m.worker_plans[bs].split(" ", 1)[0]
-    mode = choice if choice in ("eager", "fused", "mkldnn") else "auto"
-    m.in_process_plans[bs] = in_process.plan(bs, mode)
-    print(
-        f"batch {bs}: our worker's {m.worker_plans[bs]}; load s {m.load_s[bs]}; "
-        f"in-process {m.in_process_plans[bs]}",
-        flush=True,
-    )
-
-
-def measure_point(
-    key: tuple,
-    urls: dict[str, str],
-    token: str,
-    images: list[bytes],
-    in_process: InProcess,
-    per_client: int,
-    rounds: int,
-    rng: random.Random,
-    m: Measurements,
-) -> None:
-    """Every arm, every round, at one (input, batch size, concurrency) point."""
-    name, bs, c = key
-    m.rates[key] = {arm: [] for arm in ARMS}
-    m.lat[key] = {arm: [] for arm in ARMS if ARMS[arm]}
-    for r in range(rounds):
-        for arm in arm_order(ARMS, rng):
-            if arm == "in_process":
-                got = in_process.rate(bs, c * per_client)
-            else:
-                res = load(urls[arm], token, images, c, per_client)
-                got = res["requests_per_s"]
-                m.lat[key][arm] += res["latencies_ms"]
-            m.rates[key][arm].append(got)
-        print(
-            f"{name} batch {bs} clients {c} round {r + 1}/{rounds}: "
-            + ", ".join(f"{a} {v[-1]:.1f}/s" for a, v in m.rates[key].items()),
-            flush=True,
-        )
-
-
-def measure_batch_size(
-    bs: int,
-    tmp: Path,
-    mars: dict[str, Path],
-    in_process: InProcess,
-    inputs: dict[str, list[bytes]],
-    args: argparse.Namespace,
-    rng: random.Random,
-    pin: Pinning,
-    m: Measurements,
-) -> None:
-    """One server at batch size ``bs`` serving every arm's archive, every point on it."""
+def start_servers(
+    tmp: Path, bs: int, arch: serve_setup.Archives, pin: Pinning
+) -> tuple[TorchServe, LitServeServer]:
+    """A TorchServe serving every archive and a LitServe server, on the server cores."""
     server = TorchServe(
         tmp / f"ts-{bs}",
         ServeConfig(
@@ -311,136 +184,202 @@ def measure_batch_size(
             **serve_ports(prefix=""),
         ),
     )
+    lit = LitServeServer(
+        tmp / "litserve", arch.state_path, serve_setup.CLASSES, bs, BATCH_DELAY_MS, pin.server
+    )
+    # The server and its workers inherit the affinity of the thread that starts them.
+    if pin.on:
+        os.sched_setaffinity(0, pin.server)
     try:
-        start_server(server, bs, mars, pin)
-        record_plans(server, bs, in_process, m)
+        served = [
+            ServedModel(
+                name,
+                f"{name}.mar",
+                bs,
+                BATCH_DELAY_MS,
+                1,
+                COMPILE_TIMEOUT_S if name == "stock_compiled" else 120,
+            )
+            for name in TORCHSERVE_MODELS
+        ]
+        server.start(served, arch.mars)
+        lit.start()
+    except BaseException:
+        lit.stop()
+        server.stop(quiet=True)
+        raise
+    finally:
+        if pin.on:
+            os.sched_setaffinity(0, pin.client)
+    return server, lit
+
+
+def warm_up(urls: dict[str, str], token: str, images: list[bytes], bs: int) -> float:
+    """Every arm a few requests; the compiled arm a burst of every batch size 1..bs, twice,
+    so each shape it will see is compiled before any round. Its seconds."""
+    for url in urls.values():
+        load(url, token, images, 2, 3)
+    t = time.perf_counter()
+    for _ in range(2):
+        for size in range(1, bs + 1):
+            load(urls["stock_compiled"], token, images, size, 1)
+    return round(time.perf_counter() - t, 1)
+
+
+def record_start(
+    server: TorchServe, lit: LitServeServer, bs: int, ceil: Ceilings, run: Run
+) -> None:
+    """What our worker chose, load times (all at once at start, then one at a time), and
+    the ceilings planned with the same forward pass."""
+    run.worker_plans[bs] = worker_plan(server)
+    run.startup_load_s[bs] = worker_load_seconds(server)
+    run.solo_load[bs] = serve_setup.solo_load_seconds(server, TORCHSERVE_MODELS)
+    run.litserve_start_to_ready_s[bs] = lit.start_to_ready_s
+    choice = run.worker_plans[bs].split(" ", 1)[0]
+    mode = choice if choice in ("eager", "fused", "mkldnn") else "auto"
+    run.in_process_plans[bs] = {
+        "forward_only": ceil.forward_only.plan(bs, mode),
+        "full": ceil.full.plan(bs, mode),
+    }
+    print(
+        f"batch {bs}: our worker's {run.worker_plans[bs]}; load s at start (all at once) "
+        f"{run.startup_load_s[bs]}; one at a time {run.solo_load[bs]}; LitServe ready in "
+        f"{lit.start_to_ready_s} s; in-process {run.in_process_plans[bs]}",
+        flush=True,
+    )
+
+
+def measure_point(
+    key: tuple,
+    urls: dict[str, str],
+    token: str,
+    images: list[bytes],
+    ceil: Ceilings,
+    per_client: int,
+    args: argparse.Namespace,
+    rng: random.Random,
+    run: Run,
+) -> None:
+    """Every arm, every round, at one (input, batch size, concurrency) point."""
+    name, bs, c = key
+    run.rates[key] = {arm: [] for arm in ARMS}
+    run.lat[key] = {arm: [] for arm in ARMS if ARMS[arm]}
+    for r in range(args.rounds):
+        for arm in arm_order(ARMS, rng):
+            if arm == "in_process_forward_only":
+                got = ceil.forward_only.rate(bs, c * per_client)
+            elif arm == "in_process_full":
+                got = ceil.full.rate(bs, c * per_client)
+            else:
+                res = load(urls[arm], token, images, c, per_client)
+                got = res["requests_per_s"]
+                run.lat[key][arm] += res["latencies_ms"]
+            run.rates[key][arm].append(got)
+        print(
+            f"{name} batch {bs} clients {c} round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{a} {v[-1]:.1f}/s" for a, v in run.rates[key].items()),
+            flush=True,
+        )
+
+
+def measure_open_loop(
+    run: Run, urls: dict[str, str], token: str, inputs: dict[str, list[bytes]], args, rng
+) -> dict:
+    """Each open-loop arm at 50% and 80% of its capacity in this run, in random order."""
+    name = next(iter(inputs))
+    points = [(arm, f) for arm in args.open_loop_arms for f in (0.5, 0.8)]
+    out: dict[str, dict] = {arm: {"capacity_per_s": None} for arm in args.open_loop_arms}
+    for i in arm_order(range(len(points)), rng):
+        arm, fraction = points[i]
+        cap = capacity(run.rates, arm, name)
+        res = open_loop(
+            urls[arm], token, inputs[name], cap * fraction, args.open_loop_requests, rng
+        )
+        out[arm]["capacity_per_s"] = round(cap, 2)
+        out[arm][f"at_{int(fraction * 100)}pct"] = res
+        print(f"open loop {arm} at {fraction:.0%} of {cap:.1f}/s: {res}", flush=True)
+    return {"input": name, **out}
+
+
+def measure_batch_size(
+    bs: int,
+    tmp: Path,
+    arch: serve_setup.Archives,
+    ceil: Ceilings,
+    inputs: dict[str, list[bytes]],
+    args: argparse.Namespace,
+    rng: random.Random,
+    pin: Pinning,
+    run: Run,
+    with_open_loop: bool,
+) -> dict | None:
+    """Fresh servers at batch size ``bs`` for every served arm, every point on them."""
+    server, lit = start_servers(tmp, bs, arch, pin)
+    try:
+        record_start(server, lit, bs, ceil, run)
         token = server.tokens()["inference"]
         urls = {
             arm: f"{server.endpoints.inference}/predictions/{name}"
             for arm, name in ARMS.items()
-            if name
+            if name and arm != "litserve"
         }
+        urls["litserve"] = lit.url
         for name, images in inputs.items():
-            for url in urls.values():
-                load(url, token, images, 2, 3)  # warm-up
+            ceil.full.use_images(images)
+            seconds = warm_up(urls, token, images, bs)
+            run.compile_warmup_s[bs] = run.compile_warmup_s.get(bs, 0.0) + seconds
+            print(f"warm-up on {name}: the compiled arm's took {seconds} s", flush=True)
             for c in args.concurrency:
                 per_client = max(args.requests_per_client, -(-args.min_requests_per_round // c))
-                key = (name, bs, c)
-                measure_point(key, urls, token, images, in_process, per_client, args.rounds, rng, m)
+                measure_point((name, bs, c), urls, token, images, ceil, per_client, args, rng, run)
+        if with_open_loop:
+            return measure_open_loop(run, urls, token, inputs, args, rng)
+        return None
     finally:
         if pin.on:
             os.sched_setaffinity(0, pin.all)
+        lit.stop()
         server.stop()
 
 
 def measure(
     args: argparse.Namespace, inputs: dict[str, list[bytes]], pin: Pinning, rng: random.Random
-) -> Measurements:
-    m = Measurements()
+) -> tuple[list[Run], dict | None]:
+    runs: list[Run] = []
+    opened = None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg, mars, state_path = build_archives(tmp)
-        in_process = InProcess(cfg.model.arch, len(CLASSES), state_path, pin.server)
-        try:
-            for bs in args.batch_sizes:
-                measure_batch_size(bs, tmp, mars, in_process, inputs, args, rng, pin, m)
-        finally:
-            in_process.close()
-    return m
-
-
-def summarise(m: Measurements) -> tuple[list[dict], list[dict]]:
-    """Each arm's figures at each point, and each point's paired ratios."""
-    points, pairs = [], []
-    for (name, bs, c), by_arm in m.rates.items():
-        for arm, values in by_arm.items():
-            points.append(
-                {
-                    "input": name,
-                    "batch_size": bs,
-                    "concurrency": c,
-                    "arm": arm,
-                    "requests_per_s": round(statistics.median(values), 2),
-                    "rounds_requests_per_s": [round(v, 2) for v in values],
-                    **(
-                        percentiles(m.lat[(name, bs, c)][arm])
-                        if arm in m.lat[(name, bs, c)]
-                        else {}
-                    ),
-                }
-            )
-        pairs.append(
-            {
-                "input": name,
-                "batch_size": bs,
-                "concurrency": c,
-                "vs_stock": paired(by_arm["visionline"], by_arm["stock"]),
-                "handler_alone_vs_stock": paired(by_arm["visionline_eager"], by_arm["stock"]),
-                "plan_vs_eager": paired(by_arm["visionline"], by_arm["visionline_eager"]),
-                "served_vs_in_process": paired(by_arm["visionline"], by_arm["in_process"]),
-            }
+        arch = serve_setup.build_archives(tmp)
+        n_classes = len(serve_setup.CLASSES)
+        model = arch.cfg.model.arch
+        first_images = next(iter(inputs.values()))
+        ceil = Ceilings(
+            InProcess(model, n_classes, arch.state_path, pin.server),
+            FullPathInProcess(
+                model, n_classes, arch.serving_json, arch.state_path, first_images, pin.server
+            ),
         )
-    return points, pairs
-
-
-def figures(
-    args: argparse.Namespace,
-    inputs: dict[str, list[bytes]],
-    pin: Pinning,
-    preprocess_ms: dict[str, dict[str, float]],
-    m: Measurements,
-) -> dict:
-    """What serve.json holds."""
-    points, pairs = summarise(m)
-    sizes_kb = {k: round(statistics.median(len(b) for b in v) / 1024, 1) for k, v in inputs.items()}
-    vs_stock = [p["vs_stock"]["median"] for p in pairs]
-    alone = [p["handler_alone_vs_stock"]["median"] for p in pairs]
-    headline_input = "photo" if "photo" in inputs else next(iter(inputs))
-    b8c32 = next(
-        (
-            p["served_vs_in_process"]["median"]
-            for p in pairs
-            if (p["input"], p["batch_size"], p["concurrency"]) == (headline_input, 8, 32)
-        ),
-        None,
-    )
-    return {
-        "paired_min_ratio_vs_stock": min(vs_stock),
-        "paired_median_ratio_vs_stock": round(statistics.median(vs_stock), 3),
-        "paired_min_ratio_handler_alone_vs_stock": min(alone),
-        "paired_median_ratio_handler_alone_vs_stock": round(statistics.median(alone), 3),
-        "served_vs_in_process_b8_c32": b8c32,
-        "served_vs_in_process_input": headline_input,
-        "points_ratio_vs_stock": {
-            f"{p['input']}_b{p['batch_size']}_c{p['concurrency']}": p["vs_stock"]["median"]
-            for p in pairs
-        },
-        "worker_load_s": m.load_s,
-        "worker_inference_plan": m.worker_plans,
-        "in_process_plan": m.in_process_plans,
-        "model": "resnet18 224x224, 10 classes",
-        "workers_per_arm": 1,
-        "batch_delay_ms": BATCH_DELAY_MS,
-        "rounds": args.rounds,
-        "min_requests_per_round": args.min_requests_per_round,
-        "inputs": {k: {"images": len(v), "median_kb": sizes_kb[k]} for k, v in inputs.items()},
-        "pinning": (
-            {"client_cores": sorted(pin.client), "server_cores": sorted(pin.server)}
-            if pin.on
-            else f"none ({pin.unpinned()})"
-        ),
-        "preprocess_ms_per_image": preprocess_ms,
-        "paired": pairs,
-        "points": points,
-        "targets": {
-            "paired_min_ratio_vs_stock": 1.0,
-            "served_vs_in_process_b8_c32": 0.85,
-        },
-    }
+        try:
+            for i in range(args.runs):
+                print(f"--- run {i + 1}/{args.runs}", flush=True)
+                run = Run()
+                for j, bs in enumerate(args.batch_sizes):
+                    last = i == args.runs - 1 and j == 0
+                    got = measure_batch_size(
+                        bs, tmp / f"run{i}", arch, ceil, inputs, args, rng, pin, run, last
+                    )
+                    opened = got or opened
+                runs.append(run)
+        finally:
+            ceil.forward_only.close()
+            ceil.full.close()
+    return runs, opened
 
 
 def main() -> None:
+    started = time.perf_counter()
     args = parse_args()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(INDUCTOR_CACHE))
     inputs = make_inputs(args.inputs.split(","))
     rng = random.Random(args.seed)
     pin = Pinning.of(args.no_pin)
@@ -450,19 +389,16 @@ def main() -> None:
         else f"not pinned ({pin.unpinned()})",
         flush=True,
     )
-    preprocess_ms = preprocess_cost(inputs, 2 if args.smoke else 10)
+    preprocess_ms = serve_setup.preprocess_cost(inputs, 2 if args.smoke else 10)
     print("preprocess ms/image", preprocess_ms, flush=True)
-    m = measure(args, inputs, pin, rng)
-    result = figures(args, inputs, pin, preprocess_ms, m)
-    write_result("serve", result, args.results_dir, smoke=args.smoke)
-    print(
-        json.dumps(
-            {
-                "paired_min_ratio_vs_stock": result["paired_min_ratio_vs_stock"],
-                "b8_c32": result["served_vs_in_process_b8_c32"],
-            }
-        )
-    )
+    runs, opened = measure(args, inputs, pin, rng)
+    result = figures(args, inputs, pin, preprocess_ms, runs, opened, BATCH_DELAY_MS)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    # fewer runs, rounds or open-loop requests than #21 asks: not a figure to cite
+    reduced = args.runs < 3 or args.rounds < 2 or args.open_loop_requests < 1000
+    result["reduced_run"] = reduced
+    write_result("serve", result, args.results_dir, smoke=args.smoke or reduced)
+    print(json.dumps({k: result[k] for k in ("paired_min_over_pairs", "wall_s")}))
 
 
 if __name__ == "__main__":
