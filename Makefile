@@ -36,16 +36,22 @@ $(STAMP): pyproject.toml constraints.txt
 
 tools: $(TOOLS_STAMP)
 
-# LitServe, a baseline of the serve benchmark, pins a web stack of its own: a venv apart,
-# with the torch and torchvision that .venv serves with (pip takes them from the index).
+# LitServe, a baseline of the serve benchmark, brings a web stack of its own: a venv apart
+# for it, so it can never move .venv's. torch, torchvision, pillow and numpy come from
+# .venv itself (a .pth puts .venv's site-packages after the venv's own), so both servers
+# run the very same forward pass, and the venv is megabytes, not another 5 GB of torch.
 LITSERVE_VENV  ?= .litserve-venv
 LITSERVE_STAMP := $(LITSERVE_VENV)/.installed
+SITE_PACKAGES = -c "import sysconfig; print(sysconfig.get_paths()['purelib'])"
 
 litserve-venv: $(LITSERVE_STAMP)
 
-$(LITSERVE_STAMP): benchmarks/litserve-requirements.txt constraints.txt
+$(LITSERVE_STAMP): benchmarks/litserve-requirements.txt constraints.txt | install
+	rm -rf $(LITSERVE_VENV)
 	$(PYTHON) -m venv $(LITSERVE_VENV)
 	$(LITSERVE_VENV)/bin/python -m pip install -q -c constraints.txt -r benchmarks/litserve-requirements.txt
+	$(VENV)/bin/python $(SITE_PACKAGES) > "$$($(LITSERVE_VENV)/bin/python $(SITE_PACKAGES))/zz-visionline-venv.pth"
+	$(LITSERVE_VENV)/bin/python -c "import litserve, torch, torchvision, PIL, numpy"
 	touch $(LITSERVE_STAMP)
 
 $(TOOLS_STAMP): tools/requirements.txt tools/constraints.txt
@@ -87,7 +93,7 @@ demo: system-deps install
 	$(PY) -m flows.demo
 
 # tools first: the manifest and image checks (checkov, hadolint) run inside pytest.
-test: system-deps lint tools
+test: system-deps lint tools litserve-venv
 	mkdir -p $(PREFECT_HOME)
 	$(PY) -m pytest -q --durations=15
 

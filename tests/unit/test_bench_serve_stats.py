@@ -208,12 +208,11 @@ def test_serve_json_figures_and_headline_from_runs(tmp_path) -> None:
 class _Slow(BaseHTTPRequestHandler):
     """Answers every 5th request with a 500, the others after 5 ms."""
 
-    count = 0
+    count = itertools.count(1)  # next() is atomic; `count += 1` across threads is not
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).count += 1
-        status = 500 if type(self).count % 5 == 0 else 200
+        status = 500 if next(type(self).count) % 5 == 0 else 200
         time.sleep(0.005)
         self.send_response(status)
         self.send_header("Content-Length", "2")
@@ -227,6 +226,7 @@ class _Slow(BaseHTTPRequestHandler):
 def test_open_loop_against_a_real_server() -> None:
     from benchmarks.serve_open_loop import open_loop
 
+    _Slow.count = itertools.count(1)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
