@@ -147,7 +147,7 @@ def test_serve_smoke(tmp_path):
     assert main["n_pairs"] == 2 * 2  # two client counts x two rounds, one run
     assert r["paired_min_over_pairs"] == main["min_over_pairs"] <= main["median_over_pairs"]
     assert r["per_run_medians_vs_stock_eager"] == main["per_run_medians"] and r["runs"] == 1
-    assert 0 < r["served_vs_in_process_full_path"] and 0 < r["served_vs_in_process_forward_only"]
+    assert min(r["served_vs_in_process_full_path"], r["served_vs_in_process_forward_only"]) > 0
     assert set(r["throughput_per_core"]) == arms and r["server_cores"] >= 1
     for arm in ("visionline", "stock_eager"):
         for rate in ("at_50pct", "at_80pct"):
