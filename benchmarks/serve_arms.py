@@ -197,7 +197,7 @@ def percentiles(ms: list[float]) -> dict:
     n = len(v)
 
     def pct(q: float) -> float | None:
-        if n * (1 - q) < 10:
+        if round(n * (1 - q), 9) < 10:  # 100 * (1 - 0.9) is 9.999...: still 10 beyond p90
             return None
         return round(float(np.percentile(v, 100 * q)), 1)
 

@@ -245,3 +245,13 @@ def test_open_loop_against_a_real_server() -> None:
     last_send = 199 / got["scheduled_per_s"]
     assert 1.5 < last_send < 2.5
     assert last_send <= wall < last_send + 15
+
+
+def test_the_closed_loop_percentiles_count_ten_beyond_exactly() -> None:
+    """100 requests leave exactly 10 beyond p90; in floats 100 * (1 - 0.9) is 9.999...,
+    which dropped the p90 of every 100-request point (capture's latencies among them)."""
+    from benchmarks.serve_arms import percentiles
+
+    assert percentiles([float(i) for i in range(100)])["p90_ms"] == 89.1
+    assert percentiles([float(i) for i in range(99)])["p90_ms"] is None
+    assert percentiles([float(i) for i in range(1000)])["p99_ms"] == 989.0
