@@ -129,6 +129,7 @@ class Spill:
         """Index the rows, and note each column's type as the DataFrame inferred it from
         every inspected row (before any clean-up), so the manifest keeps those dtypes."""
         self.db.execute(f"CREATE INDEX rows_order ON rows ({_ORDER})")
+        self.db.execute(f"CREATE INDEX rows_key ON rows (key, {_ORDER})")
         self._kinds = {}
         for col in ("mode", "format", "error"):
             self._kinds[col] = "str" if self._any(f"{col} IS NOT NULL") else "null"
@@ -210,13 +211,16 @@ class Spill:
 
     def uploads(self) -> Iterator[tuple[str, str, SourceFile]]:
         """(key, sha256, file) once per distinct key (the first in manifest order, whose
-        bytes it is: identical bytes share one object), in manifest order."""
+        bytes it is: identical bytes share one object), in manifest order. Index walks
+        only, no sort: a sort's buffers would hold the whole result at once."""
         cur = self.db.execute(
-            f"""SELECT r.key, r.sha256, f.rel, f.label, f.split, f.origin, f.loc FROM (
-                  SELECT i, key, sha256, label, source,
-                         ROW_NUMBER() OVER (PARTITION BY key ORDER BY {_ORDER}) AS n
-                  FROM rows WHERE decodable) AS r JOIN files AS f USING (i)
-                WHERE r.n = 1 ORDER BY r.{_ORDER.replace(", ", ", r.")}"""
+            f"""SELECT r.key, r.sha256, f.rel, f.label, f.split, f.origin, f.loc
+                FROM rows AS r INDEXED BY rows_order JOIN files AS f USING (i)
+                WHERE r.decodable AND NOT EXISTS (
+                  SELECT 1 FROM rows AS e INDEXED BY rows_key
+                  WHERE e.key = r.key AND e.decodable
+                    AND (e.label, e.source, e.i) < (r.label, r.source, r.i))
+                ORDER BY {", ".join(f"r.{c.strip()}" for c in _ORDER.split(","))}"""
         )
         for key, sha, *file in cur:
             yield key, sha, self._file(*file)
