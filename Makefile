@@ -110,8 +110,8 @@ format: install
 # `make bench` asks the report which of them are not current (a file they import changed
 # after the revision that measured them, a smoke or dirty run, no result at all) and
 # measures exactly those again, then writes benchmarks/README.md. All of them take about
-# 30 minutes on 2 cores, plus 7 for ingest's 200k-JPEG memory runs (measured: ingest 3
-# before them, about 10 now, estimated from a 50k-image run; accuracy 3, train_overhead 1.5, serve 4,
+# 30 minutes on 2 cores, plus 8 for ingest's 200k-JPEG memory runs (measured: ingest 3
+# before them, about 11 now, estimated from a 100k-image run; accuracy 3, train_overhead 1.5, serve 4,
 # pipeline 2, tune 12; estimate 36, measured under load ~19 from other work, plus its
 # active-learning simulation: about 10 more for its 4 seeds at load ~4)
 # plus capture, which adds rounds (about a minute each) until the

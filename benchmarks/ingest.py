@@ -27,10 +27,10 @@
         [--rounds 3] [--cache-dir DIR] [--results-dir DIR] [--smoke]
 
 Expected duration on 2 cores: generating the 200,000 JPEGs under a minute (once,
-then cached: about 2.8 GB), the memory runs 320,000 ingested images at 650-900
-images/s (measured at 10,000-50,000 under load: 6-8 minutes), the S3 sweep about 2
-minutes with its default 3 rounds (5 before; reduced to keep ``make bench``'s ingest
-near 10 minutes). The store of each memory run and the ingest's spill live in temp
+then cached: about 2.8 GB), the memory runs 320,000 ingested images at 650-1,000
+images/s (measured at 10,000-100,000: about 8 minutes), the S3 sweep about 2 minutes
+with its default 3 rounds (5 before; reduced to keep ``make bench``'s ingest near 11
+minutes in all). The store of each memory run and the ingest's spill live in temp
 dirs (another 2.8 GB at 200,000) and are deleted after it.
 
 Writes ``benchmarks/results/ingest.json`` and ``ingest_s3_sweep.png``.
