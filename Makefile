@@ -127,17 +127,17 @@ format: install
 # The CPU benchmarks that `make bench` keeps current, and the arguments each runs with.
 # `make bench` asks the report which of them are not current (a file they import changed
 # after the revision that measured them, a smoke or dirty run, no result at all) and
-# measures exactly those again, then writes benchmarks/README.md. All of them take about
-# 30 minutes on 2 cores (measured: ingest 3, accuracy 3, train_overhead 1.5, serve about 15,
-# pipeline 2, tune 12; estimate 36, measured under load ~19 from other work, plus its
-# active-learning simulation: about 10 more for its 4 seeds at load ~4)
-# plus capture, which adds rounds (about a minute each) until the
-# 95% interval of its ratio is narrower than 0.05: on the order of 100 rounds, 2 hours.
-# serve measures photo-sized inputs at the default serving batch size (8) with 1, 8 and 32
-# clients, 3 independent runs against stock TorchServe (eager and compiled) and LitServe
-# (its venv: make litserve-venv), then an open loop: about 15 minutes (its docstring says
-# how that was estimated). bench-tune runs the
-# model-selection search whatever its status, bench-gpu the GPU one (not in make bench).
+# measures exactly those again, then writes benchmarks/README.md. On 2 cores all of them
+# take about four hours: accuracy about 65 minutes (digits 3; on Fashion-MNIST the SVC's
+# grid about 15 and 3 seeds of two CNNs about 50), estimate about 45 with its
+# active-learning simulation, tune about 22 (estimated since it moved to Fashion-MNIST),
+# serve about 15 (3 independent runs against stock TorchServe eager and compiled and
+# LitServe, its venv from make litserve-venv, then an open loop), ingest about 11 (its
+# 200,000-JPEG memory runs; the images are generated once and cached), train_overhead
+# 1.5, pipeline 2; and capture, which adds rounds (about a minute each) until the 95%
+# interval of its ratio is narrower than 0.05 or 150 rounds are done: up to 2.5 hours.
+# bench-tune runs the model-selection search whatever its status, bench-gpu the GPU one
+# (not in make bench).
 BENCH_CPU := ingest accuracy train_overhead serve pipeline capture tune estimate
 BENCH_ARGS_serve := --inputs photo --batch-sizes 8
 BENCH_ARGS_capture := --rounds 8 --max-rounds 150 --ci-width 0.05

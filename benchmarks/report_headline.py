@@ -129,20 +129,38 @@ def _capture(r: dict) -> list[Row]:
 
 
 def _ingest(r: dict) -> list[Row]:
+    fit = r.get("memory_fit") or {}
+    sizes = r.get("memory_sizes") or []
+    if fit:
+        memory = (
+            f"{_num(fit.get('growth_kb_per_image'))} KB/image (least squares over "
+            f"{', '.join(f'{n:,}' for n in sizes)} images; R^2 {_num(fit.get('r2'))}, "
+            f"max residual {_num(fit.get('max_abs_residual_mb'))} MB)"
+        )
+    else:  # a result from before the fit: the growth between its two sizes
+        memory = f"{_num(r.get('peak_rss_growth_mb'))} MB from 5k to 40k images"
+    direct = r.get("moto_direct_objects_per_s") or {}
+    emulator = "sequential client, same emulator"
+    if direct:
+        emulator += (
+            f"; moto alone, no latency: {_num((direct.get('workers_1') or {}).get('median'))}"
+            f" objects/s at 1 worker, {_num((direct.get('workers_16') or {}).get('median'))}"
+            " at 16"
+        )
     return [
         (
-            "ingest: peak RSS growth 5k -> 40k images",
-            "bounded (flat in images)",
-            f"{_num(r.get('peak_rss_growth_mb'))} MB",
+            "ingest: peak RSS growth per image",
+            _goal(r.get("growth_kb_per_image"), "<", r.get("growth_goal_kb_per_image")),
+            memory,
             f"import-only RSS {_num(r.get('import_only_rss_mb'))} MB",
         ),
         (
             "S3 ingest, 16 workers / 1, 20 ms latency",
-            NONE,
+            _goal(r.get("s3_parallel_vs_sequential_20ms"), ">=", 4),
             _spread(r.get("s3_parallel_vs_sequential_20ms_spread"))
             if r.get("s3_parallel_vs_sequential_20ms_spread")
             else _num(r.get("s3_parallel_vs_sequential_20ms")),
-            "sequential client, same emulator (the emulator caps it)",
+            emulator,
         ),
     ]
 

@@ -202,22 +202,52 @@ def draw_capture(fig: Figure, r: dict) -> bool:
     return True
 
 
-def draw_ingest(fig: Figure, r: dict) -> bool:
-    sizes = sorted(
+def _ingest_sizes(r: dict) -> list[tuple[int, float]]:
+    """(images, peak RSS MB): ``peak_rss_mb`` by size, or an older result's
+    ``peak_rss_mb_<N>k`` keys."""
+    by_size = r.get("peak_rss_mb")
+    if isinstance(by_size, dict):
+        return sorted((int(n), v) for n, v in by_size.items() if isinstance(v, (int, float)))
+    return sorted(
         (int(k.removeprefix("peak_rss_mb_").removesuffix("k")) * 1000, v)
         for k, v in r.items()
         if k.startswith("peak_rss_mb_") and k.endswith("k") and isinstance(v, (int, float))
     )
+
+
+def draw_ingest(fig: Figure, r: dict) -> bool:
+    sizes = _ingest_sizes(r)
     if not sizes:
         return False
     mem, s3 = fig.subplots(1, 2)
+    xs, ys = [n for n, _ in sizes], [v for _, v in sizes]
+    mem.plot(xs, ys, "o", label="peak RSS")
+    fit = r.get("memory_fit") or {}
+    if fit.get("growth_kb_per_image") is not None and fit.get("intercept_mb") is not None:
+        ends = [0, max(xs)]
+        slope = fit["growth_kb_per_image"] / 1024
+        mem.plot(
+            ends,
+            [fit["intercept_mb"] + slope * x for x in ends],
+            "-",
+            label=f"fit: {fit['growth_kb_per_image']:.3g} KB/image (R^2 {fit.get('r2')})",
+        )
+        goal = r.get("growth_goal_kb_per_image")
+        if goal:
+            mem.plot(
+                ends,
+                [fit["intercept_mb"] + goal / 1024 * x for x in ends],
+                ":",
+                label=f"goal: {goal:g} KB/image",
+            )
     base = r.get("import_only_rss_mb")
-    xs = ([0] if base is not None else []) + [n for n, _ in sizes]
-    ys = ([base] if base is not None else []) + [v for _, v in sizes]
-    mem.plot(xs, ys, "o-")
+    if base is not None:
+        mem.axhline(base, color="grey", lw=0.8, ls="--", label="imports only")
     mem.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
     mem.set_xlabel("images ingested")
-    mem.set_ylabel("peak RSS (MB; 0 images: imports only)")
+    mem.set_ylabel("peak RSS (MB)")
+    mem.set_ylim(bottom=0)
+    mem.legend(fontsize=7)
     for lat in sorted({p["latency_ms"] for p in r.get("s3_sweep") or []}):
         pts = sorted(
             (p for p in r["s3_sweep"] if p["latency_ms"] == lat), key=lambda p: p["workers"]
@@ -228,6 +258,11 @@ def draw_ingest(fig: Figure, r: dict) -> bool:
             "o-",
             label=f"{lat} ms",
         )
+    direct = r.get("moto_direct_objects_per_s") or {}
+    pts = [(w, (direct.get(f"workers_{w}") or {}).get("median")) for w in (1, 16)]
+    pts = [(w, v) for w, v in pts if v is not None]
+    if pts:
+        s3.plot(*zip(*pts, strict=True), "kx", label="moto alone (no proxy)")
     s3.set_xlabel("workers")
     s3.set_ylabel("objects / s to the S3 emulator")
     if r.get("s3_sweep"):

@@ -126,6 +126,17 @@ def test_pipeline_smoke(tmp_path):
     assert r["orchestration_share_incl_cold_start"] > r["orchestration_share"]
 
 
+def test_ingest_smoke(tmp_path):
+    r = bench("ingest", tmp_path)
+    assert r["memory_sizes"] == [100, 200, 300] and set(r["peak_rss_mb"]) == {"100", "200", "300"}
+    fit = r["memory_fit"]
+    assert fit["points"] == 3 and fit["growth_kb_per_image"] == r["growth_kb_per_image"]
+    assert r["growth_goal_kb_per_image"] == 0.3 and isinstance(r["growth_goal_met"], bool)
+    assert r["import_only_rss_mb"] < min(r["peak_rss_mb"].values())
+    assert set(r["moto_direct_objects_per_s"]) == {"workers_1", "workers_16"}
+    assert len(r["s3_sweep"]) == 8 and (tmp_path / "ingest_s3_sweep.png").is_file()
+
+
 @pytest.mark.slow
 @pytest.mark.torchserve
 def test_serve_smoke(tmp_path):

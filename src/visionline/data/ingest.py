@@ -11,12 +11,14 @@ An ingest runs in three phases, and only the last two write:
    and every file a CSV (or a symlink in a folder) names must lie inside the source's
    own folder, or inside a place the caller allowed explicitly (``allow_outside``).
 2. **inspect**: read, hash and inspect every file, streamed through a bounded window
-   of threads so at most a few images' bytes are in memory at once. Only the small
-   manifest rows are kept. This yields the content version, which is part of every
+   of threads so at most a few images' bytes are in memory at once. The manifest rows
+   are spilled to disk as they come (``visionline.data.spill``: a temporary SQLite
+   file), as are the scanned files once the scan ends, so memory does not grow with
+   the number of images. This yields the content version, which is part of every
    key, so nothing can be uploaded before it ends.
 3. **upload**: read each decodable image again (verifying it still has the hash
    recorded in phase 2), upload it, then write ``dataset.json``, the manifest (the
-   commit marker) and ``LATEST``. If anything fails, every object this ingest created
+   commit marker, written from the spill in Parquet row groups) and ``LATEST``. If anything fails, every object this ingest created
    is deleted again (objects that were already there are left alone).
 
 A file that is not a usable image is recorded in the manifest as refused
@@ -40,8 +42,9 @@ import hashlib
 import json
 import logging
 import platform
+import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,14 +54,9 @@ from tqdm.auto import tqdm
 
 from visionline.config import SplitConfig
 from visionline.data.images import inspect_image
-from visionline.data.manifest import (
-    MANIFEST_COLUMNS,
-    SPLITS,
-    DatasetRef,
-    latest_key,
-    manifest_to_bytes,
-)
-from visionline.data.sources import SourceFile, check_dataset_name, scan_source
+from visionline.data.manifest import SPLITS, DatasetRef, latest_key
+from visionline.data.sources import SourceFile, check_dataset_name, iter_source
+from visionline.data.spill import Spill
 from visionline.data.split import assign_split
 from visionline.data.stream import bounded_map
 from visionline.errors import IngestError, KeyNotFoundError
@@ -86,54 +84,6 @@ class IngestResult:
     undecodable: int  # refused files: recorded in the manifest, not copied
     created: bool  # False when this exact version already existed
     dropped: int = 0  # rows left out by drop_duplicates / drop_undecodable
-
-
-_SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
-
-
-def carve_val(df: pd.DataFrame, ratios: SplitConfig) -> bool:
-    """Move a ``val / (train + val)`` share of train to val by content hash, when the
-    source named train and test and no val; True when it did. Identical bytes move
-    together, so the carve adds no leakage."""
-    if ratios.val <= 0 or not len(df) or "val" in set(df["split"]):
-        return False
-    if not {"train", "test"} <= set(df["split"]):
-        return False
-    share = ratios.val / (ratios.train + ratios.val)
-    u = df["sha256"].str[:15].map(lambda h: int(h, 16) / float(16**15))
-    df.loc[(df["split"] == "train") & (u < share), "split"] = "val"
-    return True
-
-
-def drop_rows(df: pd.DataFrame, duplicates: bool, undecodable: bool) -> tuple[pd.DataFrame, dict]:
-    """``df`` without the rows the clean-ups leave out, and the record of them."""
-    record: dict = {}
-    if undecodable:
-        bad = df[~df["decodable"]]
-        record["undecodable"] = [
-            {"source": r.source, "label": r.label, "split": r.split, "error": r.error}
-            for r in bad.itertuples(index=False)
-        ]
-        df = df[df["decodable"]]
-    if duplicates:
-        order = df.assign(_rank=df["split"].map(_SPLIT_ORDER)).sort_values(
-            ["sha256", "_rank", "label", "source"]
-        )
-        first = order.drop_duplicates("sha256")
-        kept_by_sha = dict(zip(first["sha256"], first["source"], strict=True))
-        extra = order[order.duplicated("sha256")]
-        record["duplicates"] = [
-            {
-                "source": r.source,
-                "label": r.label,
-                "split": r.split,
-                "sha256": r.sha256,
-                "kept": kept_by_sha[r.sha256],
-            }
-            for r in extra.itertuples(index=False)
-        ]
-        df = df.drop(index=extra.index)
-    return df.sort_values(["label", "source"]).reset_index(drop=True), record
 
 
 # --------------------------------------------------------------------------- streaming
@@ -168,12 +118,17 @@ def inspect_file(f: SourceFile, ratios: SplitConfig, max_pixels: int) -> tuple:
 
 
 def dataset_version(df: pd.DataFrame, ratios: SplitConfig, classes: list[str]) -> str:
+    rows = df.sort_values(["source", "sha256"])[["source", "label", "split", "sha256"]]
+    return _version_of(rows.itertuples(index=False), ratios, classes)
+
+
+def _version_of(rows: Iterable[Sequence[str]], ratios: SplitConfig, classes: list[str]) -> str:
+    """The content version from (source, label, split, sha256) rows sorted by source and
+    sha256: the same for the in-memory manifests of labelling and the spilled ingest."""
     h = hashlib.sha256()
     h.update(json.dumps(ratios.model_dump(), sort_keys=True).encode())
     h.update(json.dumps(classes).encode())
-    for rec in df.sort_values(["source", "sha256"])[
-        ["source", "label", "split", "sha256"]
-    ].itertuples(index=False):
+    for rec in rows:
         h.update("\t".join(rec).encode() + b"\n")
     return h.hexdigest()[:12]
 
@@ -190,25 +145,39 @@ class _Writes:
     """What one ingest has (maybe) written: the keys to delete if it fails.
 
     A key is recorded before its write starts, because a write whose answer was lost
-    may still have landed. Keys that existed before the ingest are never recorded.
+    may still have landed. Keys that existed before the ingest are never recorded. The
+    record is a file (one key a line), not a list: an ingest writes one key per image.
     """
 
-    def __init__(self, store: ArtifactStore, existing: set[str]) -> None:
+    def __init__(self, store: ArtifactStore, existing: set[str], log_path: Path) -> None:
         self.store = store
         self.existing = existing
-        self.keys: list[str] = []
+        self.count = 0
+        self._path = log_path
+        self._log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in keys)
         self._lock = threading.Lock()
 
     def put(self, key: str, data: bytes) -> None:
         if key not in self.existing:
             with self._lock:
-                self.keys.append(key)
+                self._log.write(key + "\n")
+                self.count += 1
         self.store.put_bytes(key, data)
+
+    def keys(self) -> Iterator[str]:
+        with self._lock:
+            self._log.flush()
+        with open(self._path, encoding="utf-8") as f:
+            for line in f:
+                yield line.rstrip("\n")
+
+    def close(self) -> None:
+        self._log.close()
 
     def undo(self, workers: int, latest: tuple[str, bytes | None] | None) -> list[str]:
         """Delete what was written, commit marker first; return keys left behind."""
-        marker = [k for k in self.keys if k.endswith("/manifest.parquet")]
-        rest = [k for k in self.keys if k not in marker]
+        marker = [k for k in self.keys() if k.endswith("/manifest.parquet")]
+        rest = (k for k in self.keys() if k not in marker)
         failed: list[str] = []
 
         def delete(key: str) -> str | None:
@@ -266,30 +235,64 @@ def ingest(
     """
     ratios = ratios or SplitConfig()
     check_dataset_name(name)
-    files, classes = scan_source(src, s3_client, allow_outside)
-    if not files:
-        raise IngestError(f"no images found in {src}")
+    with tempfile.TemporaryDirectory(prefix="visionline-ingest-") as work:
+        spill = Spill(Path(work))
+        try:
+            # Phase 1 ends before any byte is read: every file is listed and checked,
+            # straight into the spill (nothing per file stays in memory).
+            scan = iter_source(src, s3_client, allow_outside)
+            spill.add_files(scan)
+            if not spill.files:
+                raise IngestError(f"no images found in {src}")
+            classes = scan.classes or []
+            return _ingest_spilled(
+                store,
+                spill,
+                src,
+                name,
+                ratios,
+                classes,
+                max_pixels,
+                workers,
+                progress,
+                allow_outside,
+                (drop_duplicates, drop_undecodable),
+            )
+        finally:
+            spill.close()
 
-    df = _inspect_all(files, ratios, max_pixels, workers, progress, name)
-    carved = carve_val(df, ratios)
-    df, dropped = drop_rows(df, drop_duplicates, drop_undecodable)
+
+def _ingest_spilled(
+    store: ArtifactStore,
+    spill: Spill,
+    src: str,
+    name: str,
+    ratios: SplitConfig,
+    classes: list[str],
+    max_pixels: int,
+    workers: int,
+    progress: bool,
+    allow_outside: Sequence[str | Path],
+    drops: tuple[bool, bool],
+) -> IngestResult:
+    _inspect_all(spill, ratios, max_pixels, workers, progress, name)
+    carved = spill.carve_val(ratios)
+    dropped = spill.drop(*drops)
     n_dropped = sum(len(v) for v in dropped.values())
     if n_dropped:
         log.warning("left out %s (recorded in dataset.json)", _dropped_summary(dropped))
-    ref = DatasetRef(name, dataset_version(df, ratios, classes))
-    undecodable = int((~df["decodable"]).sum())
+    ref = DatasetRef(name, _version_of(spill.version_lines(), ratios, classes))
+    images, undecodable = spill.count(), spill.count("NOT decodable")
     if undecodable:
         log.warning(
             "%d of %d files are not usable images: recorded as refused, not copied",
             undecodable,
-            len(df),
+            images,
         )
     if store.exists(ref.manifest_key):
         log.info("dataset %s already in %s: nothing to write", ref, store.uri)
-        return IngestResult(ref, len(df), undecodable, created=False, dropped=n_dropped)
+        return IngestResult(ref, images, undecodable, created=False, dropped=n_dropped)
 
-    kept = df[df["decodable"]].drop_duplicates("key")[["key", "sha256", "_file"]]
-    df["key"] = [f"{ref.prefix}/{k}" if isinstance(k, str) else None for k in df["key"]]
     info = {
         "name": name,
         "version": ref.version,
@@ -297,10 +300,8 @@ def ingest(
         "allow_outside": [str(a) for a in allow_outside],
         "classes": classes,
         "split_ratios": ratios.model_dump(),
-        "counts": {
-            s: df[df["split"] == s]["label"].value_counts().sort_index().to_dict() for s in SPLITS
-        },
-        "images": len(df),
+        "counts": spill.counts(),
+        "images": images,
         "undecodable": undecodable,
         "val_carved_from_train": carved,
         "dropped": dropped,
@@ -308,13 +309,11 @@ def ingest(
         "code_version": code_version(),
         "python": platform.python_version(),
     }
-    uploads = (
-        _Upload(f"{ref.prefix}/{k}", sha, files[i]) for k, sha, i in kept.itertuples(index=False)
-    )
-    _write_version(store, ref, df, info, uploads, len(kept), workers, progress)
+    total = spill.upload_count()
+    _write_version(store, ref, spill, info, total, workers, progress)
     per_split = ", ".join(f"{s} {sum(info['counts'][s].values())}" for s in SPLITS)
-    log.info("dataset %s written to %s: %d images (%s)", ref, store.uri, len(kept), per_split)
-    return IngestResult(ref, len(df), undecodable, created=True, dropped=n_dropped)
+    log.info("dataset %s written to %s: %d images (%s)", ref, store.uri, total, per_split)
+    return IngestResult(ref, images, undecodable, created=True, dropped=n_dropped)
 
 
 def _dropped_summary(dropped: dict) -> str:
@@ -322,31 +321,32 @@ def _dropped_summary(dropped: dict) -> str:
 
 
 def _inspect_all(
-    files: list[SourceFile],
+    spill: Spill,
     ratios: SplitConfig,
     max_pixels: int,
     workers: int,
     progress: bool,
     name: str,
-) -> pd.DataFrame:
-    """Phase 2: every file's manifest row, sorted by label and source; ``_file`` indexes
-    ``files`` (not written: not a manifest column)."""
-    rows: list[tuple] = []
-    with tqdm(total=len(files), desc=f"inspect {name}", unit="img", disable=not progress) as bar:
-        for row in bounded_map(lambda f: inspect_file(f, ratios, max_pixels), files, workers):
-            rows.append(row)
-            bar.update(1)
-    df = pd.DataFrame.from_records(rows, columns=MANIFEST_COLUMNS)
-    df["_file"] = range(len(df))
-    return df.sort_values(["label", "source"]).reset_index(drop=True)
+) -> None:
+    """Phase 2: every file's manifest row, into the spill as it comes (scan order)."""
+    with tqdm(total=spill.files, desc=f"inspect {name}", unit="img", disable=not progress) as bar:
+
+        def rows() -> Iterator[tuple]:
+            for row in bounded_map(
+                lambda f: inspect_file(f, ratios, max_pixels), spill.iter_files(), workers
+            ):
+                bar.update(1)
+                yield row
+
+        spill.add_rows(rows())
+    spill.finish_rows()
 
 
 def _write_version(
     store: ArtifactStore,
     ref: DatasetRef,
-    df: pd.DataFrame,
+    spill: Spill,
     info: dict,
-    uploads: Iterator[_Upload],
     total: int,
     workers: int,
     progress: bool,
@@ -356,16 +356,20 @@ def _write_version(
     # Objects already under this version's prefix (a concurrent or interrupted ingest of
     # the same content) are content-addressed, so they are reused and never deleted.
     existing = set(store.list(ref.prefix + "/"))
-    writes = _Writes(store, existing)
+    work = spill.path.parent
+    writes = _Writes(store, existing, work / "written.txt")
     lkey = latest_key(ref.name)
     latest: tuple[str, bytes | None] | None = None
     try:
+        uploads = (_Upload(f"{ref.prefix}/{k}", sha, f) for k, sha, f in spill.uploads())
         todo = (u for u in uploads if u.key not in existing or not _same(store, u))
         with tqdm(total=total, desc=f"upload {ref}", unit="obj", disable=not progress) as bar:
             for _ in bounded_map(lambda u: _upload_one(u, writes), todo, workers):
                 bar.update(1)
         writes.put(ref.info_key, json.dumps(info, indent=2, sort_keys=True).encode())
-        writes.put(ref.manifest_key, manifest_to_bytes(df))  # the commit marker
+        spill.write_manifest(work / "manifest.parquet", ref.prefix)
+        # the commit marker; read back whole here, when nothing else per image is held
+        writes.put(ref.manifest_key, (work / "manifest.parquet").read_bytes())
         previous = store.get_bytes(lkey) if store.exists(lkey) else None
         latest = (lkey, previous)
         store.put_bytes(lkey, ref.version.encode())
@@ -373,7 +377,7 @@ def _write_version(
         left = writes.undo(workers, latest)
         if not isinstance(e, Exception):
             raise  # Ctrl-C and friends: cleaned up, now let them through
-        removed = len(set(writes.keys) - set(left))
+        removed = writes.count - len(set(left))
         msg = (
             f"ingest of {ref} into {store.uri} failed: {e}. Removed the {removed} objects "
             "it had started to write"
@@ -381,6 +385,8 @@ def _write_version(
         if left:
             msg += f"; could not remove {len(left)} (e.g. {left[0]}): delete them by hand"
         raise IngestError(msg) from e
+    finally:
+        writes.close()
 
 
 def _same(store: ArtifactStore, u: _Upload) -> bool:

@@ -13,7 +13,7 @@ import csv
 import logging
 import os
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -145,35 +145,51 @@ def _is_image(name: str) -> bool:
     return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _folder_layout(
-    rel_paths: list[str], empty_dirs: list[str], where: str
-) -> tuple[list[tuple[str, str, str | None]], list[str]]:
-    """Map relative paths to (rel, label, split) for ``class/x`` or ``split/class/x``."""
-    tops = {p.split("/", 1)[0] for p in rel_paths} | {d.split("/", 1)[0] for d in empty_dirs}
-    presplit = bool(tops) and tops <= set(SPLITS)
-    out: list[tuple[str, str, str | None]] = []
-    classes: dict[str, str] = {}  # also the one shared copy of each label string
-    for rel in rel_paths:
+class _Layout:
+    """Maps relative paths to (label, split) for ``class/x`` or ``split/class/x``, one at
+    a time; ``tops`` are the first path components (folders and top-level images)."""
+
+    def __init__(self, tops: set[str], where: str) -> None:
+        self.presplit = bool(tops) and tops <= set(SPLITS)
+        self.where = where
+        self.classes: dict[str, str] = {}  # also the one shared copy of each label string
+
+    def place(self, rel: str) -> tuple[str, str | None]:
         parts = rel.split("/")
-        if presplit:
+        if self.presplit:
             if len(parts) < 3:
-                raise IngestError(f"{where}/{rel}: expected <split>/<class>/<file>")
+                raise IngestError(f"{self.where}/{rel}: expected <split>/<class>/<file>")
             label, split = parts[1], parts[0]
         else:
             if len(parts) < 2:
                 raise IngestError(
-                    f"{where}/{rel}: images must sit in one folder per class "
+                    f"{self.where}/{rel}: images must sit in one folder per class "
                     "(<class>/<file>) or <split>/<class>/<file>"
                 )
             label, split = parts[0], None
-        if label not in classes:
-            classes[label] = check_label(label, f"{where}/{rel}")
-        out.append((rel, classes[label], split and _SPLIT[split]))
-    for d in empty_dirs:
-        parts = d.split("/")
-        if (presplit and len(parts) == 2) or (not presplit and len(parts) == 1):
-            classes.setdefault(parts[-1], check_label(parts[-1], f"{where}/{d}"))
-    return out, sorted(classes)
+        if label not in self.classes:
+            self.classes[label] = check_label(label, f"{self.where}/{rel}")
+        return self.classes[label], split and _SPLIT[split]
+
+    def empty_dirs(self, empty: Iterable[str]) -> list[str]:
+        """Add the class folders among ``empty`` (folders without images); all classes."""
+        for d in empty:
+            parts = d.split("/")
+            if (self.presplit and len(parts) == 2) or (not self.presplit and len(parts) == 1):
+                self.classes.setdefault(parts[-1], check_label(parts[-1], f"{self.where}/{d}"))
+        return sorted(self.classes)
+
+
+class Scan:
+    """A source's files in scan order, found as they are iterated (nothing per file is
+    kept here), and its sorted classes once the iteration has ended."""
+
+    def __init__(self, files: Generator[SourceFile, None, list[str]]) -> None:
+        self._files = files
+        self.classes: list[str] | None = None
+
+    def __iter__(self) -> Iterator[SourceFile]:
+        self.classes = yield from self._files
 
 
 def _outside(what: str, target: Path | str, home: str, flag_hint: str) -> IngestError:
@@ -183,15 +199,33 @@ def _outside(what: str, target: Path | str, home: str, flag_hint: str) -> Ingest
     )
 
 
+def _top_names(root: Path) -> set[str]:
+    """The first path components the layout is decided by, as ``os.walk`` classifies
+    them: every visible folder (an empty one names a class), and visible images."""
+    tops: set[str] = set()
+    with os.scandir(root) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir() or _is_image(e.name):
+                tops.add(e.name)
+    return tops
+
+
 def scan_local_folder(
     root: Path, allowed: AllowedRoots | None = None
-) -> tuple[list[SourceFile], list[str]]:
+) -> Generator[SourceFile, None, list[str]]:
     if not root.is_dir():
         raise IngestError(f"source folder not found: {root}")
-    allowed = allowed or AllowedRoots()
+    return _walk_folder(root, allowed or AllowedRoots())
+
+
+def _walk_folder(root: Path, allowed: AllowedRoots) -> Generator[SourceFile, None, list[str]]:
     home = root.resolve()
-    rels: list[str] = []
+    layout = _Layout(_top_names(root), str(root))
+    origin = _Folder(str(root))
     dirs: list[str] = []
+    under: set[str] = set()  # folders with an image somewhere beneath
     skipped = 0
     # os.walk, not rglob: plain strings instead of a Path object per file keep a scan of
     # many thousands of files small. Symlinked folders are listed, never entered.
@@ -220,16 +254,14 @@ def scan_local_folder(
                     )
             if not os.path.isfile(full):
                 raise IngestError(f"{root}/{rel}: not a regular file")
-            rels.append(rel)
+            if base and base[:-1] not in under:
+                under.add(base[:-1])
+                under.update(_parents(base[:-1]))
+            label, split = layout.place(rel)
+            yield SourceFile(rel, label, split, origin, rel)
     if skipped:
         log.warning("skipped %d files without an image extension under %s", skipped, root)
-    under = {r.rsplit("/", 1)[0] for r in rels}
-    under |= {d for r in under for d in _parents(r)}
-    empty = [d for d in dirs if d not in under]
-    layout, classes = _folder_layout(rels, empty, str(root))
-    origin = _Folder(str(root))
-    files = [SourceFile(rel, label, split, origin, rel) for rel, label, split in layout]
-    return files, classes
+    return layout.empty_dirs(d for d in dirs if d not in under)
 
 
 def _parents(rel_dir: str) -> Iterator[str]:
@@ -238,28 +270,37 @@ def _parents(rel_dir: str) -> Iterator[str]:
         yield "/".join(parts[:i])
 
 
-def scan_s3_prefix(uri: str, s3_client: object | None) -> tuple[list[SourceFile], list[str]]:
+def scan_s3_prefix(uri: str, s3_client: object | None) -> Generator[SourceFile, None, list[str]]:
     src = S3Store(uri, client=s3_client)
+    # the listing arrives whole (sorted), so the keys are checked before any is used
     rels = [k for k in src.list("") if _is_image(k)]
     for rel in rels:
         if _unsafe_key(rel):
             raise IngestError(f"{uri}/{rel}: a key with empty, '.' or '..' segments is ambiguous")
-    layout, classes = _folder_layout(rels, [], uri)
-    files = [SourceFile(rel, label, split, src, rel) for rel, label, split in layout]
-    return files, classes
+    layout = _Layout({r.split("/", 1)[0] for r in rels}, uri)
+    for rel in rels:
+        label, split = layout.place(rel)
+        yield SourceFile(rel, label, split, src, rel)
+    return layout.empty_dirs(())
 
 
 def scan_csv(
     path: Path, s3_client: object | None, allowed: AllowedRoots | None = None
-) -> tuple[list[SourceFile], list[str]]:
+) -> Generator[SourceFile, None, list[str]]:
     if not path.is_file():
         raise IngestError(f"CSV not found: {path}")
-    allowed = allowed or AllowedRoots()
+    return _read_csv(path, s3_client, allowed or AllowedRoots())
+
+
+def _read_csv(
+    path: Path, s3_client: object | None, allowed: AllowedRoots
+) -> Generator[SourceFile, None, list[str]]:
     home = path.parent.resolve()
+    labels: set[str] = set()
     buckets: dict[str, S3Store] = {}  # one client per bucket, not one per row
     anywhere = _Folder()
     origin: _Origin
-    files: list[SourceFile] = []
+    rows = 0
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or [])
@@ -305,10 +346,27 @@ def scan_csv(
                     # devices and FIFOs never end or block: refuse before reading
                     raise IngestError(f"{where}: {real} is not a regular file")
                 origin, loc = anywhere, str(real)
-            files.append(SourceFile(p, label, split, origin, loc))
-    if not files:
+            labels.add(label)
+            rows += 1
+            yield SourceFile(p, label, split, origin, loc)
+    if not rows:
         raise IngestError(f"{path}: no rows")
-    return files, sorted({f.label for f in files})
+    return sorted(labels)
+
+
+def iter_source(
+    src: str,
+    s3_client: object | None = None,
+    allow_outside: Sequence[str | Path] = (),
+) -> Scan:
+    """``src``'s files as they are found (an ingest spills them as they come)."""
+    allowed = AllowedRoots.parse(allow_outside)
+    if src.startswith("s3://"):
+        return Scan(scan_s3_prefix(src, s3_client))
+    p = Path(src)
+    if p.suffix.lower() == ".csv":
+        return Scan(scan_csv(p, s3_client, allowed))
+    return Scan(scan_local_folder(p, allowed))
 
 
 def scan_source(
@@ -316,10 +374,7 @@ def scan_source(
     s3_client: object | None = None,
     allow_outside: Sequence[str | Path] = (),
 ) -> tuple[list[SourceFile], list[str]]:
-    allowed = AllowedRoots.parse(allow_outside)
-    if src.startswith("s3://"):
-        return scan_s3_prefix(src, s3_client)
-    p = Path(src)
-    if p.suffix.lower() == ".csv":
-        return scan_csv(p, s3_client, allowed)
-    return scan_local_folder(p, allowed)
+    """``src``'s files in a list, and its classes."""
+    scan = iter_source(src, s3_client, allow_outside)
+    files = list(scan)
+    return files, scan.classes or []
