@@ -32,6 +32,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC
 
 from benchmarks._common import REPO, sig
+from benchmarks.paired_tests import mcnemar_by_source
 from benchmarks.svc_baseline import pixels, tune_svc
 from visionline.config import PipelineConfig, load_config
 from visionline.data.ingest import ingest
@@ -138,15 +139,8 @@ def svc_arm(
 
 
 def _mcnemar(svc: dict[str, bool], cnn: dict[str, bool]) -> dict:
-    from visionline.evaluation.gate import mcnemar
-
-    sources = sorted(svc)
-    if sorted(cnn) != sources:
-        raise RuntimeError("the CNN and the SVC were tested on different images")
-    only_svc, only_cnn, p = mcnemar(
-        np.array([svc[s] for s in sources]), np.array([cnn[s] for s in sources])
-    )
-    return {"only_svc_right": only_svc, "only_cnn_right": only_cnn, "p": sig(p)}
+    only_svc, only_cnn, p = mcnemar_by_source(svc, cnn, "the CNN and the SVC")
+    return {"only_svc_right": only_svc, "only_cnn_right": only_cnn, "p": p}
 
 
 def model_summary(runs: list[dict], correct: list[dict[str, bool]], svc: dict[str, bool]) -> dict:

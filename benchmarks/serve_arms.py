@@ -15,6 +15,7 @@ import os
 import re
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,19 +134,14 @@ def _forward_worker(
             conn.send(calls * bs / seconds)
 
 
-class InProcess:
-    """The forward pass alone, at a batch size, on preprocessed tensors: the ceiling."""
+class PipeWorker:
+    """A measuring process of its own, driven over a pipe: ``plan`` and ``rate`` ask it,
+    ``close`` stops it (the in-process ceilings)."""
 
-    def __init__(
-        self, arch: str, num_classes: int, state_path: Path, cores: set[int] | None
-    ) -> None:
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_forward_worker,
-            args=(child, arch, num_classes, str(state_path), sorted(cores) if cores else None),
-            daemon=True,
-        )
+        self.proc = ctx.Process(target=target, args=(child, *args), daemon=True)
         self.proc.start()
 
     def plan(self, bs: int, mode: str) -> dict:
@@ -161,6 +157,17 @@ class InProcess:
         self.proc.join(30)
         if self.proc.is_alive():
             self.proc.kill()
+
+
+class InProcess(PipeWorker):
+    """The forward pass alone, at a batch size, on preprocessed tensors: the ceiling."""
+
+    def __init__(
+        self, arch: str, num_classes: int, state_path: Path, cores: set[int] | None
+    ) -> None:
+        self._spawn(
+            _forward_worker, arch, num_classes, str(state_path), sorted(cores) if cores else None
+        )
 
 
 # --------------------------------------------------------------------------- load

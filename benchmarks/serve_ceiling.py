@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.serve_arms import PipeWorker
 from visionline.config import ModelConfig
 from visionline.data.images import decode_image
 from visionline.data.transforms import Preprocessing
@@ -84,7 +84,7 @@ def _run(pred: Predictor, images: list[bytes], bs: int, count: int, limits, top_
     return calls * bs / (time.perf_counter() - t)
 
 
-class FullPathInProcess:
+class FullPathInProcess(PipeWorker):
     """Decode, preprocess, forward, softmax and top-k in a process of its own."""
 
     def __init__(
@@ -96,38 +96,16 @@ class FullPathInProcess:
         images: list[bytes],
         cores: set[int] | None,
     ) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_full_path_worker,
-            args=(
-                child,
-                arch,
-                num_classes,
-                str(serving_json),
-                str(state_path),
-                sorted(cores) if cores else None,
-            ),
-            daemon=True,
+        self._spawn(
+            _full_path_worker,
+            arch,
+            num_classes,
+            str(serving_json),
+            str(state_path),
+            sorted(cores) if cores else None,
         )
-        self.proc.start()
-        self.conn.send(("images", list(images)))
-        self.conn.recv()
+        self.use_images(images)
 
     def use_images(self, images: list[bytes]) -> None:
         self.conn.send(("images", list(images)))
         self.conn.recv()
-
-    def plan(self, bs: int, mode: str) -> dict:
-        self.conn.send(("plan", bs, mode))
-        return self.conn.recv()
-
-    def rate(self, bs: int, images: int) -> float:
-        self.conn.send(("run", bs, images))
-        return self.conn.recv()
-
-    def close(self) -> None:
-        self.conn.send(("stop",))
-        self.proc.join(30)
-        if self.proc.is_alive():
-            self.proc.kill()

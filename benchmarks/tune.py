@@ -53,20 +53,20 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import optuna
 from scipy.stats import binomtest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, add_common_args, sig, write_result
+from benchmarks.paired_tests import mcnemar_by_source
 from visionline.backends import compute_backend
 from visionline.config import PipelineConfig, load_config
 from visionline.data import fashion_mnist
 from visionline.data.ingest import ingest
 from visionline.data.samples import write_digits, write_fashion_mnist
 from visionline.evaluation import ensure_evaluated, load_predictions
-from visionline.evaluation.gate import gate_run, mcnemar
+from visionline.evaluation.gate import gate_run
 from visionline.model.runs import load_run_info
 from visionline.serving.packaging import package_run
 from visionline.storage import LocalStore
@@ -279,13 +279,9 @@ def test_figures(store: LocalStore, run_id: str) -> tuple[dict, dict[str, bool]]
 
 
 def _compare(best: dict[str, bool], default: dict[str, bool]) -> dict:
-    sources = sorted(best)
-    if sorted(default) != sources:
-        raise RuntimeError("the best trial and the default run were tested on different images")
-    only_default, only_best, p = mcnemar(
-        np.array([default[s] for s in sources]), np.array([best[s] for s in sources])
-    )
-    return {"only_best_right": only_best, "only_default_right": only_default, "p": sig(p)}
+    what = "the best trial and the default run"
+    only_default, only_best, p = mcnemar_by_source(default, best, what)
+    return {"only_best_right": only_best, "only_default_right": only_default, "p": p}
 
 
 def order_figures(arms: dict[str, dict], order: list[str], planned: list[dict]) -> dict:
