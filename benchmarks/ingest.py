@@ -460,9 +460,10 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     if max(load_start[0], load_end[0]) > cpus:
         figures["note"] = (
-            f"shared machine: load average up to {max(load_start[0], load_end[0]):.1f} on "
-            f"{cpus} CPUs while this ran (other jobs); throughput figures are noisy, the "
-            "paired ratios and the memory figures less so"
+            f"load average up to {max(load_start[0], load_end[0]):.1f} on {cpus} CPUs while "
+            "this ran (this benchmark's own upload threads, moto and the proxy count in "
+            "it, as do other jobs): throughput figures are noisy, the paired ratios and "
+            "the memory figures less so"
         )
     write_result("ingest", figures, args.results_dir, smoke=args.smoke)
 
