@@ -244,6 +244,7 @@ def test_tune_smoke_on_fashion_mnist(tmp_path):
     assert r["dataset"] == "fashion-mnist" and r["train_per_class"] == 5
     assert len(r["orders"]) == 1 and sorted(r["orders"][0]["order"]) == ["pruned", "unpruned"]
     assert r["orders"][0]["same_trials"] and r["trials"] == 2
+    assert r["orders"][0]["best_passed_gate"] is True  # the smoke run lowers the gate to 0
     assert r["best_params_no_pruning"]["model"] in {"simple_cnn", "cnn3"}
     for side in (r["best_test"], r["default_test"]):
         low, high = side["interval_95"]
