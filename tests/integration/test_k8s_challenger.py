@@ -362,3 +362,62 @@ def test_the_challenger_outlives_the_last_old_front_still_draining(cluster, setu
     assert not ended.is_alive()
     assert _get(cluster, "Deployment", CHALLENGER) is None
     assert not cluster.forbidden and not cluster.rejected
+
+
+def test_an_end_acts_only_on_the_rollout_it_read(cluster, setup):
+    """A promote and the canary's watchdog can judge the same rollout at once: whichever
+    ends second must not take down a rollout started since (here an abort and a new
+    shadow came between), and the delete names the uid of the challenger it means."""
+    from visionline.serving.rollout.local import RolloutChanged
+
+    ro = KubernetesRollout(setup["cfg"], setup["store"], api_client=cluster.api_client())
+    ro.start(ModelRef("digits", "2"), "canary", 10)
+    read_then = ro.state()
+    assert read_then["uid"] == _get(cluster, "Deployment", CHALLENGER)["metadata"]["uid"]
+    ro.end("abort", "an operator")
+    started = ro.start(ModelRef("digits", "2"), "shadow", 50)
+    now = ro.state()
+    assert now["uid"] == started["uid"] != read_then["uid"]
+
+    with pytest.raises(RolloutChanged, match="no longer the one in progress"):
+        ro.end("rollback", "judged on the canary", expected=read_then)
+    assert ro.state() == now  # the shadow runs on, its front still mounted
+    assert _front(_get(cluster, "Deployment", CHAMPION)["spec"]["template"])
+
+    ro.end("abort", "test", expected=now)
+    deletes = [
+        body
+        for method, path, body in cluster.requests()
+        if method == "DELETE" and path.endswith(f"/deployments/{CHALLENGER}")
+    ]
+    assert [d["preconditions"]["uid"] for d in deletes] == [read_then["uid"], now["uid"]]
+    assert ro.state() is None and not cluster.forbidden and not cluster.rejected
+
+
+def test_a_leftover_challenger_service_is_not_adopted(cluster, setup):
+    """A Service of the challenger's name that no running challenger owns (orphaned by
+    a delete with --cascade=orphan) would be left behind, or taken by the garbage
+    collector from under the new challenger: the start refuses, names it and what to do,
+    and leaves nothing of its own behind."""
+    from kubernetes import client
+
+    from visionline.serving.kubernetes.challenger import challenger_service
+
+    core = client.CoreV1Api(cluster.admin_client())
+    core.create_namespaced_service(NS, challenger_service(setup["cfg"]))
+    before = _get(cluster, "Deployment", CHAMPION)
+    ro = KubernetesRollout(setup["cfg"], setup["store"], api_client=cluster.api_client())
+    with pytest.raises(ServingError, match=f"Service {NS}/{CHALLENGER} already exists") as e:
+        ro.start(ModelRef("digits", "2"), "shadow", 50)
+    assert f"kubectl -n {NS} delete service {CHALLENGER}" in str(e.value)
+    assert _get(cluster, "Deployment", CHALLENGER) is None
+    assert _get(cluster, "Service", CHALLENGER) is not None  # not ours to delete
+    assert _get(cluster, "Deployment", CHAMPION)["spec"]["template"] == before["spec"]["template"]
+
+    core.delete_namespaced_service(CHALLENGER, NS)
+    state = ro.start(ModelRef("digits", "2"), "shadow", 50)
+    owners = _get(cluster, "Service", CHALLENGER)["metadata"]["ownerReferences"]
+    assert [o["uid"] for o in owners] == [state["uid"]]
+    ro.end("abort", "test")
+    assert _get(cluster, "Service", CHALLENGER) is None
+    assert not cluster.forbidden and not cluster.rejected

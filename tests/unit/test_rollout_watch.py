@@ -7,9 +7,11 @@ import pytest
 
 from tests.conftest import REPO
 from visionline.config import RolloutConfig, load_config
+from visionline.errors import ServingError
 from visionline.kube import KubernetesApiError, KubernetesPermissionError
 from visionline.serving.kubernetes.rollout import KubernetesRollout
 from visionline.serving.rollout import watch as watchdog
+from visionline.serving.rollout.local import RolloutChanged, same_rollout
 from visionline.storage import LocalStore
 
 
@@ -38,7 +40,7 @@ class FlakyCanary:
             raise KubernetesApiError("list pods: the server is busy", self.status)
         return _records("champion", 20, 200) + _records("challenger", 20, 500)
 
-    def end(self, action: str, reason: str = "") -> dict:
+    def end(self, action: str, reason: str = "", expected: dict | None = None) -> dict:
         self.ended.append((action, reason))
         return {}
 
@@ -71,3 +73,47 @@ def test_names_too_long_for_a_challenger_mean_no_rollout(tmp_path):
         **{"deploy.target": "kubernetes", "deploy.kubernetes.deployment": "d" * 60}
     )
     assert KubernetesRollout(cfg, LocalStore(tmp_path / "store")).state() is None
+
+
+class EndedElsewhere(FlakyCanary):
+    """A failing canary that another process ends (a promote, an abort) between the
+    watchdog's read of it and its rollback; ``then`` is what runs after: nothing, or
+    another rollout."""
+
+    def __init__(self, then: dict | None) -> None:
+        super().__init__(errors=0, status=None)
+        self.current: dict | None = {"mode": "canary", "challenger": "digits:2", "started": "t1"}
+        self.then = then
+
+    def state(self) -> dict | None:
+        return self.current
+
+    def end(self, action: str, reason: str = "", expected: dict | None = None) -> dict:
+        self.current = self.then  # the other process got there first
+        if self.current is None:
+            raise ServingError("no rollout is in progress")
+        if expected is not None and not same_rollout(self.current, expected):
+            raise RolloutChanged("the rollout of digits:2 is no longer the one in progress")
+        self.ended.append((action, reason))
+        return {}
+
+
+@pytest.mark.parametrize(
+    "then", [None, {"mode": "shadow", "challenger": "digits:3", "started": "t2"}]
+)
+def test_a_rollout_ended_elsewhere_first_ends_the_watch_quietly(then):
+    """The watchdog's rollback loses the race to a promote or an abort: it neither fails
+    nor takes down what runs now, and it stops watching (a new rollout has its own)."""
+    canary = EndedElsewhere(then)
+    assert watchdog.watch(canary, interval_s=0, timeout_s=5) is None
+    assert canary.ended == []
+    assert canary.current == then
+
+
+def test_a_failed_rollback_of_the_rollout_still_running_is_not_swallowed():
+    class Stuck(EndedElsewhere):
+        def end(self, action: str, reason: str = "", expected: dict | None = None) -> dict:
+            raise ServingError("the champion's plain front did not come back")
+
+    with pytest.raises(ServingError, match="plain front did not come back"):
+        watchdog.watch(Stuck(then=None), interval_s=0, timeout_s=5)

@@ -8,7 +8,8 @@ what our code relies on from a real API server:
   generation bump when a spec changes;
 - label and field selectors on lists (objects.py);
 - JSON merge patches (kmock's own patch semantics: ``null`` deletes, lists replace);
-- deletion as a real cluster does it (gc.py): ``Foreground`` leaves the owner visible
+- deletion as a real cluster does it (gc.py), a ``preconditions.uid`` that does not
+  match refused with 409: ``Foreground`` leaves the owner visible
   with a ``deletionTimestamp`` and the ``foregroundDeletion`` finalizer until its
   blocking dependents are gone, ``Background`` deletes the dependents after the owner,
   ``Orphan`` (the API default for Jobs) strips their ``ownerReferences``; an object

@@ -173,6 +173,15 @@ class ApiServer(GarbageCollector, KubernetesEmulator):
         if self._current(key) is None:
             self._refuse(404, "NotFound", f'{request.resource.plural} "{request.name}" not found')
         body = request.data if isinstance(request.data, dict) else {}
+        uid = (body.get("preconditions") or {}).get("uid")
+        current_uid = self._current(key)["metadata"].get("uid")
+        if uid and uid != current_uid:
+            self._refuse(
+                409,
+                "Conflict",
+                f"Precondition failed: UID in precondition: {uid}, "
+                f"UID in object meta: {current_uid}",
+            )
         asked = request.params.get("propagationPolicy") or body.get("propagationPolicy")
         self.deletions.append((request.resource.plural, request.name, asked))
         # batch/v1's default for Jobs orphans their pods, kept for compatibility

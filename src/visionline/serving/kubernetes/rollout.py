@@ -25,6 +25,7 @@ from visionline.errors import ConfigError, ServingError
 from visionline.kube import (
     KubeAccess,
     KubernetesApiError,
+    KubernetesConflictError,
     KubernetesNotFoundError,
     as_dict,
     merge_patch,
@@ -53,13 +54,19 @@ from visionline.serving.kubernetes.objects import (
     template_ref,
 )
 from visionline.serving.rollout.evidence import parse_request_log, rollout_report
-from visionline.serving.rollout.local import margins
+from visionline.serving.rollout.local import RolloutChanged, margins, same_rollout
 
 if TYPE_CHECKING:
     from visionline.config import PipelineConfig
     from visionline.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
+
+# How many polls (``poll_seconds`` apart) a challenger's Service or ConfigMap of the same
+# name, left by an earlier challenger, gets to be taken by the garbage collector before
+# the start gives up: an operator's background delete of a challenger leaves them for a
+# moment, and one adopted then would be collected from under the new challenger.
+LEFTOVER_POLLS = 15
 
 
 def _ref(text: str) -> ModelRef:
@@ -151,6 +158,7 @@ class KubernetesRollout(KubeAccess):
         state = rollout_state(d)
         if state is not None and d is not None:
             state["started"] = d["metadata"].get("creationTimestamp")
+            state["uid"] = d["metadata"].get("uid")
         return state
 
     def last(self) -> dict[str, Any] | None:
@@ -173,21 +181,30 @@ class KubernetesRollout(KubeAccess):
                 f"deploy one first (visionline deploy {ref.name}:VERSION --target kubernetes)"
             )
         cm, _, dep, svc = self._objects(d["spec"]["template"], ref, mode, percent)
-        with self._call("create", "deployments"):
-            created = as_dict(
-                self.client, self.apps.create_namespaced_deployment(self.k.namespace, dep)
-            )
+        try:
+            with self._call("create", "deployments"):
+                created = as_dict(
+                    self.client, self.apps.create_namespaced_deployment(self.k.namespace, dep)
+                )
+        except KubernetesConflictError as e:
+            # state() saw none: the earlier challenger is still being deleted
+            raise ServingError(
+                f"the Deployment {self.k.namespace}/{self.kc.deployment} of an earlier "
+                "challenger is still being deleted: start the rollout again once "
+                f"kubectl -n {self.k.namespace} get deployment {self.kc.deployment} "
+                "finds none"
+            ) from e
         log.info("created Deployment %s/%s serving %s", self.k.namespace, self.kc.deployment, ref)
         try:
             uid = created["metadata"]["uid"]
-            self._create_if_absent(owned_by(svc, self.kc.deployment, uid))
-            self._create_if_absent(owned_by(cm, self.kc.deployment, uid))
+            self._create_fresh(owned_by(svc, self.kc.deployment, uid))
+            self._create_fresh(owned_by(cm, self.kc.deployment, uid))
             self.challenger.wait_rollout()
             self._set_front(lambda t: with_front(t, cm["metadata"]["name"]))
         except Exception as e:
             log.error("the %s rollout of %s did not start (%s): removing it", mode, ref, e)
             try:
-                self._take_down()
+                self._take_down(uid=created["metadata"].get("uid"))
             except Exception as cleanup:
                 log.error("could not remove the challenger: %s", cleanup)
             raise
@@ -195,9 +212,30 @@ class KubernetesRollout(KubeAccess):
             **(rollout_state(created) or {}),
             "started": created["metadata"].get("creationTimestamp")
             or datetime.now(UTC).isoformat(),
+            "uid": created["metadata"]["uid"],
         }
         log.info("%s rollout of %s beside %s: %g%%", mode, ref, state["champion"], percent)
         return state
+
+    def _create_fresh(self, obj: dict[str, Any]) -> None:
+        """Create the challenger's Service or ConfigMap, owned by its new Deployment. One
+        of the same name is not reused: it belongs to no challenger now running (there
+        is one rollout at a time), so either the garbage collector is about to take it
+        (an earlier challenger's, deleted in the background), which it is given
+        ``LEFTOVER_POLLS`` polls to do, or it was orphaned, which an operator removes."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        for _ in range(LEFTOVER_POLLS):
+            if self._create_if_absent(obj):
+                return
+            time.sleep(self.k.poll_seconds)
+        if self._create_if_absent(obj):
+            return
+        raise ServingError(
+            f"{kind} {self.k.namespace}/{name} already exists and no running challenger owns "
+            f"it (left by an earlier one, orphaned?): a challenger using it would lose it to "
+            f"the garbage collector or leave it behind. kubectl -n {self.k.namespace} delete "
+            f"{kind.lower()} {name}, then start the rollout again"
+        )
 
     def _set_front(self, change: Any) -> None:
         """Patch the champion's template to ``change(template)`` and wait for its pods."""
@@ -213,9 +251,10 @@ class KubernetesRollout(KubeAccess):
         )
         self.champion.wait_rollout()
 
-    def _take_down(self) -> None:
+    def _take_down(self, uid: str | None = None) -> None:
         """The champion's plain front back, then the challenger gone. While the plain
-        front is not available, the challenger stays: the old fronts still send to it."""
+        front is not available, the challenger stays: the old fronts still send to it.
+        With ``uid``, only the challenger Deployment of that uid is deleted."""
         try:
             self._set_front(without_front)
         except DeploymentError as e:
@@ -226,21 +265,41 @@ class KubernetesRollout(KubeAccess):
                 "visionline rollout abort again"
             ) from e
         self._wait_rollout_fronts_gone()
+        from kubernetes.client import V1DeleteOptions, V1Preconditions
+
+        options = V1DeleteOptions(
+            propagation_policy="Foreground",
+            preconditions=V1Preconditions(uid=uid) if uid else None,
+        )
         try:
             with self._call("delete", "deployments"):
                 self.apps.delete_namespaced_deployment(
-                    self.kc.deployment, self.k.namespace, propagation_policy="Foreground"
+                    self.kc.deployment, self.k.namespace, body=options
                 )
         except KubernetesNotFoundError:
             return
+        except KubernetesConflictError as e:  # the uid precondition: another challenger
+            raise RolloutChanged(
+                f"the challenger Deployment {self.k.namespace}/{self.kc.deployment} is not the "
+                f"one this rollout created (uid {uid}): left in place"
+            ) from e
         log.info("deleted Deployment %s/%s and its Service", self.k.namespace, self.kc.deployment)
 
-    def end(self, action: str, reason: str = "") -> dict[str, Any]:
-        """Take the challenger out (the champion's front first) and record why."""
+    def end(
+        self, action: str, reason: str = "", expected: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Take the challenger out (the champion's front first) and record why. With
+        ``expected`` (a state read earlier), only if the rollout is still that one: a
+        promote and the watchdog's rollback may act on the same rollout at once."""
         state = self.state()
         if state is None:
             raise ServingError(self._none())
-        self._take_down()
+        if expected is not None and not same_rollout(state, expected):
+            raise RolloutChanged(
+                f"the rollout of {expected['challenger']} is no longer the one in progress "
+                f"(now {state['challenger']}, started {state['started']}): left as it is"
+            )
+        self._take_down(uid=state.get("uid"))
         state.update(
             active=False, ended=datetime.now(UTC).isoformat(), outcome=action, reason=reason
         )
@@ -353,5 +412,5 @@ class KubernetesRollout(KubeAccess):
         verdict = report["_verdict"]
         if not verdict.promotable and not force:
             return report, None
-        self.end("promote", "; ".join(c.detail for c in verdict.checks))
+        self.end("promote", "; ".join(c.detail for c in verdict.checks), expected=state)
         return report, deploy_checked(self.champion, self.store, _ref(state["challenger"]))

@@ -64,6 +64,18 @@ def _ref(text: str) -> ModelRef:
     return ModelRef(name, version)
 
 
+class RolloutChanged(ServingError):
+    """The rollout in progress is no longer the one a caller read (another process
+    ended it, or ended it and started another): nothing was changed."""
+
+
+def same_rollout(now: dict[str, Any], read: dict[str, Any]) -> bool:
+    """Whether two states describe the same rollout (same challenger, same start and,
+    on Kubernetes, the same challenger Deployment)."""
+    keys = ("challenger", "started", "uid")
+    return all(now.get(k) == read.get(k) for k in keys)
+
+
 class LocalRollout:
     """The challenger of the local server in ``local.workdir``."""
 
@@ -164,12 +176,20 @@ class LocalRollout:
         self._event("start", state, f"{mode} {percent:g}%")
         return state
 
-    def end(self, action: str, reason: str = "") -> dict[str, Any]:
+    def end(
+        self, action: str, reason: str = "", expected: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Take the challenger out (the front first, so no request reaches a stopping
-        server), stop it, and record how and why the rollout ended."""
+        server), stop it, and record how and why the rollout ended. With ``expected``
+        (a state read earlier), only if the rollout in progress is still that one."""
         state = self.state()
         if state is None:
             raise ServingError("no rollout is in progress")
+        if expected is not None and not same_rollout(state, expected):
+            raise RolloutChanged(
+                f"the rollout of {expected['challenger']} is no longer the one in progress "
+                f"(now {state['challenger']}, started {state['started']}): left as it is"
+            )
         self.local.set_rollout(None)
         self.challenger.stop(quiet=True)
         state.update(
@@ -208,5 +228,5 @@ class LocalRollout:
         verdict = report["_verdict"]
         if not verdict.promotable and not force:
             return report, None
-        self.end("promote", "; ".join(c.detail for c in verdict.checks))
+        self.end("promote", "; ".join(c.detail for c in verdict.checks), expected=state)
         return report, deploy_checked(self.local, self.store, _ref(state["challenger"]))

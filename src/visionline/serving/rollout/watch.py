@@ -9,9 +9,10 @@ import time
 from typing import Any, Protocol
 
 from visionline.config import RolloutConfig
+from visionline.errors import ServingError
 from visionline.kube import KubernetesApiError
 from visionline.serving.rollout.evidence import sides
-from visionline.serving.rollout.local import margins
+from visionline.serving.rollout.local import RolloutChanged, margins, same_rollout
 from visionline.serving.rollout.verdict import health_checks
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ class Watched(Protocol):
 
     def records(self, state: dict[str, Any]) -> list[dict[str, Any]]: ...
 
-    def end(self, action: str, reason: str = "") -> dict[str, Any]: ...
+    def end(
+        self, action: str, reason: str = "", expected: dict[str, Any] | None = None
+    ) -> dict[str, Any]: ...
 
 
 def check_once(rollout: Watched) -> str | None:
@@ -45,7 +48,14 @@ def check_once(rollout: Watched) -> str | None:
     if not failed:
         return None
     reason = "; ".join(f"{c.name}: {c.detail}" for c in failed)
-    rollout.end("rollback", reason)
+    try:
+        rollout.end("rollback", reason, expected=state)
+    except ServingError as e:
+        # ended (promoted, aborted) or replaced by another process since it was read
+        if rollout.state() is not None and not isinstance(e, RolloutChanged):
+            raise
+        log.warning("watch: %s was not rolled back: %s", state["challenger"], e)
+        return None
     log.warning("rolled back %s (%s): %s", state["challenger"], state["mode"], reason)
     return reason
 
@@ -65,15 +75,18 @@ def transient(e: Exception) -> bool:
 
 
 def watch(rollout: Watched, interval_s: float, timeout_s: float | None = None) -> str | None:
-    """Check every ``interval_s`` until the rollout ends (rolled back here, promoted or
-    aborted elsewhere) or ``timeout_s`` passes; the rollback reason, if it was one.
+    """Check every ``interval_s`` until the rollout in progress when it first looks ends
+    (rolled back here, promoted or aborted elsewhere) or ``timeout_s`` passes; the rollback reason, if it was one.
     Up to ``MAX_TRANSIENT`` transient errors in a row are logged and ridden out."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     failures = 0
+    watched: dict[str, Any] | None = None  # the rollout this watchdog is for
     while True:
         try:
-            if rollout.state() is None:
-                return None
+            now = rollout.state()
+            watched = watched or now
+            if now is None or (watched is not None and not same_rollout(now, watched)):
+                return None  # ended, or ended and another started (its own watchdog)
             reason = check_once(rollout)
             failures = 0
         except (KubernetesApiError, OSError) as e:
