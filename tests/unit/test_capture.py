@@ -195,33 +195,41 @@ from visionline.monitoring.capture_sink import CaptureSink, close_on_sigterm
 from visionline.storage import LocalStore
 
 sink = CaptureSink(LocalStore({root!r}), "captures/m/1", flush_records=1000, flush_interval_s=600)
-if {chained!r}:
+if {before!r} == "exit 7":
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(7))
+elif {before!r} == "ignored":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 assert close_on_sigterm(sink)
 for i in range(30):
     sink.offer(_record(i, datetime.now(UTC)))
 os.kill(os.getpid(), signal.SIGTERM)
-time.sleep(30)  # never reached: the signal ends the process once the records are written
+# reached only where SIGTERM was ignored: the sink must still take records
+for i in range(30, 35):
+    assert sink.offer(_record(i, datetime.now(UTC)))
+sink.close()
+sys.exit(0)
 """
 
 
-@pytest.mark.parametrize("chained", [False, True])
-def test_sigterm_writes_the_queued_records_then_ends_the_process(tmp_path, chained):
+@pytest.mark.parametrize(
+    ("before", "status", "records"),
+    [("default", -15, 30), ("exit 7", 7, 30), ("ignored", 0, 35)],
+)
+def test_sigterm_writes_the_queued_records_then_ends_the_process(tmp_path, before, status, records):
     """A stopping serving worker gets SIGTERM (tini -g in the pod, TorchServe.stop here);
     by default Python dies at once and the queue, up to a flush interval of records, is
-    lost. The records must land, and the process must still end as the signal (or the
-    handler installed before) says."""
-    import signal
+    lost. The records must land, and the process must end as the signal (or the handler
+    installed before) says; where SIGTERM was ignored, it goes on capturing."""
     import subprocess
     import sys
 
     from tests.conftest import REPO
 
     paths = [str(REPO), str(REPO / "src")]
-    code = SIGTERM_CHILD.format(paths=paths, root=str(tmp_path), chained=chained)
+    code = SIGTERM_CHILD.format(paths=paths, root=str(tmp_path), before=before)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == (7 if chained else -signal.SIGTERM), proc.stderr
-    assert len(read_captures(LocalStore(tmp_path), "m", "1")) == 30
+    assert proc.returncode == status, proc.stderr
+    assert len(read_captures(LocalStore(tmp_path), "m", "1")) == records
 
 
 def test_no_handler_is_installed_off_the_main_thread(tmp_path):

@@ -57,7 +57,9 @@ _WAKE = object()
 
 def close_on_sigterm(sink: CaptureSink, timeout: float = 5.0) -> bool:
     """Write what ``sink`` holds before SIGTERM ends this process, then end it as the
-    signal would have (or as the handler installed before this one does).
+    signal would have (or as the handler installed before this one does). The sink is
+    flushed, not closed: where SIGTERM was ignored, or a handler before this one lets
+    the process go on, it keeps capturing.
 
     A stopping worker otherwise loses every record still queued, up to a flush interval
     of them: in the pod, tini (``-g``) sends SIGTERM to the JVM and the workers alike
@@ -68,12 +70,12 @@ def close_on_sigterm(sink: CaptureSink, timeout: float = 5.0) -> bool:
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        sink.close(timeout)
+        sink.flush(timeout)
         if callable(previous):
             previous(signum, frame)
-            return
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
     return True
@@ -162,6 +164,8 @@ class CaptureSink:
     # -- control ----------------------------------------------------------------------
     def flush(self, timeout: float = 30.0) -> bool:
         """Write what is queued now; True when done within ``timeout``."""
+        if self._stop.is_set() or not self._thread.is_alive():
+            return self._queue.empty()  # closed: nothing will write it
         with self._flushed:
             target = self._generation + 1
             self._flush_requested.set()
