@@ -235,12 +235,13 @@ def pruned_arm(args: argparse.Namespace, tmp: Path, prepared: Path, overrides: d
     search_s = time.perf_counter() - start
     ensure_evaluated(store, result.best_run_id)
     gate_passed = gate_run(store, result.best_run_id).passed
-    if gate_passed:  # as `visionline tune`: a run that fails its gate is not packaged
-        package_run(store, result.best_run_id)
+    # as `visionline tune`: a run that fails its gate is not packaged
+    packaged = package_run(store, result.best_run_id) if gate_passed else None
     return {
         "store": store,
         "result": result,
         "gate_passed": gate_passed,
+        "packaged": str(packaged) if packaged else None,
         "wall_s": search_s,
         "command_s": time.perf_counter() - start,
         "load": (load, _load()),
@@ -303,6 +304,7 @@ def order_figures(arms: dict[str, dict], order: list[str], planned: list[dict]) 
         "best_run_id": pruned.best_run_id,
         # the config's gate is sized for the whole training set, not the search's subset
         "best_passed_gate": arms["pruned"]["gate_passed"],
+        "best_packaged": arms["pruned"]["packaged"],  # the model version, or None
         "best_val_accuracy_no_pruning": unpruned.best["value"],
         "best_params_no_pruning": unpruned.best["params"],
         "pruned_no_pruning": unpruned.count("PRUNED"),  # 0: the arm really ran them all

@@ -236,6 +236,26 @@ def test_make_bench_runs_every_cpu_benchmark_then_the_report(tmp_path):
 
 
 @pytest.mark.slow
+def test_tune_packages_nothing_when_the_best_trial_fails_its_gate(tmp_path, monkeypatch):
+    """As `visionline tune`: the search's best run is packaged only when it passes its
+    gate (the real run's subset fails the gate sized for the whole training set)."""
+    from benchmarks import tune as tune_bench
+
+    data, digests = npm_tarball(tmp_path, test=4, train=24)
+    out = tmp_path / "out"
+    argv = ["tune.py", "--smoke", "--results-dir", str(out), "--fashion-mnist", str(data)]
+    monkeypatch.setattr(sys, "argv", argv)
+    args, overrides = tune_bench.parse_args()
+    unreachable = {"gate.min_accuracy": 1.0, "gate.min_macro_f1": 1.0}
+    tune_bench.run(args, overrides | unreachable, digests)
+    r = json.loads((out / "tune.json").read_text())
+    assert r["smoke"] is True
+    assert r["orders"][0]["best_passed_gate"] is False
+    assert r["orders"][0]["best_packaged"] is None
+    assert r["best_test"]["test_images"] == 10 * 4  # the figures are still made
+
+
+@pytest.mark.slow
 def test_tune_smoke_on_fashion_mnist(tmp_path):
     data, digests = npm_tarball(tmp_path, test=4, train=24)  # 1:6, as the real one
     checksums = tmp_path / "sha256.json"
@@ -245,6 +265,7 @@ def test_tune_smoke_on_fashion_mnist(tmp_path):
     assert len(r["orders"]) == 1 and sorted(r["orders"][0]["order"]) == ["pruned", "unpruned"]
     assert r["orders"][0]["same_trials"] and r["trials"] == 2
     assert r["orders"][0]["best_passed_gate"] is True  # the smoke run lowers the gate to 0
+    assert r["orders"][0]["best_packaged"].startswith("fashion-mnist:")
     assert r["best_params_no_pruning"]["model"] in {"simple_cnn", "cnn3"}
     for side in (r["best_test"], r["default_test"]):
         low, high = side["interval_95"]
