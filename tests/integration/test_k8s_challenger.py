@@ -401,7 +401,7 @@ def test_a_leftover_challenger_service_is_not_adopted(cluster, setup):
     and leaves nothing of its own behind."""
     from kubernetes import client
 
-    from visionline.serving.kubernetes.challenger import challenger_service
+    from visionline.serving.kubernetes.challenger import ROLLOUT, challenger_service
 
     core = client.CoreV1Api(cluster.admin_client())
     core.create_namespaced_service(NS, challenger_service(setup["cfg"]))
@@ -420,4 +420,13 @@ def test_a_leftover_challenger_service_is_not_adopted(cluster, setup):
     assert [o["uid"] for o in owners] == [state["uid"]]
     ro.end("abort", "test")
     assert _get(cluster, "Service", CHALLENGER) is None
+
+    # a Deployment of the challenger's name that runs no rollout: named, left alone
+    ro.start(ModelRef("digits", "2"), "shadow", 50)
+    client.AppsV1Api(cluster.admin_client()).patch_namespaced_deployment(
+        CHALLENGER, NS, {"metadata": {"annotations": {ROLLOUT: None}}}
+    )
+    with pytest.raises(ServingError, match="exists but runs no rollout"):
+        ro.start(ModelRef("digits", "2"), "canary", 10)
+    assert _get(cluster, "Deployment", CHALLENGER) is not None
     assert not cluster.forbidden and not cluster.rejected

@@ -187,12 +187,12 @@ class KubernetesRollout(KubeAccess):
                     self.client, self.apps.create_namespaced_deployment(self.k.namespace, dep)
                 )
         except KubernetesConflictError as e:
-            # state() saw none: the earlier challenger is still being deleted
+            # state() saw no rollout in it: an earlier challenger being deleted, or not ours
             raise ServingError(
-                f"the Deployment {self.k.namespace}/{self.kc.deployment} of an earlier "
-                "challenger is still being deleted: start the rollout again once "
-                f"kubectl -n {self.k.namespace} get deployment {self.kc.deployment} "
-                "finds none"
+                f"a Deployment {self.k.namespace}/{self.kc.deployment} exists but runs no "
+                "rollout (an earlier challenger still being deleted?): start the rollout "
+                f"again once kubectl -n {self.k.namespace} get deployment "
+                f"{self.kc.deployment} finds none"
             ) from e
         log.info("created Deployment %s/%s serving %s", self.k.namespace, self.kc.deployment, ref)
         try:
