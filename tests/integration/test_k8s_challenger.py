@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -332,7 +333,6 @@ def test_the_challenger_outlives_the_last_old_front_still_draining(cluster, setu
     """An abort puts the plain front back, but an old pod in its preStop drain still
     answers and still sends the challenger its share: the challenger's Deployment and
     Service stay until that pod is gone."""
-    import threading
 
     from kubernetes import client
 
@@ -384,14 +384,54 @@ def test_an_end_acts_only_on_the_rollout_it_read(cluster, setup):
     assert ro.state() == now  # the shadow runs on, its front still mounted
     assert _front(_get(cluster, "Deployment", CHAMPION)["spec"]["template"])
 
-    ro.end("abort", "test", expected=now)
+    # a promote and a watchdog's rollback of that one rollout, at the same moment: the
+    # claim (an annotation written at the resourceVersion read) lets exactly one through
+    go = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def ender(action: str) -> None:
+        mine = KubernetesRollout(setup["cfg"], setup["store"], api_client=cluster.api_client())
+        go.wait()
+        try:
+            outcomes[action] = mine.end(action, "test", expected=now)["outcome"]
+        except ServingError as e:
+            outcomes[action] = e
+
+    threads = [threading.Thread(target=ender, args=(a,)) for a in ("promote", "rollback")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ended = [a for a, o in outcomes.items() if o == a]
+    refused = [o for o in outcomes.values() if isinstance(o, ServingError)]
+    assert len(ended) == 1 and len(refused) == 1, outcomes  # refused: changed, or gone
+    assert ro.state() is None
     deletes = [
         body
         for method, path, body in cluster.requests()
         if method == "DELETE" and path.endswith(f"/deployments/{CHALLENGER}")
     ]
     assert [d["preconditions"]["uid"] for d in deletes] == [read_then["uid"], now["uid"]]
-    assert ro.state() is None and not cluster.forbidden and not cluster.rejected
+    assert not cluster.forbidden and not cluster.rejected
+
+
+def test_an_operator_abort_takes_over_a_rollout_whose_ender_died(cluster, setup):
+    """A promote that claimed the rollout and died leaves it marked: a watchdog leaves it
+    alone, and `visionline rollout abort` (no state read before) still ends it."""
+    from visionline.serving.rollout.local import RolloutChanged
+    from visionline.serving.rollout.watch import check_once
+
+    ro = KubernetesRollout(setup["cfg"], setup["store"], api_client=cluster.api_client())
+    ro.start(ModelRef("digits", "2"), "canary", 10)
+    state = ro._claim("promote", ro.state())  # ... and the promote dies here
+    assert ro.state()["ending"]["action"] == "promote"
+    with pytest.raises(RolloutChanged, match="already being ended \\(promote since"):
+        ro.end("rollback", "judged", expected=state)
+    assert check_once(ro) is None
+    assert ro.end("abort", "an operator")["outcome"] == "abort"
+    assert ro.state() is None and _get(cluster, "Deployment", CHALLENGER) is None
+    assert _front(_get(cluster, "Deployment", CHAMPION)["spec"]["template"]) is None
+    assert not cluster.forbidden and not cluster.rejected
 
 
 def test_a_leftover_challenger_service_is_not_adopted(cluster, setup):

@@ -117,3 +117,72 @@ def test_a_failed_rollback_of_the_rollout_still_running_is_not_swallowed():
 
     with pytest.raises(ServingError, match="plain front did not come back"):
         watchdog.watch(Stuck(then=None), interval_s=0, timeout_s=5)
+
+
+class _ServingChampion:
+    """The local server a rollout stands beside, as far as ending one touches it: it
+    serves the champion, and taking the rollout front out takes a while (a graceful
+    nginx reload), long enough for two enders to meet inside ``end``."""
+
+    def __init__(self, workdir) -> None:
+        from visionline.config import ServeConfig
+
+        self.workdir, self.cfg = workdir, ServeConfig()
+        self.fronts: list = []
+
+    def served(self):
+        from visionline.registry import ModelRef
+
+        return ModelRef("digits", "1")
+
+    def set_rollout(self, front) -> None:
+        import time
+
+        time.sleep(0.3)
+        self.fronts.append(front)
+
+
+def test_a_promote_and_a_rollback_of_the_same_local_rollout_end_it_once(tmp_path):
+    """The promote (a CLI) and the canary's watchdog (a process of its own) read the same
+    rollout and end it at the same moment: one ends it, the other is told there is none
+    (and would deploy nothing), and the events log says how it ended once."""
+    import json
+    import threading
+
+    from visionline.serving.rollout.local import LocalRollout
+
+    champion = _ServingChampion(tmp_path / "serve")
+    ro = LocalRollout(champion, LocalStore(tmp_path / "store"), RolloutConfig())
+    state = {
+        "active": True,
+        "mode": "canary",
+        "percent": 10,
+        "champion": "digits:1",
+        "challenger": "digits:2",
+        "started": "2026-12-07T18:00:00+00:00",
+        "log": str(tmp_path / "requests.jsonl"),
+    }
+    ro._write(state)
+    go = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def ender(action: str) -> None:
+        go.wait()
+        try:
+            outcomes[action] = ro.end(action, "test", expected=dict(state))["outcome"]
+        except ServingError as e:
+            outcomes[action] = e
+
+    threads = [threading.Thread(target=ender, args=(a,)) for a in ("promote", "rollback")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    ended = [a for a, o in outcomes.items() if o == a]
+    refused = [o for o in outcomes.values() if isinstance(o, ServingError)]
+    assert len(ended) == 1 and len(refused) == 1, outcomes
+    assert "no rollout is in progress" in str(refused[0])
+    assert champion.fronts == [None]  # the front was taken out once
+    events = [json.loads(line) for line in ro.events.read_text().splitlines()]
+    assert [e["action"] for e in events] == ended
+    assert ro.last()["outcome"] == ended[0]

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 COMPONENT = "challenger"
 ROLLOUT = f"{DOMAIN}/rollout"  # the rollout's state, on the challenger's Deployment
+# who is ending the rollout and since when: claimed before anything is taken down, so a
+# promote and a watchdog's rollback of the same rollout cannot both go ahead
+ENDING = f"{DOMAIN}/rollout-ending"
 FRONT_VOLUME = "rollout-front"
 PLAIN_FRONT_VOLUME = "serve"  # the volume the champion's front mounts otherwise
 FRONT_DIR = NGINX_CONF.rsplit("/", 1)[0]
@@ -218,7 +221,9 @@ def rollout_state(deployment: dict[str, Any] | None) -> dict[str, Any] | None:
     """The state the challenger's Deployment carries; None when there is none (or it is
     being deleted)."""
     meta = (deployment or {}).get("metadata") or {}
-    text = (meta.get("annotations") or {}).get(ROLLOUT)
+    annotations = meta.get("annotations") or {}
+    text = annotations.get(ROLLOUT)
     if not text or meta.get("deletionTimestamp"):
         return None
-    return {**json.loads(text), "active": True}
+    ending = annotations.get(ENDING)
+    return {**json.loads(text), "active": True, "ending": json.loads(ending) if ending else None}

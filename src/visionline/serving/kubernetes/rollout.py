@@ -15,6 +15,7 @@ in it, and the report says how many pods it read.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from visionline.registry import ModelRef, Registry
 from visionline.serving.deploy import DeploymentError, DeployResult, deploy_checked
 from visionline.serving.kubernetes.challenger import (
     COMPONENT,
+    ENDING,
     PROXY,
     challenger_config,
     challenger_deployment,
@@ -187,7 +189,12 @@ class KubernetesRollout(KubeAccess):
                     self.client, self.apps.create_namespaced_deployment(self.k.namespace, dep)
                 )
         except KubernetesConflictError as e:
-            # state() saw no rollout in it: an earlier challenger being deleted, or not ours
+            if (other := self.state()) is not None:  # another start got there first
+                raise ServingError(
+                    f"a {other['mode']} rollout of {other['challenger']} is in progress: "
+                    "visionline rollout promote or visionline rollout abort first"
+                ) from e
+            # no rollout in it: an earlier challenger still being deleted, or not ours
             raise ServingError(
                 f"a Deployment {self.k.namespace}/{self.kc.deployment} exists but runs no "
                 "rollout (an earlier challenger still being deleted?): start the rollout "
@@ -291,14 +298,7 @@ class KubernetesRollout(KubeAccess):
         """Take the challenger out (the champion's front first) and record why. With
         ``expected`` (a state read earlier), only if the rollout is still that one: a
         promote and the watchdog's rollback may act on the same rollout at once."""
-        state = self.state()
-        if state is None:
-            raise ServingError(self._none())
-        if expected is not None and not same_rollout(state, expected):
-            raise RolloutChanged(
-                f"the rollout of {expected['challenger']} is no longer the one in progress "
-                f"(now {state['challenger']}, started {state['started']}): left as it is"
-            )
+        state = self._claim(action, expected)
         self._take_down(uid=state.get("uid"))
         state.update(
             active=False, ended=datetime.now(UTC).isoformat(), outcome=action, reason=reason
@@ -307,6 +307,46 @@ class KubernetesRollout(KubeAccess):
             "%s rollout of %s ended (%s): %s", state["mode"], state["challenger"], action, reason
         )
         return state
+
+    def _claim(self, action: str, expected: dict[str, Any] | None) -> dict[str, Any]:
+        """Mark the rollout as being ended by ``action`` (an annotation written with the
+        resourceVersion it was read at), before anything is taken down; its state. With
+        ``expected``, only the rollout read then, and only when no one else is ending it
+        (a promote and a watchdog's rollback); without (an operator's abort), a claim
+        left by an ender that died is taken over."""
+        claimed: dict[str, Any] = {}
+
+        def claim(current: dict[str, Any]) -> dict[str, Any]:
+            state = rollout_state(current)
+            if state is None:
+                raise ServingError(self._none())
+            state |= {
+                "started": current["metadata"].get("creationTimestamp"),
+                "uid": current["metadata"].get("uid"),
+            }
+            if expected is not None and not same_rollout(state, expected):
+                raise RolloutChanged(
+                    f"the rollout of {expected['challenger']} is no longer the one in "
+                    f"progress (now {state['challenger']}, started {state['started']}): "
+                    "left as it is"
+                )
+            if expected is not None and state["ending"]:
+                raise RolloutChanged(
+                    f"the rollout of {state['challenger']} is already being ended "
+                    f"({state['ending']['action']} since {state['ending']['time']}): "
+                    "left to it"
+                )
+            claimed.update(state)
+            mark = {"action": action, "time": datetime.now(UTC).isoformat()}
+            return {"metadata": {"annotations": {ENDING: json.dumps(mark, sort_keys=True)}}}
+
+        try:
+            self.challenger._patch_current(claim)
+        except DeploymentError as e:
+            if self.state() is None:  # gone between the read and the patch
+                raise ServingError(self._none()) from e
+            raise
+        return claimed
 
     def _none(self) -> str:
         return (

@@ -10,11 +10,14 @@ how it ended, is in ``<workdir>/rollout/rollout.json``; each start and end is a 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -120,10 +123,26 @@ class LocalRollout:
         with self.events.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One start or end at a time on this machine (a promote and the watchdog's
+        rollback are separate processes): each reads the state again inside."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / ".lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     # -- start and end ----------------------------------------------------------------
     def start(self, ref: ModelRef, mode: str, percent: float) -> dict[str, Any]:
         """Serve ``ref`` as the challenger: ``shadow`` mirrors ``percent`` of the
         predictions to it, ``canary`` lets it answer ``percent`` of them."""
+        with self._exclusive():
+            return self._start(ref, mode, percent)
+
+    def _start(self, ref: ModelRef, mode: str, percent: float) -> dict[str, Any]:
         champion = self.local.served()
         if champion is None:
             raise ServingError(
@@ -182,6 +201,10 @@ class LocalRollout:
         """Take the challenger out (the front first, so no request reaches a stopping
         server), stop it, and record how and why the rollout ended. With ``expected``
         (a state read earlier), only if the rollout in progress is still that one."""
+        with self._exclusive():
+            return self._end(action, reason, expected)
+
+    def _end(self, action: str, reason: str, expected: dict[str, Any] | None) -> dict[str, Any]:
         state = self.state()
         if state is None:
             raise ServingError("no rollout is in progress")

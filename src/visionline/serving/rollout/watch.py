@@ -33,11 +33,12 @@ class Watched(Protocol):
     ) -> dict[str, Any]: ...
 
 
-def check_once(rollout: Watched) -> str | None:
+def check_once(rollout: Watched, state: dict[str, Any] | None = None) -> str | None:
     """Roll back when a health check fails; the reason, or None (healthy, too early,
-    or no rollout in progress)."""
-    state = rollout.state()
-    if state is None:
+    no rollout in progress, or one another process is ending). ``state``: the rollout
+    to judge, as read (default: the one in progress now)."""
+    state = state or rollout.state()
+    if state is None or state.get("ending"):
         return None
     stats = sides(rollout.records(state))
     failed = [
@@ -52,7 +53,8 @@ def check_once(rollout: Watched) -> str | None:
         rollout.end("rollback", reason, expected=state)
     except ServingError as e:
         # ended (promoted, aborted) or replaced by another process since it was read
-        if rollout.state() is not None and not isinstance(e, RolloutChanged):
+        now = rollout.state()
+        if not isinstance(e, RolloutChanged) and now is not None and same_rollout(now, state):
             raise
         log.warning("watch: %s was not rolled back: %s", state["challenger"], e)
         return None
@@ -76,8 +78,9 @@ def transient(e: Exception) -> bool:
 
 def watch(rollout: Watched, interval_s: float, timeout_s: float | None = None) -> str | None:
     """Check every ``interval_s`` until the rollout in progress when it first looks ends
-    (rolled back here, promoted or aborted elsewhere) or ``timeout_s`` passes; the rollback reason, if it was one.
-    Up to ``MAX_TRANSIENT`` transient errors in a row are logged and ridden out."""
+    (rolled back here, promoted or aborted elsewhere) or ``timeout_s`` passes; the
+    rollback reason, if it was one. Up to ``MAX_TRANSIENT`` transient errors in a row
+    are logged and ridden out."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     failures = 0
     watched: dict[str, Any] | None = None  # the rollout this watchdog is for
@@ -87,7 +90,7 @@ def watch(rollout: Watched, interval_s: float, timeout_s: float | None = None) -
             watched = watched or now
             if now is None or (watched is not None and not same_rollout(now, watched)):
                 return None  # ended, or ended and another started (its own watchdog)
-            reason = check_once(rollout)
+            reason = check_once(rollout, now)
             failures = 0
         except (KubernetesApiError, OSError) as e:
             failures += 1
