@@ -25,6 +25,7 @@ import flows.tasks as flow_tasks
 from tests.conftest import REPO
 from tests.support.k8s import Cluster, DeploymentController
 from tests.support.k8s.rbac import PIPELINE, token
+from tests.support.rollout import end_at_once
 from tests.support.waiting import until
 from visionline.config import load_config
 from visionline.errors import ServingError
@@ -386,25 +387,14 @@ def test_an_end_acts_only_on_the_rollout_it_read(cluster, setup):
 
     # a promote and a watchdog's rollback of that one rollout, at the same moment: the
     # claim (an annotation written at the resourceVersion read) lets exactly one through
-    go = threading.Barrier(2)
-    outcomes: dict[str, object] = {}
-
-    def ender(action: str) -> None:
-        mine = KubernetesRollout(setup["cfg"], setup["store"], api_client=cluster.api_client())
-        go.wait()
-        try:
-            outcomes[action] = mine.end(action, "test", expected=now)["outcome"]
-        except ServingError as e:
-            outcomes[action] = e
-
-    threads = [threading.Thread(target=ender, args=(a,)) for a in ("promote", "rollback")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    ended = [a for a, o in outcomes.items() if o == a]
-    refused = [o for o in outcomes.values() if isinstance(o, ServingError)]
-    assert len(ended) == 1 and len(refused) == 1, outcomes  # refused: changed, or gone
+    ended, refused = end_at_once(
+        {
+            action: KubernetesRollout(setup["cfg"], setup["store"], api_client=cluster.api_client())
+            for action in ("promote", "rollback")
+        },
+        now,
+    )
+    assert len(ended) == 1 and len(refused) == 1, refused  # refused: changed, or gone
     assert ro.state() is None
     deletes = [
         body

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from visionline.registry import ModelRef, Registry
 from visionline.storage import ArtifactStore, sha256_file
@@ -74,3 +76,31 @@ def register_variant(store: ArtifactStore, ref: ModelRef, fault: str, work: Path
     sha = sha256_file(out)
     shutil.rmtree(work, ignore_errors=True)
     return reg.register(version, {**info, "sha256": sha})
+
+
+def end_at_once(
+    rollouts: dict[str, Any], expected: dict[str, Any], timeout: float = 60
+) -> tuple[list[str], list[Exception]]:
+    """Each ``action -> rollout`` ends the rollout ``expected`` at the same moment (a
+    promote and a watchdog's rollback, say): the actions that ended it, and the
+    ServingErrors the others got."""
+    from visionline.errors import ServingError
+
+    go = threading.Barrier(len(rollouts))
+    outcomes: dict[str, object] = {}
+
+    def ender(action: str) -> None:
+        go.wait()
+        try:
+            outcomes[action] = rollouts[action].end(action, "test", expected=dict(expected))
+        except ServingError as e:
+            outcomes[action] = e
+
+    threads = [threading.Thread(target=ender, args=(a,)) for a in rollouts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    ended = [a for a, o in outcomes.items() if isinstance(o, dict) and o["outcome"] == a]
+    refused = [o for o in outcomes.values() if isinstance(o, ServingError)]
+    return ended, refused

@@ -147,8 +147,8 @@ def test_a_promote_and_a_rollback_of_the_same_local_rollout_end_it_once(tmp_path
     rollout and end it at the same moment: one ends it, the other is told there is none
     (and would deploy nothing), and the events log says how it ended once."""
     import json
-    import threading
 
+    from tests.support.rollout import end_at_once
     from visionline.serving.rollout.local import LocalRollout
 
     champion = _ServingChampion(tmp_path / "serve")
@@ -163,24 +163,8 @@ def test_a_promote_and_a_rollback_of_the_same_local_rollout_end_it_once(tmp_path
         "log": str(tmp_path / "requests.jsonl"),
     }
     ro._write(state)
-    go = threading.Barrier(2)
-    outcomes: dict[str, object] = {}
-
-    def ender(action: str) -> None:
-        go.wait()
-        try:
-            outcomes[action] = ro.end(action, "test", expected=dict(state))["outcome"]
-        except ServingError as e:
-            outcomes[action] = e
-
-    threads = [threading.Thread(target=ender, args=(a,)) for a in ("promote", "rollback")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    ended = [a for a, o in outcomes.items() if o == a]
-    refused = [o for o in outcomes.values() if isinstance(o, ServingError)]
-    assert len(ended) == 1 and len(refused) == 1, outcomes
+    ended, refused = end_at_once({"promote": ro, "rollback": ro}, state, timeout=10)
+    assert len(ended) == 1 and len(refused) == 1, refused
     assert "no rollout is in progress" in str(refused[0])
     assert champion.fronts == [None]  # the front was taken out once
     events = [json.loads(line) for line in ro.events.read_text().splitlines()]
