@@ -57,9 +57,7 @@ _WAKE = object()
 
 def close_on_sigterm(sink: CaptureSink, timeout: float = 5.0) -> bool:
     """Write what ``sink`` holds before SIGTERM ends this process, then end it as the
-    signal would have (or as the handler installed before this one does). The sink is
-    flushed, not closed: where a handler before this one lets the process go on, it
-    keeps capturing. Where SIGTERM is ignored nothing is installed (False).
+    signal would have (or as the handler installed before this one does).
 
     A stopping worker otherwise loses every record still queued, up to a flush interval
     of them: in the pod, tini (``-g``) sends SIGTERM to the JVM and the workers alike
@@ -68,22 +66,11 @@ def close_on_sigterm(sink: CaptureSink, timeout: float = 5.0) -> bool:
     if threading.current_thread() is not threading.main_thread():
         return False
     previous = signal.getsignal(signal.SIGTERM)
-    if previous == signal.SIG_IGN:
-        return False
-    ending = [False]  # a plain flag: a second SIGTERM may land while the first writes
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        if ending[0]:
-            return
-        ending[0] = True
-        # on a thread of its own, waited for at most ``timeout``: the main thread may
-        # have been interrupted inside ``offer`` holding a lock the write needs
-        writer = threading.Thread(target=sink.flush, args=(timeout,), daemon=True)
-        writer.start()
-        writer.join(timeout)
+        sink.close(timeout)
         if callable(previous):
             previous(signum, frame)
-            ending[0] = False  # it let the process go on
             return
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -175,8 +162,6 @@ class CaptureSink:
     # -- control ----------------------------------------------------------------------
     def flush(self, timeout: float = 30.0) -> bool:
         """Write what is queued now; True when done within ``timeout``."""
-        if self._stop.is_set() or not self._thread.is_alive():
-            return self._queue.empty()  # closed: nothing will write it
         with self._flushed:
             target = self._generation + 1
             self._flush_requested.set()
@@ -214,7 +199,7 @@ class CaptureSink:
             flush_now = self._flush_requested.is_set()
             due = now >= deadline
             if pending and (len(pending) >= self.flush_records or due or stopping or flush_now):
-                if backoff and not (stopping or flush_now):  # a flush is asked for now
+                if backoff and not stopping:
                     self._stop.wait(backoff)
                 ok = self._write(pending)
                 backoff = 0.0 if ok else min(30.0, max(1.0, backoff * 2))
