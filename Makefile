@@ -130,7 +130,7 @@ format: install
 # measures exactly those again, then writes benchmarks/README.md. On 2 cores all of them
 # take about four hours: accuracy about 65 minutes (digits 3; on Fashion-MNIST the SVC's
 # grid about 15 and 3 seeds of two CNNs about 50), estimate about 45 with its
-# active-learning simulation, tune about 28 (on Fashion-MNIST: one order of its arms took 13),
+# active-learning simulation, tune about 20 (on Fashion-MNIST: 19 at b93573e, one order 6-9),
 # serve about 15 (3 independent runs against stock TorchServe eager and compiled and
 # LitServe, its venv from make litserve-venv, then an open loop), ingest about 11 (its
 # 200,000-JPEG memory runs; the images are generated once and cached), train_overhead
