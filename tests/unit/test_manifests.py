@@ -29,12 +29,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 SERVING = "visionline-torchserve"
-# the champion is read and patched; the challenger read, marked as being ended (a patch of
-# one annotation: one ender per rollout) and deleted
-DEPLOYMENT_VERBS = {
-    (SERVING,): {"get", "patch"},
-    (f"{SERVING}-challenger",): {"get", "patch", "delete"},
-}
+GET_PATCH_DELETE = {"get", "patch", "delete"}  # the challenger: patched as being ended, deleted
+DEPLOYMENT_VERBS = {(SERVING,): {"get", "patch"}, (f"{SERVING}-challenger",): GET_PATCH_DELETE}
 BASE = REPO / "k8s" / "base"
 
 
@@ -330,7 +326,7 @@ def test_rbac_is_namespaced_and_least_privilege(rendered):
                 # One named Secret, read-only: the inference credential the deploy checks use.
                 assert rule["resourceNames"] == ["visionline-inference-credentials"], name
                 assert rule["verbs"] == ["get"], name
-            if "deployments" in rule["resources"]:  # by name only, as listed above
+            if "deployments" in rule["resources"]:  # by name, as DEPLOYMENT_VERBS lists
                 names = tuple(rule.get("resourceNames", []))
                 assert set(rule["verbs"]) <= DEPLOYMENT_VERBS.get(names, {"create"}), name
             if "services" in rule["resources"]:
@@ -343,8 +339,7 @@ def test_rbac_is_namespaced_and_least_privilege(rendered):
             for r in roles[role]["rules"]
         )
 
-    # The pipeline may start, follow and cancel training Jobs, read logs, roll the serving
-    # Deployment; all it does and nothing more: tests/unit/test_rbac_usage.py.
+    # What the pipeline may do (all it does and nothing more: tests/unit/test_rbac_usage.py)
     for group, resource, verb in [
         ("batch", "jobs", "create"),
         ("batch", "jobs", "get"),
